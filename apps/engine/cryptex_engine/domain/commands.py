@@ -1,0 +1,102 @@
+"""Inputs and outputs of the matching core: plain dataclasses, integers only, no I/O.
+
+The service turns stream entries into these commands and turns results into settle calls,
+replies and market data. `seq` is the engine's gap-free per-market command sequence and
+`ts_ms` is fixed before the command reaches the engine (the stream id's millisecond part).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cryptex_common.markets import MarketState, SelfTradePrevention
+from cryptex_common.messages import OrderStatus, OrderType, Side, TimeInForce
+
+
+@dataclass(slots=True)
+class PlaceOrder:
+    order_id: int
+    user_id: str
+    side: Side
+    order_type: OrderType
+    time_in_force: TimeInForce
+    post_only: bool
+    price_ticks: int | None  # limit price; None for market orders
+    quantity_lots: int | None  # None only for a market buy by quote budget
+    quote_budget_units: int | None  # market buy: the most quote it may spend
+    stp: SelfTradePrevention | None  # None -> the market's default
+    locked_units: int  # what the API locked: quote for buys, base for sells
+    client_order_id: str | None = None
+
+
+@dataclass(slots=True)
+class CancelOrder:
+    order_id: int
+    user_id: str
+
+
+@dataclass(slots=True)
+class CancelAll:
+    user_id: str
+
+
+@dataclass(slots=True)
+class Configure:
+    state: MarketState
+    maker_fee_bps: int
+    taker_fee_bps: int
+
+
+EngineCommand = PlaceOrder | CancelOrder | CancelAll | Configure
+
+
+@dataclass(slots=True)
+class OrderUpdate:
+    """The state of an order after the command; one per order the command touched."""
+
+    order_id: int
+    user_id: str
+    side: Side
+    status: OrderStatus
+    executed_lots: int
+    executed_quote_units: int
+    remaining_lots: int  # 0 once terminal
+    reason: str | None = None  # ErrorCode / expiry reason for rejected or expired orders
+
+
+@dataclass(slots=True)
+class Fill:
+    trade_id: int
+    price_ticks: int  # always the maker's price
+    quantity_lots: int
+    base_units: int
+    quote_units: int
+    taker_side: Side
+    taker_order_id: int
+    taker_user_id: str
+    maker_order_id: int
+    maker_user_id: str
+    buyer_fee_units: int  # charged in base (the buyer receives base)
+    seller_fee_units: int  # charged in quote (the seller receives quote)
+
+
+@dataclass(slots=True)
+class BalanceDelta:
+    user_id: str
+    asset: str
+    available: int
+    locked: int
+
+
+@dataclass(slots=True)
+class CommandResult:
+    seq: int
+    ts_ms: int
+    accepted: bool  # False: rejected, nothing but the release of the API's lock happened
+    reject_reason: str | None = None  # an ErrorCode value
+    order: OrderUpdate | None = None  # the placed or cancelled order (the taker)
+    updates: list[OrderUpdate] = field(default_factory=list)  # every order touched, incl. .order
+    fills: list[Fill] = field(default_factory=list)
+    balance_deltas: list[BalanceDelta] = field(default_factory=list)
+    # (side, price_ticks, new total lots at that level; 0 = level gone), in change order
+    depth_changes: list[tuple[Side, int, int]] = field(default_factory=list)

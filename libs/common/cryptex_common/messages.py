@@ -1,0 +1,210 @@
+"""Message schemas shared by every service: defined once, here.
+
+Internal messages (commands on `MESSAGES:{M}`, replies on `reply:<api>`, batches on
+`events:{M}`) carry integers: prices in ticks, quantities in lots, amounts in smallest
+units. Public messages (pub/sub channels read by wsgateway, REST bodies) carry decimal
+strings; `cryptex_common.wire` converts.
+
+A command's stream entry has the fields `c` (the command JSON below) and, for a new order,
+`id` (the order id assigned by the enqueue script). The command's timestamp is the stream
+entry id's millisecond part, so a replay sees the same time.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from cryptex_common.markets import MarketState, SelfTradePrevention
+
+
+class Side(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class OrderType(StrEnum):
+    LIMIT = "limit"
+    MARKET = "market"
+
+
+class TimeInForce(StrEnum):
+    GTC = "GTC"
+    IOC = "IOC"
+    FOK = "FOK"
+
+
+class OrderStatus(StrEnum):
+    NEW = "new"  # accepted, funds locked, queued or resting with no fill
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"  # IOC/FOK/market remainder, or self-trade prevention
+    REJECTED = "rejected"  # refused by the engine (post-only would take, market state)
+
+
+TERMINAL_STATUSES = frozenset(
+    {OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.EXPIRED, OrderStatus.REJECTED}
+)
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+
+# --- commands (API/operator -> engine) --------------------------------------------------
+class PlaceOrderCommand(_Msg):
+    type: Literal["place"] = "place"
+    user_id: str = Field(alias="userId")
+    side: Side
+    order_type: OrderType = Field(alias="orderType")
+    time_in_force: TimeInForce = Field(alias="timeInForce", default=TimeInForce.GTC)
+    post_only: bool = Field(alias="postOnly", default=False)
+    price_ticks: int | None = Field(alias="priceTicks", default=None)
+    quantity_lots: int | None = Field(alias="quantityLots", default=None)
+    # Market buys: the most quote (smallest units) the order may spend.
+    quote_budget_units: int | None = Field(alias="quoteBudgetUnits", default=None)
+    stp: SelfTradePrevention | None = None
+    client_order_id: str | None = Field(alias="clientOrderId", default=None)
+    locked_units: int = Field(alias="lockedUnits")  # what the enqueue script locked
+    reply_to: str | None = Field(alias="replyTo", default=None)
+    request_id: str | None = Field(alias="requestId", default=None)
+    correlation_id: str | None = Field(alias="correlationId", default=None)
+
+
+class CancelOrderCommand(_Msg):
+    type: Literal["cancel"] = "cancel"
+    user_id: str = Field(alias="userId")
+    order_id: int = Field(alias="orderId")
+    reply_to: str | None = Field(alias="replyTo", default=None)
+    request_id: str | None = Field(alias="requestId", default=None)
+    correlation_id: str | None = Field(alias="correlationId", default=None)
+
+
+class CancelAllCommand(_Msg):
+    type: Literal["cancel_all"] = "cancel_all"
+    user_id: str = Field(alias="userId")
+    reply_to: str | None = Field(alias="replyTo", default=None)
+    request_id: str | None = Field(alias="requestId", default=None)
+    correlation_id: str | None = Field(alias="correlationId", default=None)
+
+
+class ConfigureMarketCommand(_Msg):
+    """State and fee changes, sequenced with the orders (written by registry.register)."""
+
+    type: Literal["configure"] = "configure"
+    state: MarketState
+    maker_fee_bps: int = Field(alias="makerFeeBps")
+    taker_fee_bps: int = Field(alias="takerFeeBps")
+
+
+Command = Annotated[
+    PlaceOrderCommand | CancelOrderCommand | CancelAllCommand | ConfigureMarketCommand,
+    Field(discriminator="type"),
+]
+COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
+
+
+# --- order and fill records (engine -> API, dbproc, Redis order hashes) ------------------
+class OrderRecord(_Msg):
+    order_id: int = Field(alias="orderId")
+    user_id: str = Field(alias="userId")
+    market: str
+    side: Side
+    order_type: OrderType = Field(alias="orderType")
+    time_in_force: TimeInForce = Field(alias="timeInForce")
+    post_only: bool = Field(alias="postOnly", default=False)
+    price_ticks: int | None = Field(alias="priceTicks", default=None)
+    quantity_lots: int | None = Field(alias="quantityLots", default=None)
+    quote_budget_units: int | None = Field(alias="quoteBudgetUnits", default=None)
+    executed_lots: int = Field(alias="executedLots", default=0)
+    executed_quote_units: int = Field(alias="executedQuoteUnits", default=0)
+    status: OrderStatus
+    reason: str | None = None
+    client_order_id: str | None = Field(alias="clientOrderId", default=None)
+    created_ms: int = Field(alias="createdMs")
+    updated_ms: int = Field(alias="updatedMs")
+
+
+class FillRecord(_Msg):
+    """One side of a trade, as its owner sees it."""
+
+    trade_id: int = Field(alias="tradeId")
+    order_id: int = Field(alias="orderId")
+    user_id: str = Field(alias="userId")
+    market: str
+    side: Side
+    price_ticks: int = Field(alias="priceTicks")
+    quantity_lots: int = Field(alias="quantityLots")
+    quote_units: int = Field(alias="quoteUnits")
+    fee_units: int = Field(alias="feeUnits")
+    fee_asset: str = Field(alias="feeAsset")
+    is_maker: bool = Field(alias="isMaker")
+    ts_ms: int = Field(alias="tsMs")
+
+
+class TradeRecord(_Msg):
+    trade_id: int = Field(alias="tradeId")
+    seq: int
+    market: str
+    price_ticks: int = Field(alias="priceTicks")
+    quantity_lots: int = Field(alias="quantityLots")
+    quote_units: int = Field(alias="quoteUnits")
+    taker_side: Side = Field(alias="takerSide")
+    buy_order_id: int = Field(alias="buyOrderId")
+    sell_order_id: int = Field(alias="sellOrderId")
+    buy_user_id: str = Field(alias="buyUserId")
+    sell_user_id: str = Field(alias="sellUserId")
+    buyer_fee_units: int = Field(alias="buyerFeeUnits")  # in the base asset
+    seller_fee_units: int = Field(alias="sellerFeeUnits")  # in the quote asset
+    ts_ms: int = Field(alias="tsMs")
+
+
+# --- replies (engine -> the API process that sent the command) ---------------------------
+class ReplyType(StrEnum):
+    ORDER_PLACED = "ORDER_PLACED"
+    ORDER_CANCELLED = "ORDER_CANCELLED"
+    ORDERS_CANCELLED = "ORDERS_CANCELLED"
+    REJECTED = "REJECTED"
+
+
+class CommandReply(_Msg):
+    request_id: str = Field(alias="requestId")
+    type: ReplyType
+    seq: int
+    order: OrderRecord | None = None
+    orders: list[OrderRecord] = Field(default_factory=list)
+    fills: list[FillRecord] = Field(default_factory=list)
+    code: str | None = None
+    message: str | None = None
+
+
+# --- settled batches (engine -> events:{M} -> dbproc) -------------------------------------
+class TradeEvent(_Msg):
+    type: Literal["trade"] = "trade"
+    trade: TradeRecord
+
+
+class OrderEvent(_Msg):
+    type: Literal["order"] = "order"
+    seq: int
+    order: OrderRecord
+
+
+Event = Annotated[TradeEvent | OrderEvent, Field(discriminator="type")]
+
+
+class EventBatch(_Msg):
+    """One settled engine batch: stream entry field `b`. Sequences are gap-free per market
+    across batches (`first_seq` = previous batch's `last_seq` + 1)."""
+
+    market: str
+    first_seq: int = Field(alias="firstSeq")
+    last_seq: int = Field(alias="lastSeq")
+    ts_ms: int = Field(alias="tsMs")
+    events: list[Event]
+
+
+EVENT_BATCH_ADAPTER: TypeAdapter[EventBatch] = TypeAdapter(EventBatch)

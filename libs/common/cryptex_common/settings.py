@@ -1,0 +1,48 @@
+"""Settings from the environment (prefix `CRYPTEX_`), shared by every service.
+
+Each service subclasses `ServiceSettings`; a bad value fails at start with a message that
+names the variable (see `load_settings`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CRYPTEX_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/cryptex"
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    instance_id: str = Field(default_factory=default_instance_id)
+    # Where /healthz, /readyz and /metrics are served for services without their own
+    # HTTP port (engine, dbproc). 0 picks a free port.
+    ops_host: str = "127.0.0.1"
+    ops_port: int = Field(default=0, ge=0, le=65535)
+    shutdown_timeout_s: float = Field(default=10.0, gt=0)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S], **overrides: object) -> S:
+    """Build settings or exit(2) with one line per bad variable."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        prefix = cls.model_config.get("env_prefix", "")
+        for err in exc.errors():
+            name = (prefix + "_".join(str(p) for p in err["loc"])).upper()
+            print(f"configuration error: {name}: {err['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,127 @@
+"""Public payloads: internal integer records turned into the decimal strings clients see.
+
+Used by the API (REST bodies), the engine (public pub/sub channels) and wsgateway, so a
+field is spelled and formatted the same everywhere. Timestamps are integer milliseconds.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from cryptex_common.markets import MarketSpec
+from cryptex_common.messages import FillRecord, OrderRecord, TradeRecord
+from cryptex_common.money import format_steps, format_units
+
+
+class WireFormat:
+    """Formats amounts of one market. Cheap to build; keep one per market."""
+
+    def __init__(self, spec: MarketSpec) -> None:
+        self.spec = spec
+        self.tick = Decimal(spec.tick_size)
+        self.lot = Decimal(spec.lot_size)
+
+    def price(self, ticks: int | None) -> str | None:
+        return None if ticks is None else format_steps(ticks, self.tick)
+
+    def quantity(self, lots: int | None) -> str | None:
+        return None if lots is None else format_steps(lots, self.lot)
+
+    def quote(self, units: int | None) -> str | None:
+        return None if units is None else format_units(units, self.spec.quote_decimals)
+
+    def base(self, units: int) -> str:
+        return format_units(units, self.spec.base_decimals)
+
+    def fee(self, units: int, asset: str) -> str:
+        decimals = (
+            self.spec.base_decimals if asset == self.spec.base_asset else self.spec.quote_decimals
+        )
+        return format_units(units, decimals)
+
+    def order(self, o: OrderRecord) -> dict[str, Any]:
+        return {
+            "orderId": str(o.order_id),
+            "clientOrderId": o.client_order_id,
+            "market": o.market,
+            "side": o.side.value,
+            "type": o.order_type.value,
+            "timeInForce": o.time_in_force.value,
+            "postOnly": o.post_only,
+            "price": self.price(o.price_ticks),
+            "quantity": self.quantity(o.quantity_lots),
+            "quoteQuantity": self.quote(o.quote_budget_units),
+            "executedQty": self.quantity(o.executed_lots),
+            "executedQuoteQty": self.quote(o.executed_quote_units),
+            "status": o.status.value,
+            "reason": o.reason,
+            "createdAt": o.created_ms,
+            "updatedAt": o.updated_ms,
+        }
+
+    def fill(self, f: FillRecord) -> dict[str, Any]:
+        return {
+            "tradeId": str(f.trade_id),
+            "orderId": str(f.order_id),
+            "market": f.market,
+            "side": f.side.value,
+            "price": self.price(f.price_ticks),
+            "quantity": self.quantity(f.quantity_lots),
+            "quoteQuantity": self.quote(f.quote_units),
+            "fee": self.fee(f.fee_units, f.fee_asset),
+            "feeAsset": f.fee_asset,
+            "liquidity": "maker" if f.is_maker else "taker",
+            "ts": f.ts_ms,
+        }
+
+    def trade(self, t: TradeRecord) -> dict[str, Any]:
+        return {
+            "tradeId": str(t.trade_id),
+            "market": t.market,
+            "price": self.price(t.price_ticks),
+            "quantity": self.quantity(t.quantity_lots),
+            "quoteQuantity": self.quote(t.quote_units),
+            "takerSide": t.taker_side.value,
+            "ts": t.ts_ms,
+        }
+
+    def levels(self, levels: list[tuple[int, int]]) -> list[list[str | None]]:
+        return [[self.price(p), self.quantity(q)] for p, q in levels]
+
+
+def fills_for_trade(trade: TradeRecord, base_asset: str, quote_asset: str) -> list[FillRecord]:
+    """The two sides of one trade, as buyer and seller each see it."""
+    taker_is_buy = trade.taker_side.value == "buy"
+    common = {
+        "tradeId": trade.trade_id,
+        "market": trade.market,
+        "priceTicks": trade.price_ticks,
+        "quantityLots": trade.quantity_lots,
+        "quoteUnits": trade.quote_units,
+        "tsMs": trade.ts_ms,
+    }
+    return [
+        FillRecord.model_validate(
+            {
+                **common,
+                "orderId": trade.buy_order_id,
+                "userId": trade.buy_user_id,
+                "side": "buy",
+                "feeUnits": trade.buyer_fee_units,
+                "feeAsset": base_asset,
+                "isMaker": not taker_is_buy,
+            }
+        ),
+        FillRecord.model_validate(
+            {
+                **common,
+                "orderId": trade.sell_order_id,
+                "userId": trade.sell_user_id,
+                "side": "sell",
+                "feeUnits": trade.seller_fee_units,
+                "feeAsset": quote_asset,
+                "isMaker": taker_is_buy,
+            }
+        ),
+    ]

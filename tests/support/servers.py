@@ -1,0 +1,144 @@
+"""Real Redis and PostgreSQL servers on free ports, started for a test run.
+
+Never mocks: tests talk to the real server binaries (Debian's redis-server and
+PostgreSQL 15), started under a temporary directory and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float = 15.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout_s}s")
+
+
+@dataclass
+class RedisServer:
+    port: int
+    dir: str
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_redis(appendonly: bool = False, directory: str | None = None) -> RedisServer:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
+    port = free_port()
+    workdir = directory or tempfile.mkdtemp(prefix="cryptex-redis-")
+    args = [
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir,
+        "--save", "", "--appendonly", "yes" if appendonly else "no",
+        "--appendfsync", "everysec", "--logfile", os.path.join(workdir, "redis.log"),
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port)
+    return RedisServer(port, workdir, proc)
+
+
+@contextlib.contextmanager
+def redis_server(appendonly: bool = False) -> Iterator[RedisServer]:
+    server = start_redis(appendonly=appendonly)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if found:
+        return found[-1]
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"PostgreSQL binary {name} not found (apt-get install -y postgresql)")
+    return path
+
+
+@dataclass
+class PostgresServer:
+    port: int
+    dir: str
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def url_for(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _as_postgres(self, args: list[str]) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+
+    def stop(self) -> None:
+        subprocess.run(
+            self._as_postgres([_pg_bin("pg_ctl"), "-D", self.dir, "-m", "fast", "stop"]),
+            check=False, capture_output=True,
+        )
+
+
+def start_postgres() -> PostgresServer:
+    """initdb + pg_ctl start in a temp dir; as root, runs the server as user postgres."""
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="cryptex-pg-")
+    if os.geteuid() == 0:
+        shutil.chown(workdir, "postgres")
+    server = PostgresServer(port, workdir)
+    subprocess.run(
+        server._as_postgres(
+            [_pg_bin("initdb"), "-D", workdir, "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+        ),
+        check=True, capture_output=True,
+    )
+    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {workdir} -c fsync=off"
+    subprocess.run(
+        server._as_postgres(
+            [_pg_bin("pg_ctl"), "-D", workdir, "-o", opts, "-l", f"{workdir}/log", "-w", "start"]
+        ),
+        check=True, capture_output=True,
+    )
+    return server
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
