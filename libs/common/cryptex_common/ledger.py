@@ -9,7 +9,7 @@ A batch is settled at most once (by sequence) and only by the engine holding the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,12 +17,13 @@ from redis.asyncio import Redis
 
 from cryptex_common import keys
 
+LUA_DIR = Path(__file__).parent / "lua"
 CLIENT_ORDER_ID_TTL_S = 24 * 3600
 TERMINAL_ORDER_TTL_S = 7 * 24 * 3600
 
 
-def _lua(name: str) -> str:
-    return resources.files("cryptex_common").joinpath("lua", name).read_text()
+def lua_source(name: str) -> str:
+    return (LUA_DIR / name).read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +62,9 @@ def _s(value: Any) -> str:
 class Ledger:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._enqueue = redis.register_script(_lua("enqueue_order.lua"))
-        self._settle = redis.register_script(_lua("settle_batch.lua"))
-        self._move = redis.register_script(_lua("move_funds.lua"))
+        self._enqueue = redis.register_script(lua_source("enqueue_order.lua"))
+        self._settle = redis.register_script(lua_source("settle_batch.lua"))
+        self._move = redis.register_script(lua_source("move_funds.lua"))
 
     async def enqueue_order(
         self,

@@ -116,3 +116,11 @@ DBPROC_DEAD_LETTERS = Counter(
 # --- dependencies -----------------------------------------------------------------------
 REDIS_ERRORS = Counter("cryptex_redis_errors_total", "Redis errors", ["service"])
 POSTGRES_ERRORS = Counter("cryptex_postgres_errors_total", "PostgreSQL errors", ["service"])
+
+# --- Redis memory (set by every engine from `INFO memory`, every few seconds) -----------
+REDIS_USED_MEMORY = Gauge(
+    "cryptex_redis_used_memory_bytes", "Redis used_memory, from INFO memory"
+)
+REDIS_MAXMEMORY = Gauge(
+    "cryptex_redis_maxmemory_bytes", "Redis maxmemory, from INFO memory (0 = no limit)"
+)

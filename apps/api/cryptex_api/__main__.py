@@ -1,0 +1,3 @@
+from cryptex_api.main import main
+
+main()

@@ -1,0 +1,520 @@
+"""The REST API (aiohttp): thin handlers around validation (orders.py), the ledger scripts
+and the reply waiter.
+
+Invariants: bad input never reaches a stream and never changes a balance (validation and
+the funds check happen before or inside the one atomic enqueue call); every error is
+`{"code", "message"[, "field"]}` with the status from cryptex_common.errors; every
+accepted order gets an id, answered 200 with its result or 202 when the engine's reply
+does not arrive within `reply_timeout_ms` (the order can then be looked up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from aiohttp import web
+from cryptex_common import auth, keys, metrics, registry, runtime
+from cryptex_common.errors import CryptexError, ErrorCode
+from cryptex_common.ledger import Ledger
+from cryptex_common.markets import MarketSpec, MarketState, normalize_symbol
+from cryptex_common.messages import (
+    TERMINAL_STATUSES,
+    CancelAllCommand,
+    CancelOrderCommand,
+    CommandReply,
+    OrderRecord,
+    OrderStatus,
+    ReplyType,
+)
+from cryptex_common.money import parse_decimal, parse_json, to_units
+from cryptex_common.wire import WireFormat
+from redis.asyncio import Redis
+
+from cryptex_api.openapi import OPENAPI
+from cryptex_api.orders import market_field, validate_order
+from cryptex_api.ratelimit import TokenBuckets
+from cryptex_api.replies import ReplyWaiter
+from cryptex_api.settings import ApiSettings
+
+log = logging.getLogger("cryptex.api")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PREFIX = "/api/v1"
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json",
+                        headers=headers)
+
+
+def error_response(err: CryptexError, headers: dict[str, str] | None = None) -> web.Response:
+    return json_response(err.to_wire(), err.http_status, headers)
+
+
+class Api:
+    """Holds the dependencies the handlers share; one per process."""
+
+    def __init__(self, settings: ApiSettings, redis: Redis, history: Any = None) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.ledger = Ledger(redis)
+        self.replies = ReplyWaiter(redis, settings.instance_id)
+        self.markets: dict[str, MarketSpec] = {}
+        self.formats: dict[str, WireFormat] = {}
+        self.asset_decimals: dict[str, int] = {}
+        self.api_keys: dict[str, tuple[str, str]] = {}  # apiKey -> (userId, secret)
+        self.buckets = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst)
+        self.history = history
+        self._markets_task: asyncio.Task[None] | None = None
+
+    # --- markets ---------------------------------------------------------------------
+    async def reload_markets(self) -> None:
+        self.markets = await registry.load_markets(self.redis)
+        self.formats = {s: WireFormat(spec) for s, spec in self.markets.items()}
+        for spec in self.markets.values():
+            self.asset_decimals[spec.base_asset] = spec.base_decimals
+            self.asset_decimals[spec.quote_asset] = spec.quote_decimals
+
+    async def _watch_markets(self) -> None:
+        while True:
+            await self.replies.on_markets_changed.wait()
+            self.replies.on_markets_changed.clear()
+            try:
+                await self.reload_markets()
+            except Exception:
+                log.exception("reloading markets failed")
+
+    def market(self, raw: str | None) -> MarketSpec:
+        if raw is None or not raw.strip():
+            raise CryptexError(ErrorCode.MISSING_FIELD, "market is required", "market")
+        spec = self.markets.get(normalize_symbol(raw))
+        if spec is None:
+            raise CryptexError(ErrorCode.UNKNOWN_MARKET, f"unknown market: {raw}", "market")
+        return spec
+
+    async def start(self) -> None:
+        await self.reload_markets()
+        await self.replies.start()
+        self._markets_task = asyncio.create_task(self._watch_markets())
+
+    async def stop(self) -> None:
+        if self._markets_task:
+            self._markets_task.cancel()
+        await self.replies.stop()
+
+    async def ready(self) -> bool:
+        await self.redis.ping()
+        return self.replies.healthy
+
+    # --- auth ------------------------------------------------------------------------
+    async def authenticate(self, request: web.Request, body: bytes) -> str:
+        api_key = request.headers.get("X-CX-KEY")
+        ts_raw = request.headers.get("X-CX-TS")
+        signature = request.headers.get("X-CX-SIGN")
+        if not api_key or not ts_raw or not signature:
+            raise CryptexError(ErrorCode.UNAUTHORIZED,
+                               "X-CX-KEY, X-CX-TS and X-CX-SIGN headers are required")
+        if not ts_raw.isdigit():
+            raise CryptexError(ErrorCode.STALE_TIMESTAMP, "X-CX-TS must be milliseconds since the epoch")
+        if not auth.timestamp_fresh(int(ts_raw), int(time.time() * 1000)):
+            raise CryptexError(ErrorCode.STALE_TIMESTAMP, "X-CX-TS is outside the 5 s window")
+        user = self.api_keys.get(api_key)
+        if user is None:
+            user_id = await self.redis.get(keys.api_key_key(api_key))
+            secret = await self.redis.hget(keys.user_key(_s(user_id)), "apiSecret") if user_id else None
+            if not user_id or not secret:
+                raise CryptexError(ErrorCode.UNAUTHORIZED, "unknown API key")
+            user = (_s(user_id), _s(secret))
+            self.api_keys[api_key] = user
+        user_id, secret = user
+        if not auth.signature_matches(secret, ts_raw, request.method, request.path_qs, body, signature):
+            raise CryptexError(ErrorCode.BAD_SIGNATURE, "X-CX-SIGN does not match the request")
+        fresh = await self.redis.set(keys.signature_key(signature), 1, nx=True,
+                                     px=2 * auth.TIMESTAMP_WINDOW_MS)
+        if not fresh:
+            raise CryptexError(ErrorCode.REPLAYED_REQUEST, "this signed request was already used")
+        wait_s = self.buckets.take(api_key)
+        if wait_s > 0:
+            raise RateLimited(wait_s)
+        return user_id
+
+    def check_admin(self, request: web.Request) -> None:
+        token = self.settings.admin_token
+        given = request.headers.get("Authorization", "")
+        if not token:
+            raise CryptexError(ErrorCode.FORBIDDEN, "admin routes are disabled (CRYPTEX_ADMIN_TOKEN unset)")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise CryptexError(ErrorCode.UNAUTHORIZED, "admin bearer token required")
+
+    # --- helpers -----------------------------------------------------------------------
+    async def read_json(self, request: web.Request, body: bytes) -> dict[str, Any]:
+        if not body:
+            return {}
+        try:
+            doc = parse_json(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CryptexError(ErrorCode.INVALID_JSON, f"body is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise CryptexError(ErrorCode.INVALID_JSON, "body must be a JSON object")
+        return doc
+
+    async def load_order(self, order_id: int) -> tuple[OrderRecord | None, str | None]:
+        raw = await self.redis.hget(keys.order_key(order_id), "r")
+        if not raw:
+            return None, None
+        rec = OrderRecord.model_validate_json(raw)
+        return rec, rec.user_id
+
+    def order_wire(self, rec: OrderRecord) -> dict[str, Any]:
+        fmt = self.formats.get(rec.market)
+        return fmt.order(rec) if fmt else rec.model_dump(by_alias=True, mode="json")
+
+    async def wait_reply(self, fut: asyncio.Future[CommandReply], request_id: str) -> CommandReply | None:
+        try:
+            return await asyncio.wait_for(fut, self.settings.reply_timeout_ms / 1000)
+        except TimeoutError:
+            self.replies.forget(request_id)
+            return None
+
+    def check_state(self, spec: MarketSpec, *, cancelling: bool, post_only: bool = False) -> None:
+        state = spec.state
+        if state in (MarketState.HALTED, MarketState.CLOSED):
+            raise CryptexError(ErrorCode.MARKET_HALTED, f"market {spec.symbol} is {state.value}")
+        if cancelling:
+            return
+        if state == MarketState.CANCEL_ONLY:
+            raise CryptexError(ErrorCode.MARKET_NOT_OPEN, f"market {spec.symbol} accepts cancels only")
+        if state == MarketState.POST_ONLY and not post_only:
+            raise CryptexError(ErrorCode.MARKET_NOT_OPEN,
+                               f"market {spec.symbol} accepts postOnly limit orders only")
+
+    async def visible_asks(self, spec: MarketSpec) -> list[tuple[int, int]]:
+        raw = await self.redis.get(keys.depth_key(spec.symbol))
+        if not raw:
+            return []
+        tick, lot = Decimal(spec.tick_size), Decimal(spec.lot_size)
+        return [(int(Decimal(p) / tick), int(Decimal(q) / lot)) for p, q in orjson.loads(raw)["asks"]]
+
+    # --- private routes ------------------------------------------------------------------
+    async def place_order(self, request: web.Request, user_id: str, body: dict[str, Any]) -> web.Response:
+        spec = self.market(market_field(body))
+        label = {"market": spec.symbol}
+        try:
+            is_market_buy_by_qty = (str(body.get("type", "")).lower() == "market"
+                                    and body.get("quoteQuantity") is None
+                                    and str(body.get("kind", body.get("side", ""))).lower() == "buy")
+            asks = await self.visible_asks(spec) if is_market_buy_by_qty else None
+            order = validate_order(body, spec, user_id, asks)
+            self.check_state(spec, cancelling=False, post_only=order.command.post_only)
+        except CryptexError as err:
+            metrics.ORDERS_REJECTED.labels(market=spec.symbol, reason=err.code.value).inc()
+            raise
+        request_id, fut = self.replies.new_request()
+        command = order.command.model_copy(update={
+            "reply_to": self.replies.channel, "request_id": request_id,
+            "correlation_id": request.get("correlation_id"),
+        })
+        record_tail = orjson.dumps(OrderRecord(
+            orderId=0, userId=user_id, market=spec.symbol, side=command.side,
+            orderType=command.order_type, timeInForce=command.time_in_force,
+            postOnly=command.post_only, priceTicks=command.price_ticks,
+            quantityLots=command.quantity_lots, quoteBudgetUnits=command.quote_budget_units,
+            status=OrderStatus.NEW, clientOrderId=command.client_order_id, createdMs=0,
+            updatedMs=0,
+        ).model_dump(by_alias=True, mode="json", exclude={"order_id", "created_ms", "updated_ms"}))
+        started = time.perf_counter()
+        enq = await self.ledger.enqueue_order(
+            symbol=spec.symbol, user_id=user_id, lock_asset=order.lock_asset,
+            lock_units=order.lock_units, command_json=command.model_dump_json(by_alias=True),
+            record_tail_json=record_tail.decode()[1:], client_order_id=command.client_order_id,
+        )
+        if enq.status != "ok":
+            self.replies.forget(request_id)
+            if enq.status == "dup" and enq.order_id is not None:
+                rec, _ = await self.load_order(enq.order_id)
+                return json_response({"duplicate": True, "order": self.order_wire(rec) if rec else {
+                    "orderId": str(enq.order_id)}})
+            metrics.ORDERS_REJECTED.labels(market=spec.symbol, reason="INSUFFICIENT_FUNDS").inc()
+            raise CryptexError(ErrorCode.INSUFFICIENT_FUNDS,
+                               f"insufficient {order.lock_asset} available", "quantity")
+        metrics.ORDERS_ACCEPTED.labels(**label).inc()
+        log.info("order queued", extra={"market": spec.symbol, "orderId": enq.order_id,
+                                        "userId": user_id})
+        reply = await self.wait_reply(fut, request_id)
+        if reply is None:
+            metrics.ORDER_REPLY_TIMEOUTS.labels(**label).inc()
+            return json_response({"orderId": str(enq.order_id), "status": "accepted",
+                                  "message": "queued; the engine has not answered yet"}, 202)
+        metrics.ORDER_ROUNDTRIP.labels(**label).observe(time.perf_counter() - started)
+        return self.reply_response(reply, spec)
+
+    def reply_response(self, reply: CommandReply, spec: MarketSpec) -> web.Response:
+        fmt = self.formats.get(spec.symbol) or WireFormat(spec)
+        body: dict[str, Any] = {}
+        if reply.order is not None:
+            body["order"] = fmt.order(reply.order)
+        if reply.type == ReplyType.REJECTED:
+            code = reply.code or "REJECTED"
+            metrics.ORDERS_REJECTED.labels(market=spec.symbol, reason=code).inc()
+            err = CryptexError(ErrorCode(code) if code in ErrorCode.__members__ else ErrorCode.CONFLICT,
+                               reply.message or code)
+            return json_response({**err.to_wire(), **body}, err.http_status)
+        if reply.type == ReplyType.ORDERS_CANCELLED:
+            return json_response({"cancelled": [fmt.order(o) for o in reply.orders]})
+        body["fills"] = [fmt.fill(f) for f in reply.fills]
+        return json_response(body)
+
+    async def resolve_order(self, user_id: str, params: dict[str, Any]) -> OrderRecord:
+        order_id, coid = params.get("orderId"), params.get("clientOrderId")
+        if order_id is None and coid is None:
+            raise CryptexError(ErrorCode.MISSING_FIELD, "orderId or clientOrderId is required", "orderId")
+        if order_id is None:
+            found = await self.redis.get(keys.client_order_key(user_id, str(coid)))
+            if not found:
+                raise CryptexError(ErrorCode.ORDER_NOT_FOUND, "no order with this clientOrderId", "clientOrderId")
+            order_id = _s(found)
+        if not str(order_id).isdigit() or len(str(order_id)) > 18:
+            raise CryptexError(ErrorCode.INVALID_FIELD, "orderId must be a positive integer", "orderId")
+        rec, owner = await self.load_order(int(order_id))
+        if rec is None or owner != user_id:  # another user's order is "not found" to you
+            raise CryptexError(ErrorCode.ORDER_NOT_FOUND, f"order {order_id} not found", "orderId")
+        return rec
+
+    async def cancel_order(self, request: web.Request, user_id: str, body: dict[str, Any]) -> web.Response:
+        params = {**request.query, **body}
+        rec = await self.resolve_order(user_id, params)
+        if rec.status in TERMINAL_STATUSES:
+            raise CryptexError(ErrorCode.ORDER_NOT_OPEN, f"order {rec.order_id} is {rec.status.value}", "orderId")
+        spec = self.market(rec.market)
+        self.check_state(spec, cancelling=True)
+        request_id, fut = self.replies.new_request()
+        cmd = CancelOrderCommand(userId=user_id, orderId=rec.order_id, replyTo=self.replies.channel,
+                                 requestId=request_id, correlationId=request.get("correlation_id"))
+        await self.redis.xadd(keys.commands_stream(spec.symbol), {"c": cmd.model_dump_json(by_alias=True)})
+        reply = await self.wait_reply(fut, request_id)
+        if reply is None:
+            return json_response({"orderId": str(rec.order_id), "status": "cancel_requested"}, 202)
+        if reply.type == ReplyType.REJECTED:  # filled or cancelled while the cancel was queued
+            raise CryptexError(ErrorCode.ORDER_NOT_OPEN, f"order {rec.order_id} is no longer open", "orderId")
+        return self.reply_response(reply, spec)
+
+    async def cancel_all(self, request: web.Request, user_id: str, body: dict[str, Any]) -> web.Response:
+        raw = request.query.get("market") or body.get("market")
+        specs = [self.market(raw)] if raw else list(self.markets.values())
+        waits = []
+        for spec in specs:
+            self.check_state(spec, cancelling=True)
+            request_id, fut = self.replies.new_request()
+            cmd = CancelAllCommand(userId=user_id, replyTo=self.replies.channel, requestId=request_id)
+            await self.redis.xadd(keys.commands_stream(spec.symbol), {"c": cmd.model_dump_json(by_alias=True)})
+            waits.append((spec, request_id, fut))
+        cancelled: list[dict[str, Any]] = []
+        pending = []
+        for spec, request_id, fut in waits:
+            reply = await self.wait_reply(fut, request_id)
+            if reply is None:
+                pending.append(spec.symbol)
+                continue
+            cancelled.extend(self.formats[spec.symbol].order(o) for o in reply.orders)
+        return json_response({"cancelled": cancelled, "pendingMarkets": pending},
+                             202 if pending else 200)
+
+    async def get_order(self, request: web.Request, user_id: str, _: dict[str, Any]) -> web.Response:
+        rec = await self.resolve_order(user_id, dict(request.query))
+        return json_response(self.order_wire(rec))
+
+    async def open_orders(self, request: web.Request, user_id: str, _: dict[str, Any]) -> web.Response:
+        raw = request.query.get("market")
+        symbol = self.market(raw).symbol if raw else None
+        ids = await self.redis.zrange(keys.open_orders_key(user_id), 0, 999)
+        pipe = self.redis.pipeline(transaction=False)
+        for order_id in ids:
+            pipe.hget(keys.order_key(_s(order_id)), "r")
+        out = []
+        for raw_rec in await pipe.execute():
+            if raw_rec:
+                rec = OrderRecord.model_validate_json(raw_rec)
+                if rec.status not in TERMINAL_STATUSES and (symbol is None or rec.market == symbol):
+                    out.append(self.order_wire(rec))
+        return json_response(out)
+
+    async def balances(self, request: web.Request, user_id: str, _: dict[str, Any]) -> web.Response:
+        held = await self.ledger.balances(user_id)
+        from cryptex_common.money import format_units
+
+        out = []
+        for asset in sorted(held):
+            dec = self.asset_decimals.get(asset, 0)
+            out.append({"asset": asset, "available": format_units(held[asset]["available"], dec),
+                        "locked": format_units(held[asset]["locked"], dec)})
+        return json_response(out)
+
+    # --- admin -----------------------------------------------------------------------
+    async def create_user(self, request: web.Request) -> web.Response:
+        self.check_admin(request)
+        user_id = str(await self.redis.incr(keys.USER_ID_COUNTER))
+        api_key, secret = secrets.token_hex(16), secrets.token_hex(32)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(keys.user_key(user_id), mapping={"apiKey": api_key, "apiSecret": secret,
+                                                   "createdMs": int(time.time() * 1000)})
+        pipe.set(keys.api_key_key(api_key), user_id)
+        await pipe.execute()
+        return json_response({"userId": user_id, "apiKey": api_key, "apiSecret": secret}, 201)
+
+    async def move_funds(self, request: web.Request, kind: str) -> web.Response:
+        self.check_admin(request)
+        body = await self.read_json(request, await request.read())
+        for f in ("userId", "asset", "amount", "txId"):
+            if body.get(f) in (None, ""):
+                raise CryptexError(ErrorCode.MISSING_FIELD, f"{f} is required", f)
+        user_id, asset, tx_id = str(body["userId"]), str(body["asset"]).upper(), str(body["txId"])
+        if len(tx_id) > 128:
+            raise CryptexError(ErrorCode.INVALID_FIELD, "txId is at most 128 characters", "txId")
+        if asset not in self.asset_decimals:
+            raise CryptexError(ErrorCode.INVALID_FIELD, f"unknown asset {asset}", "asset")
+        if not await self.redis.exists(keys.user_key(user_id)):
+            raise CryptexError(ErrorCode.NOT_FOUND, f"user {user_id} not found", "userId")
+        units = to_units(parse_decimal(body["amount"], "amount"), self.asset_decimals[asset], "amount")
+        if units <= 0:
+            raise CryptexError(ErrorCode.INVALID_FIELD, "amount must be greater than zero", "amount")
+        record = {"txId": tx_id, "kind": kind, "userId": user_id, "asset": asset, "units": str(units)}
+        status, stored = await self.ledger.move_funds(kind=kind, user_id=user_id, asset=asset,
+                                                     units=units, tx_id=tx_id, record=record)
+        if status == "insufficient":
+            raise CryptexError(ErrorCode.INSUFFICIENT_FUNDS, f"insufficient {asset} available", "amount")
+        if status == "dup":
+            if stored != record:
+                raise CryptexError(ErrorCode.CONFLICT, f"txId {tx_id} was used for a different transfer", "txId")
+            return json_response({**body, "duplicate": True})
+        return json_response({**body, "duplicate": False})
+
+    # --- public ----------------------------------------------------------------------
+    async def list_markets(self, _: web.Request) -> web.Response:
+        return json_response([s.to_wire() for s in sorted(self.markets.values(), key=lambda s: s.symbol)])
+
+    async def depth(self, request: web.Request) -> web.Response:
+        spec = self.market(request.query.get("market"))
+        limit = _int_param(request.query.get("limit"), "limit", 100, 1, 200)
+        raw = await self.redis.get(keys.depth_key(spec.symbol))
+        book = orjson.loads(raw) if raw else {"market": spec.symbol, "lastUpdateId": 0,
+                                               "bids": [], "asks": [], "ts": 0}
+        book["bids"], book["asks"] = book["bids"][:limit], book["asks"][:limit]
+        return json_response(book)
+
+    async def trades(self, request: web.Request) -> web.Response:
+        spec = self.market(request.query.get("market"))
+        limit = _int_param(request.query.get("limit"), "limit", 100, 1, 1000)
+        raw = await self.redis.lrange(keys.recent_trades_key(spec.symbol), 0, limit - 1)
+        return json_response([orjson.loads(t) for t in raw])
+
+    async def ticker(self, request: web.Request) -> web.Response:
+        spec = self.market(request.query.get("market"))
+        raw = await self.redis.get(keys.ticker_key(spec.symbol))
+        return json_response(orjson.loads(raw) if raw else {"market": spec.symbol, "count": 0})
+
+    async def tickers(self, _: web.Request) -> web.Response:
+        symbols = sorted(self.markets)
+        raws = await self.redis.mget([keys.ticker_key(s) for s in symbols]) if symbols else []
+        return json_response([orjson.loads(r) if r else {"market": s, "count": 0}
+                              for s, r in zip(symbols, raws, strict=True)])
+
+    async def server_time(self, _: web.Request) -> web.Response:
+        return json_response({"serverTime": int(time.time() * 1000)})
+
+    async def openapi(self, _: web.Request) -> web.Response:
+        return json_response(OPENAPI)
+
+
+class RateLimited(Exception):
+    def __init__(self, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+
+
+def _int_param(raw: str | None, field: str, default: int, lo: int, hi: int) -> int:
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise CryptexError(ErrorCode.INVALID_FIELD, f"{field} must be an integer in [{lo}, {hi}]", field)
+    return int(raw)
+
+
+def private(api: Api, handler: Callable[[web.Request, str, dict[str, Any]], Awaitable[web.Response]],
+            wants_body: bool = True) -> Handler:
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        user_id = await api.authenticate(request, raw)
+        body = await api.read_json(request, raw) if wants_body else {}
+        return await handler(request, user_id, body)
+    return wrapped
+
+
+@web.middleware
+async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    request["correlation_id"] = request.headers.get("X-Request-Id") or secrets.token_hex(8)
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    try:
+        response = await handler(request)
+    except CryptexError as err:
+        response = error_response(err)
+    except RateLimited as rl:
+        response = error_response(
+            CryptexError(ErrorCode.RATE_LIMITED, "rate limit exceeded for this API key"),
+            {"Retry-After": str(max(1, int(rl.retry_after_s + 0.999)))},
+        )
+    except web.HTTPRequestEntityTooLarge:
+        response = error_response(CryptexError(ErrorCode.BODY_TOO_LARGE, "request body is too large"))
+    except web.HTTPNotFound:
+        response = error_response(CryptexError(ErrorCode.NOT_FOUND, f"no route {request.path}"))
+    except web.HTTPMethodNotAllowed:
+        response = json_response({"code": "METHOD_NOT_ALLOWED", "message": f"{request.method} not allowed"}, 405)
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path})
+        response = error_response(CryptexError(ErrorCode.INTERNAL, "internal error"))
+    response.headers["X-Request-Id"] = request["correlation_id"]
+    metrics.HTTP_REQUESTS.labels(route=route, method=request.method, status=str(response.status)).inc()
+    metrics.HTTP_LATENCY.labels(route=route, method=request.method).observe(time.perf_counter() - started)
+    return response
+
+
+def create_app(api: Api) -> web.Application:
+    app = web.Application(middlewares=[errors_and_metrics], client_max_size=api.settings.max_body_bytes)
+    r = app.router
+    r.add_post(f"{PREFIX}/order", private(api, api.place_order))
+    r.add_delete(f"{PREFIX}/order", private(api, api.cancel_order))
+    r.add_get(f"{PREFIX}/order", private(api, api.get_order, wants_body=False))
+    r.add_delete(f"{PREFIX}/orders", private(api, api.cancel_all))
+    r.add_get(f"{PREFIX}/orders/open", private(api, api.open_orders, wants_body=False))
+    r.add_get(f"{PREFIX}/balances", private(api, api.balances, wants_body=False))
+    r.add_post(f"{PREFIX}/admin/users", api.create_user)
+    r.add_post(f"{PREFIX}/admin/deposit", lambda req: api.move_funds(req, "deposit"))
+    r.add_post(f"{PREFIX}/admin/withdraw", lambda req: api.move_funds(req, "withdraw"))
+    r.add_get(f"{PREFIX}/markets", api.list_markets)
+    r.add_get(f"{PREFIX}/depth", api.depth)
+    r.add_get(f"{PREFIX}/trades", api.trades)
+    r.add_get(f"{PREFIX}/ticker", api.ticker)
+    r.add_get(f"{PREFIX}/tickers", api.tickers)
+    r.add_get(f"{PREFIX}/time", api.server_time)
+    r.add_get(f"{PREFIX}/openapi.json", api.openapi)
+    runtime.add_ops_routes(app, api.ready)
+
+    async def on_startup(_: web.Application) -> None:
+        await api.start()
+
+    async def on_cleanup(_: web.Application) -> None:
+        await api.stop()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app

@@ -1,0 +1,3 @@
+from cryptex_engine.main import main
+
+main()
