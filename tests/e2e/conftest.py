@@ -46,7 +46,9 @@ def e2e_redis() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def order_stack(e2e_redis: RedisServer) -> Iterator[Stack]:
-    stack = make_stack(e2e_redis.url, extra_env={"CRYPTEX_HISTORY_ENABLED": "false"})
+    stack = make_stack(e2e_redis.url, extra_env={
+        "CRYPTEX_HISTORY_ENABLED": "false", "CRYPTEX_RATE_LIMIT_PER_S": "20", "CRYPTEX_RATE_LIMIT_BURST": "40",
+    })
     asyncio.run(register_all(e2e_redis.url, stack))
     stack.start_all()
     yield stack

@@ -138,7 +138,7 @@ class Api:
             user = (_s(user_id), _s(secret))
             self.api_keys[api_key] = user
         user_id, secret = user
-        if not auth.signature_matches(secret, ts_raw, request.method, request.path_qs, body, signature):
+        if not auth.signature_matches(secret, ts_raw, request.method, request.raw_path, body, signature):
             raise CryptexError(ErrorCode.BAD_SIGNATURE, "X-CX-SIGN does not match the request")
         fresh = await self.redis.set(keys.signature_key(signature), 1, nx=True,
                                      px=2 * auth.TIMESTAMP_WINDOW_MS)

@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 import orjson
+from yarl import URL
 from cryptex_common.auth import sign
 
 __all__ = ["CryptexClient", "Response"]
@@ -87,8 +88,9 @@ class CryptexClient:
         headers: dict[str, str] | None = None,
     ) -> Response:
         path_qs = "/api/v1" + path
-        if params:
-            path_qs += "?" + urlencode({k: v for k, v in params.items() if v is not None})
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        if query:
+            path_qs += "?" + urlencode(query)
         data = raw_body if raw_body is not None else (b"" if body is None else orjson.dumps(body))
         hdrs = {"Content-Type": "application/json"} if data else {}
         if signed:
@@ -100,7 +102,7 @@ class CryptexClient:
         if admin:
             hdrs["Authorization"] = f"Bearer {self.admin_token}"
         hdrs.update(headers or {})
-        async with self.session.request(method, self.base_url + path_qs, data=data or None,
+        async with self.session.request(method, URL(self.base_url + path_qs, encoded=True), data=data or None,
                                         headers=hdrs) as resp:
             text = await resp.read()
             try:
