@@ -9,7 +9,7 @@ import itertools
 import logging
 
 from cryptex_common import keys
-from cryptex_common.messages import CommandReply
+from cryptex_common.messages import REPLY_BATCH_ADAPTER, CommandReply
 from redis.asyncio import Redis
 
 log = logging.getLogger("cryptex.api.replies")
@@ -65,13 +65,14 @@ class ReplyWaiter:
 
     def _deliver(self, data: bytes | str) -> None:
         try:
-            reply = CommandReply.model_validate_json(data)
+            replies = REPLY_BATCH_ADAPTER.validate_json(data)
         except Exception:
             log.exception("malformed reply dropped")
             return
-        fut = self._pending.pop(reply.request_id, None)
-        if fut is not None and not fut.done():
-            fut.set_result(reply)
+        for reply in replies:
+            fut = self._pending.pop(reply.request_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(reply)
 
     async def stop(self) -> None:
         if self._task:

@@ -26,7 +26,7 @@ import orjson
 from cryptex_common import keys, metrics
 from cryptex_common.ledger import BalanceChange, Ledger, OrderWrite, lua_source
 from cryptex_common.markets import MarketSpec
-from cryptex_common.messages import TERMINAL_STATUSES, OrderRecord, Side
+from cryptex_common.messages import REPLY_BATCH_ADAPTER, TERMINAL_STATUSES, CommandReply, OrderRecord, Side
 from cryptex_common.wire import WireFormat, fills_for_trade
 from redis.asyncio import Redis
 
@@ -74,6 +74,7 @@ class EngineService:
         self._snapshot_seq = 0
         self._snapshot_at = time.monotonic()
         self._labels = {"market": self.symbol}
+        self._private_users: frozenset[str] = frozenset()
 
     # --- ownership -------------------------------------------------------------------
     async def acquire(self, stop: asyncio.Event) -> bool:
@@ -267,8 +268,11 @@ class EngineService:
             "ts": now_ms,
         }
         pipe = self.redis.pipeline(transaction=False)
+        by_channel: dict[str, list[CommandReply]] = {}
         for channel, reply in out.replies:
-            pipe.publish(channel, reply.model_dump_json(by_alias=True))
+            by_channel.setdefault(channel, []).append(reply)
+        for channel, replies in by_channel.items():
+            pipe.publish(channel, REPLY_BATCH_ADAPTER.dump_json(replies, by_alias=True))
         pipe.publish(keys.depth_channel(self.symbol), orjson.dumps(diff))
         if levels:
             bids, asks = self.core.depth(self.settings.depth_levels)
@@ -302,18 +306,25 @@ class EngineService:
     ) -> None:
         fmt = self.fmt
         rec: OrderRecord
+        wanted = self._private_users
+        if not wanted:
+            return
         for rec in out.orders.values():
+            if rec.user_id not in wanted:
+                continue
             pipe.publish(keys.user_channel(rec.user_id),
                          orjson.dumps({"type": "order", "data": fmt.order(rec)}))
         for t in out.trades:
             for f in fills_for_trade(t, self.spec.base_asset, self.spec.quote_asset):
+                if f.user_id not in wanted:
+                    continue
                 pipe.publish(keys.user_channel(f.user_id),
                              orjson.dumps({"type": "fill", "data": fmt.fill(f)}))
         touched: dict[str, set[str]] = {}
         for _, r in results:
             if r.seq >= first_seq:
                 for d in r.balance_deltas:
-                    if d.user_id != keys.FEE_ACCOUNT:
+                    if d.user_id in wanted:
                         touched.setdefault(d.user_id, set()).add(d.asset)
         for user_id, assets in touched.items():
             pipe.publish(keys.user_channel(user_id),
@@ -387,6 +398,10 @@ class EngineService:
         )
         return bool(by_count or by_time)
 
+    async def refresh_private_users(self) -> None:
+        members = await self.redis.zrangebyscore(keys.PRIVATE_SUBSCRIBERS, int(time.time() * 1000), "+inf")
+        self._private_users = frozenset(members)
+
     async def update_lag(self) -> None:
         groups = await self.redis.xinfo_groups(self.stream)
         for g in groups:
@@ -408,6 +423,7 @@ class EngineService:
     async def run(self, stop: asyncio.Event) -> None:
         if not await self.acquire(stop):
             return
+        await self.refresh_private_users()
         await self.recover()
         self.ready = True
         renew_every = self.settings.lease_ttl_ms / 3000
@@ -432,6 +448,7 @@ class EngineService:
                     last_ticker = now
                 if now - last_lag >= 1.0:
                     await self.update_lag()
+                    await self.refresh_private_users()
                     last_lag = now
                 if self.snapshot_due():
                     await self.write_snapshot()

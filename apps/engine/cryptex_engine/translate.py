@@ -130,24 +130,25 @@ class Translator:
         m = self.meta.get(u.order_id)
         if m is None:  # an order the core knows but we never saw placed: impossible by design
             raise KeyError(f"no metadata for order {u.order_id}")
-        return OrderRecord(
-            orderId=u.order_id,
-            userId=u.user_id,
+        # model_construct: the core's output is already valid; validation would double the cost
+        return OrderRecord.model_construct(
+            order_id=u.order_id,
+            user_id=u.user_id,
             market=self.spec.symbol,
             side=u.side,
-            orderType=m.order_type,
-            timeInForce=m.time_in_force,
-            postOnly=m.post_only,
-            priceTicks=m.price_ticks,
-            quantityLots=m.quantity_lots,
-            quoteBudgetUnits=m.quote_budget_units,
-            executedLots=u.executed_lots,
-            executedQuoteUnits=u.executed_quote_units,
+            order_type=m.order_type,
+            time_in_force=m.time_in_force,
+            post_only=m.post_only,
+            price_ticks=m.price_ticks,
+            quantity_lots=m.quantity_lots,
+            quote_budget_units=m.quote_budget_units,
+            executed_lots=u.executed_lots,
+            executed_quote_units=u.executed_quote_units,
             status=u.status,
             reason=u.reason,
-            clientOrderId=m.client_order_id,
-            createdMs=m.created_ms,
-            updatedMs=ts_ms,
+            client_order_id=m.client_order_id,
+            created_ms=m.created_ms,
+            updated_ms=ts_ms,
         )
 
     def add(self, d: Decoded, result: CommandResult, out: BatchOutput) -> None:
@@ -158,27 +159,27 @@ class Translator:
                 wire.order_type, wire.time_in_force, wire.post_only, wire.price_ticks,
                 wire.quantity_lots, wire.quote_budget_units, wire.client_order_id, d.ts_ms,
             )
-        trades = [
-            TradeRecord(
-                tradeId=f.trade_id,
+        trades = []
+        for f in result.fills:
+            buy_is_taker = f.taker_side == "buy"
+            trades.append(TradeRecord.model_construct(
+                trade_id=f.trade_id,
                 seq=result.seq,
                 market=self.spec.symbol,
-                priceTicks=f.price_ticks,
-                quantityLots=f.quantity_lots,
-                quoteUnits=f.quote_units,
-                takerSide=f.taker_side,
-                buyOrderId=f.taker_order_id if f.taker_side == "buy" else f.maker_order_id,
-                sellOrderId=f.maker_order_id if f.taker_side == "buy" else f.taker_order_id,
-                buyUserId=f.taker_user_id if f.taker_side == "buy" else f.maker_user_id,
-                sellUserId=f.maker_user_id if f.taker_side == "buy" else f.taker_user_id,
-                buyerFeeUnits=f.buyer_fee_units,
-                sellerFeeUnits=f.seller_fee_units,
-                tsMs=d.ts_ms,
-            )
-            for f in result.fills
-        ]
+                price_ticks=f.price_ticks,
+                quantity_lots=f.quantity_lots,
+                quote_units=f.quote_units,
+                taker_side=f.taker_side,
+                buy_order_id=f.taker_order_id if buy_is_taker else f.maker_order_id,
+                sell_order_id=f.maker_order_id if buy_is_taker else f.taker_order_id,
+                buy_user_id=f.taker_user_id if buy_is_taker else f.maker_user_id,
+                sell_user_id=f.maker_user_id if buy_is_taker else f.taker_user_id,
+                buyer_fee_units=f.buyer_fee_units,
+                seller_fee_units=f.seller_fee_units,
+                ts_ms=d.ts_ms,
+            ))
         out.trades.extend(trades)
-        out.events.extend(TradeEvent(trade=t) for t in trades)
+        out.events.extend(TradeEvent.model_construct(type="trade", trade=t) for t in trades)
         records: dict[int, OrderRecord] = {}
         updates = list(result.updates)
         if result.order is not None and all(u.order_id != result.order.order_id for u in updates):
@@ -192,7 +193,7 @@ class Translator:
             rec = self.record(u, d.ts_ms)
             records[u.order_id] = rec
             out.orders[u.order_id] = rec
-            out.events.append(OrderEvent(seq=result.seq, order=rec))
+            out.events.append(OrderEvent.model_construct(type="order", seq=result.seq, order=rec))
             if rec.status in TERMINAL_STATUSES:
                 self.meta.pop(u.order_id, None)
         reply_to, request_id = getattr(wire, "reply_to", None), getattr(wire, "request_id", None)

@@ -14,8 +14,8 @@ from urllib.parse import urlencode
 
 import aiohttp
 import orjson
-from yarl import URL
 from cryptex_common.auth import sign
+from yarl import URL
 
 __all__ = ["CryptexClient", "Response"]
 

@@ -16,6 +16,10 @@ ORDER_ID_COUNTER = "ids:order"
 USER_ID_COUNTER = "ids:user"
 LEDGER_TOTALS = "ledger:totals"  # field "<ASSET>:deposits" / "<ASSET>:withdrawals"
 FEE_ACCOUNT = "fees"  # the user id fees are credited to
+# Users with a live private WebSocket subscription: ZSET user id -> expiry (ms since epoch).
+# Gateways add/refresh their authenticated users; engines publish user@<id> updates only
+# for members, so an exchange with no private listeners pays nothing for them.
+PRIVATE_SUBSCRIBERS = "ws:private-subscribers"
 ENGINE_GROUP = "engine"
 DBPROC_GROUP = "dbproc"
 

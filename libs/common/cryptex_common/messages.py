@@ -181,6 +181,10 @@ class CommandReply(_Msg):
     message: str | None = None
 
 
+REPLY_BATCH_ADAPTER: TypeAdapter[list[CommandReply]] = TypeAdapter(list[CommandReply])
+"""An engine publishes one JSON array of replies per reply channel per batch."""
+
+
 # --- settled batches (engine -> events:{M} -> dbproc) -------------------------------------
 class TradeEvent(_Msg):
     type: Literal["trade"] = "trade"

@@ -61,10 +61,19 @@ def to_units(value: Decimal, decimals: int, field: str) -> int:
 
 
 def format_steps(steps: int, step: Decimal) -> str:
-    """Integer steps back to a decimal string on the step's grid, e.g. 1200000 x 0.01."""
-    exponent = step.as_tuple().exponent
-    places = -exponent if isinstance(exponent, int) and exponent < 0 else 0
-    return f"{Decimal(steps) * step:.{places}f}"
+    """Integer steps back to a decimal string on the step's grid, e.g. 1200000 x 0.01 ->
+    "12000.00". Integer arithmetic only (this runs for every level and fill published)."""
+    sign, digits, exponent = step.as_tuple()
+    assert isinstance(exponent, int) and not sign
+    mantissa = int("".join(map(str, digits)))
+    places = -exponent if exponent < 0 else 0
+    scaled = steps * mantissa * (10**exponent if exponent > 0 else 1)
+    negative = scaled < 0
+    text = str(-scaled if negative else scaled)
+    if places:
+        text = text.rjust(places + 1, "0")
+        text = f"{text[:-places]}.{text[-places:]}"
+    return f"-{text}" if negative else text
 
 
 def format_units(units: int, decimals: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -24,7 +25,6 @@ def _markets_file() -> Path:
 
 async def register_markets(redis_url: str, path: Path) -> list:
     import redis.asyncio as aioredis
-
     from cryptex_common.markets import load_markets_yaml
     from cryptex_common.registry import register_market
 
@@ -40,7 +40,10 @@ async def register_markets(redis_url: str, path: Path) -> list:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from cryptex_launcher.stack import (
-        Stack, free_port, start_local_postgres, start_local_redis, stop_local_postgres,
+        Stack,
+        start_local_postgres,
+        start_local_redis,
+        stop_local_postgres,
     )
 
     state = _state_dir()
@@ -105,14 +108,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from cryptex_common.logs import configure_logging
+
     from cryptex_launcher.demo import run_demo
 
     configure_logging("demo", "INFO")
     token = os.environ.get("CRYPTEX_ADMIN_TOKEN", "dev-admin-token")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_demo(args.api, token))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

@@ -60,8 +60,7 @@ class RollingTicker:
             b.count += 1
             return
         self._buckets.append(
-            _Bucket(minute, price_ticks, price_ticks, price_ticks, price_ticks, quantity_lots,
-                    quote_units, 1)
+            _Bucket(minute, price_ticks, price_ticks, price_ticks, price_ticks, quantity_lots, quote_units, 1)
         )
         self._expire(minute)
 
@@ -92,8 +91,16 @@ class RollingTicker:
         return {
             "last": self.last_ticks,
             "buckets": [
-                [b.minute, b.open_ticks, b.high_ticks, b.low_ticks, b.close_ticks,
-                 b.volume_lots, b.quote_units, b.count]
+                [
+                    b.minute,
+                    b.open_ticks,
+                    b.high_ticks,
+                    b.low_ticks,
+                    b.close_ticks,
+                    b.volume_lots,
+                    b.quote_units,
+                    b.count,
+                ]
                 for b in self._buckets
             ],
         }

@@ -1,0 +1,1 @@
+"""Numbered SQL migrations (a package so the .sql files ship as package data)."""

@@ -1,0 +1,190 @@
+"""dbproc benchmark: sustained trades/s written (trades + fills + orders + 7 candle
+intervals) by one `python -m cryptex_dbproc` process, and trade -> candle lag at a fixed rate.
+
+Starts its own Redis and PostgreSQL (tests/support/servers.py; PostgreSQL with fsync=off as
+in the tests), feeds `events:{SOL_USDC}` with real EventBatch entries (the engine's
+contract: each trade comes with its two order updates), and reads the results back from
+PostgreSQL.
+
+    .venv/bin/python bench/bench_dbproc.py [--trades 200000] [--batch-trades 50]
+        [--rate 5000] [--lag-seconds 20]
+
+Throughput: the stream is filled first, then dbproc is started; rate = trades written
+between the first and the last commit / elapsed. Lag: batches are XADDed at --rate
+trades/s; lag of a batch = wall time when its last trade is in the 1m candle
+(max(last_trade_id)) - wall time of its XADD (the poller samples every 10 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+from redis.asyncio import Redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cryptex_common import keys  # noqa: E402
+
+from tests.dbproc.support import SOL, BatchGen, encode, register  # noqa: E402
+from tests.support.servers import start_postgres, start_redis  # noqa: E402
+
+
+def spawn_dbproc(db_url: str, redis_url: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "CRYPTEX_DATABASE_URL": db_url, "CRYPTEX_REDIS_URL": redis_url,
+           "CRYPTEX_LOG_LEVEL": "WARNING"}
+    return subprocess.Popen([sys.executable, "-m", "cryptex_dbproc"], env=env,
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+async def seq_written(conn: asyncpg.Connection) -> int:
+    """The stream cursor's last seq: one row, cheap to poll (count(*) would load PG)."""
+    try:
+        return int(await conn.fetchval("SELECT coalesce(max(last_seq), 0) FROM stream_cursors"))
+    except asyncpg.UndefinedTableError:
+        return 0
+
+
+async def throughput(args: argparse.Namespace, redis: Redis, db_url: str, redis_url: str,
+                     log: Path) -> None:
+    gen = BatchGen(SOL, seed=1)
+    n_batches = args.trades // args.batch_trades
+    print(f"filling the stream: {n_batches} entries x {args.batch_trades} trades ...",
+          flush=True)
+    stream = keys.events_stream(SOL.symbol)
+    for start in range(0, n_batches, 500):
+        async with redis.pipeline(transaction=False) as pipe:
+            for _ in range(min(500, n_batches - start)):
+                pipe.xadd(stream, {"b": encode(gen.batch(args.batch_trades))})
+            await pipe.execute()
+    total, last_seq = gen.trade_id, gen.seq
+    seqs_per_trade = last_seq // total  # a trade and its two order updates
+    conn = await asyncpg.connect(db_url)
+    proc = spawn_dbproc(db_url, redis_url, log)
+    try:
+        samples: list[tuple[float, int]] = []
+        while True:
+            seq = await seq_written(conn)
+            if seq > 0:
+                samples.append((time.perf_counter(), seq // seqs_per_trade))
+            if seq >= last_seq:
+                break
+            if proc.poll() is not None:
+                raise SystemExit(f"dbproc exited with {proc.returncode}; see {log}")
+            await asyncio.sleep(0.1)
+        if len(samples) < 2 or samples[-1][0] == samples[0][0]:
+            raise SystemExit("too few trades to measure a rate: raise --trades")
+        (t0, n0), (t1, n1) = samples[0], samples[-1]
+        assert await conn.fetchval("SELECT count(*) FROM trades") == total
+        rate = (n1 - n0) / (t1 - t0)
+        candles = await conn.fetchval("SELECT count(*) FROM candles")
+        fills = await conn.fetchval("SELECT count(*) FROM fills")
+        orders = await conn.fetchval("SELECT count(*) FROM orders")
+        print(f"throughput: {n1 - n0} trades in {t1 - t0:.2f} s = {rate:,.0f} trades/s "
+              f"(rows: {total} trades, {fills} fills, {orders} orders, {candles} candles)")
+    finally:
+        await conn.close()
+        proc.terminate()
+        proc.wait(30)
+
+
+async def lag(args: argparse.Namespace, redis: Redis, db_url: str, redis_url: str,
+              log: Path) -> None:
+    conn = await asyncpg.connect(db_url)
+    await conn.execute("TRUNCATE trades, fills, orders, candles, stream_cursors")
+    await redis.delete(keys.events_stream(SOL.symbol))
+    proc = spawn_dbproc(db_url, redis_url, log)
+    try:
+        await asyncio.sleep(1.0)  # started and blocking on the (new) stream
+        per_s = args.rate / args.batch_trades
+        n_batches = int(per_s * args.lag_seconds)
+        gen = BatchGen(SOL, seed=2, start_ms=int(time.time() * 1000))
+        payloads = []
+        for _ in range(n_batches):
+            payloads.append((encode(gen.batch(args.batch_trades, step_ms=0)), gen.trade_id))
+        sent: list[tuple[int, float]] = []  # (last trade id, wall time of XADD)
+        seen: list[tuple[float, int]] = []  # (wall time, max last_trade_id in 1m candles)
+        done = asyncio.Event()
+
+        async def poll() -> None:
+            while not done.is_set():
+                v = await conn.fetchval(
+                    "SELECT max(last_trade_id) FROM candles WHERE interval = '1m'")
+                seen.append((time.perf_counter(), v or 0))
+                await asyncio.sleep(0.01)
+
+        poller = asyncio.create_task(poll())
+        stream = keys.events_stream(SOL.symbol)
+        start = time.perf_counter()
+        for i, (payload, last_id) in enumerate(payloads):
+            due = start + i / per_s
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await redis.xadd(stream, {"b": payload})
+            sent.append((last_id, time.perf_counter()))
+        achieved = len(payloads) * args.batch_trades / (time.perf_counter() - start)
+        while not seen or seen[-1][1] < gen.trade_id:
+            await asyncio.sleep(0.05)
+        done.set()
+        await poller
+        lags_ms = []
+        j = 0
+        for last_id, t_sent in sent:
+            while seen[j][1] < last_id:
+                j += 1
+            lags_ms.append((seen[j][0] - t_sent) * 1000)
+        worst = max(range(len(lags_ms)), key=lags_ms.__getitem__)
+        print(f"worst lag at batch {worst}/{len(lags_ms)}; over 200 ms: "
+              f"{sum(v > 200 for v in lags_ms)} batches")
+        lags_ms.sort()
+        q = statistics.quantiles(lags_ms, n=100)
+        print(f"lag at {args.rate} trades/s (achieved {achieved:,.0f}/s, {len(sent)} batches "
+              f"of {args.batch_trades}): trade -> 1m candle p50 {q[49]:.0f} ms, "
+              f"p99 {q[98]:.0f} ms, max {lags_ms[-1]:.0f} ms")
+    finally:
+        await conn.close()
+        proc.terminate()
+        proc.wait(30)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trades", type=int, default=200_000)
+    parser.add_argument("--batch-trades", type=int, default=50)
+    parser.add_argument("--rate", type=int, default=5000)
+    parser.add_argument("--lag-seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    print("command:", shlex.join([sys.executable, *sys.argv]))
+    print(f"machine: {os.cpu_count()} cores; PostgreSQL fsync=off (tests/support/servers.py)")
+    rs, pg = start_redis(), start_postgres()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-dbproc-"))
+    log = workdir / "dbproc.log"
+    try:
+        conn = await asyncpg.connect(pg.url)
+        await conn.execute("CREATE DATABASE bench")
+        await conn.close()
+        db_url = pg.url_for("bench")
+        redis = Redis.from_url(rs.url)
+        await register(redis, SOL)
+        await throughput(args, redis, db_url, rs.url, log)
+        await lag(args, redis, db_url, rs.url, log)
+        await redis.aclose()
+    finally:
+        pg.stop()
+        rs.stop()
+    print(f"dbproc log: {log}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

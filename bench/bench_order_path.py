@@ -1,0 +1,123 @@
+"""Order path through Redis without HTTP: enqueue script -> engine process -> settle ->
+reply on the pub/sub reply channel. Prints orders/s and p50/p99 enqueue-to-reply latency.
+
+    .venv/bin/python bench/bench_order_path.py [--orders 40000] [--concurrency 256]
+
+Starts its own Redis (free port) and one real engine process for SOL/USDC. The load is a
+mix of resting and crossing limit orders between two users, so about half the orders trade.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import redis.asyncio as aioredis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cryptex_common import keys  # noqa: E402
+from cryptex_common.ledger import Ledger  # noqa: E402
+from cryptex_common.markets import load_markets_yaml  # noqa: E402
+from cryptex_common.messages import REPLY_BATCH_ADAPTER, OrderRecord, OrderStatus, PlaceOrderCommand  # noqa: E402
+from cryptex_common.registry import register_market  # noqa: E402
+from tests.support.servers import free_port, redis_server, wait_for_port  # noqa: E402
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+async def run(orders: int, concurrency: int) -> None:
+    spec = next(s for s in load_markets_yaml((ROOT / "markets.yaml").read_text()) if s.symbol == "SOL/USDC")
+    rules = spec.rules()
+    with redis_server() as server:
+        redis = aioredis.Redis.from_url(server.url, max_connections=concurrency + 16)
+        await register_market(redis, spec)
+        ledger = Ledger(redis)
+        for user in ("1", "2"):
+            for asset in ("SOL", "USDC"):
+                await ledger.move_funds(kind="deposit", user_id=user, asset=asset, units=10**17,
+                                        tx_id=f"{user}{asset}", record={})
+        ops_port = free_port()
+        env = {**os.environ, "CRYPTEX_REDIS_URL": server.url, "CRYPTEX_OPS_PORT": str(ops_port),
+               "CRYPTEX_LOG_LEVEL": "WARNING", "CRYPTEX_PUBLISH_USER_UPDATES": "true"}
+        prof = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]] if os.environ.get("BENCH_PROFILE") else []
+        engine = subprocess.Popen([sys.executable, *prof, "-m", "cryptex_engine", "--market", spec.symbol], env=env)
+        wait_for_port(ops_port)
+        channel = keys.reply_channel("bench")
+        waiting: dict[str, tuple[float, asyncio.Future[None]]] = {}
+        latencies: list[float] = []
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(channel)
+
+        async def listen() -> None:
+            async for msg in pubsub.listen():
+                now = time.perf_counter()
+                for reply in REPLY_BATCH_ADAPTER.validate_json(msg["data"]):
+                    started, fut = waiting.pop(reply.request_id)
+                    latencies.append(now - started)
+                    fut.set_result(None)
+
+        listener = asyncio.create_task(listen())
+        rng = random.Random(7)
+        counter = iter(range(orders))
+
+        async def producer(worker: int) -> None:
+            loop = asyncio.get_running_loop()
+            for i in counter:
+                side = "buy" if i % 2 else "sell"
+                user = "1" if side == "buy" else "2"
+                price = 15_000 + rng.randint(-20, 20)
+                qty = rng.randint(1, 50)
+                lock = rules.notional_units(price, qty) if side == "buy" else rules.base_units(qty)
+                request_id = f"r{i}"
+                cmd = PlaceOrderCommand(userId=user, side=side, orderType="limit", priceTicks=price,
+                                        quantityLots=qty, lockedUnits=lock, replyTo=channel,
+                                        requestId=request_id)
+                tail = orjson.dumps(OrderRecord(orderId=0, userId=user, market=spec.symbol, side=side,
+                                                orderType="limit", timeInForce="GTC", priceTicks=price,
+                                                quantityLots=qty, status=OrderStatus.NEW, createdMs=0,
+                                                updatedMs=0).model_dump(
+                    by_alias=True, mode="json", exclude={"order_id", "created_ms", "updated_ms"}))
+                fut: asyncio.Future[None] = loop.create_future()
+                waiting[request_id] = (time.perf_counter(), fut)
+                await ledger.enqueue_order(symbol=spec.symbol, user_id=user, lock_asset="USDC" if side == "buy" else "SOL",
+                                           lock_units=lock, command_json=cmd.model_dump_json(by_alias=True),
+                                           record_tail_json=tail.decode()[1:], client_order_id=None)
+                await fut
+
+        started = time.perf_counter()
+        await asyncio.gather(*(producer(w) for w in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        listener.cancel()
+        trades = await redis.xlen(keys.events_stream(spec.symbol))
+        engine.terminate()
+        engine.wait(20)
+        await redis.aclose()
+    print(f"orders={orders} concurrency={concurrency} elapsed={elapsed:.2f}s "
+          f"orders/s={orders / elapsed:,.0f} p50={percentile(latencies, 0.5) * 1000:.2f}ms "
+          f"p99={percentile(latencies, 0.99) * 1000:.2f}ms settled_batches={trades}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--orders", type=int, default=40_000)
+    parser.add_argument("--concurrency", type=int, default=256)
+    args = parser.parse_args()
+    print(f"command: .venv/bin/python bench/bench_order_path.py --orders {args.orders} "
+          f"--concurrency {args.concurrency}")
+    asyncio.run(run(args.orders, args.concurrency))
+
+
+if __name__ == "__main__":
+    main()

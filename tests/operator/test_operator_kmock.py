@@ -1,0 +1,283 @@
+"""The real kopf operator (discovery, list/watch, handler dispatch, finalizers, status and
+annotation patches) against kmock's in-memory Kubernetes API server, with a real Redis.
+
+Proves: what the operator sends over HTTP with the real `kubernetes` client, and the order of
+its side effects. Does not prove: API-server validation (see tests/deploy), RBAC, garbage
+collection by ownerReferences, strategic-merge semantics, controllers (no pods ever run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import kopf
+import kubernetes_validate
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from cryptex_common import keys, registry
+from cryptex_common.messages import COMMAND_ADAPTER
+from cryptex_operator import handlers, render  # noqa: F401  (registers the handlers)
+from cryptex_operator.config import OperatorSettings
+
+from tests.support.servers import RedisServer
+
+NS = "cryptex"
+MARKETS = "cryptex.io/v1alpha1/markets"
+DEPLOYMENTS = "apps/v1/deployments"
+SOL = {
+    "symbol": "SOL/USDC", "baseAsset": "SOL", "baseDecimals": 9, "quoteAsset": "USDC",
+    "quoteDecimals": 6, "tickSize": "0.01", "lotSize": "0.001", "minQuantity": "0.001",
+    "maxQuantity": "100000", "minNotional": "1", "makerFeeBps": 10, "takerFeeBps": 20,
+    "selfTradePrevention": "expire_maker", "state": "open",
+}
+
+
+def market(name: str = "sol-usdc", spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"apiVersion": "cryptex.io/v1alpha1", "kind": "Market",
+            "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 1,
+                         "resourceVersion": "1"},  # kmock keeps what it is given
+            "spec": copy.deepcopy(spec or SOL)}
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except (KeyError, IndexError, AssertionError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met in {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def api(kmock: Any, redis_srv: RedisServer, redis_client: aioredis.Redis,
+              monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
+    """kmock serving the resources the operator uses, and the operator running against it."""
+    R = kmock.ResourceInfo
+    kmock.resources[MARKETS] = R(kind="Market", namespaced=True, subresources={"status"},
+                                 verbs={"list", "watch", "get", "patch", "create", "delete"})
+    kmock.resources[DEPLOYMENTS] = R(kind="Deployment", namespaced=True,
+                                     verbs={"list", "watch", "get", "create", "patch", "delete"})
+    # kopf's own machinery waits for these before it starts watching.
+    kmock.resources["v1/namespaces"] = R(kind="Namespace", namespaced=False,
+                                         verbs={"list", "watch", "get"})
+    kmock.resources["v1/events"] = R(kind="Event", namespaced=True, verbs={"create"})
+    kmock.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = R(
+        kind="CustomResourceDefinition", namespaced=False, verbs={"list", "watch", "get"})
+    for name, value in {
+        "CRYPTEX_K8S_SERVER": str(kmock.url).rstrip("/"),
+        "CRYPTEX_REDIS_URL": redis_srv.url,
+        "CRYPTEX_ENGINE_IMAGE": "registry.local/cryptex/engine:1.2.3",
+        "CRYPTEX_ENGINE_ENV_SECRET": "cryptex-connections",
+        "CRYPTEX_RELEASE": "cryptex",
+        "CRYPTEX_DRAIN_POLL_S": "0.1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    # The operator runs in its own thread and event loop, as in production: kopf stops only
+    # its own tasks then (in a shared loop it waits for kmock's open watch handlers).
+    stop = threading.Event()
+    thread = threading.Thread(target=lambda: asyncio.run(
+        kopf.operator(clusterwide=True, standalone=True, stop_flag=stop)))
+    thread.start()
+    try:
+        yield kmock
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join, 15)
+
+
+def obj(api: Any, resource: str, name: str) -> dict[str, Any]:
+    return api.objects[resource, NS, name].raw
+
+
+def alive(api: Any, resource: str, name: str) -> bool:
+    try:
+        return not api.objects[resource, NS, name].deleted
+    except KeyError:
+        return False
+
+
+async def create(api: Any, body: dict[str, Any]) -> None:
+    async with api.post(f"/apis/cryptex.io/v1alpha1/namespaces/{NS}/markets", json=body) as r:
+        assert r.status in (200, 201), await r.text()
+
+
+async def patch(api: Any, name: str, body: dict[str, Any]) -> None:
+    url = f"/apis/cryptex.io/v1alpha1/namespaces/{NS}/markets/{name}"
+    headers = {"Content-Type": "application/merge-patch+json"}
+    async with api.patch(url, json=body, headers=headers) as r:
+        assert r.status == 200, await r.text()
+
+
+async def commands(redis: aioredis.Redis, symbol: str) -> list[dict[str, Any]]:
+    entries = await redis.xrange(keys.commands_stream(symbol))
+    return [COMMAND_ADAPTER.validate_json(fields[b"c"]).model_dump(by_alias=True, mode="json")
+            for _, fields in entries]
+
+
+async def test_create_registers_market_and_creates_the_engine(
+        api: Any, redis_client: aioredis.Redis) -> None:
+    await create(api, market())
+    await eventually(lambda: alive(api, DEPLOYMENTS, "engine-sol-usdc"))
+    dep = obj(api, DEPLOYMENTS, "engine-sol-usdc")
+
+    cfg = OperatorSettings()
+    assert dep == render.engine_deployment(
+        name="sol-usdc", namespace=NS, uid="uid-sol-usdc", spec=SOL, cfg=cfg)
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert dep["metadata"]["ownerReferences"][0] | {} == {
+        "apiVersion": "cryptex.io/v1alpha1", "kind": "Market", "name": "sol-usdc",
+        "uid": "uid-sol-usdc", "controller": True, "blockOwnerDeletion": True}
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["--market", "SOL/USDC"]
+    assert container["image"] == "registry.local/cryptex/engine:1.2.3"
+    assert dep["metadata"]["annotations"]["cryptex.io/command-stream"] == "MESSAGES:{SOL_USDC}"
+    kubernetes_validate.validate(dep, "1.31", strict=True)
+
+    spec = await registry.get_market(redis_client, "SOL/USDC")
+    assert spec is not None and spec.to_wire() == SOL
+    assert await commands(redis_client, "SOL/USDC") == [
+        {"type": "configure", "state": "open", "makerFeeBps": 10, "takerFeeBps": 20}]
+
+    status = await eventually(lambda: obj(api, MARKETS, "sol-usdc").get("status"))
+    assert status["phase"] == "Trading"
+    assert status["engine"] == "engine-sol-usdc"
+    conditions = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conditions == {"Ready": "False", "EngineAvailable": "False"}
+    # kopf's finalizer is ours, and its bookkeeping is in annotations, not in status.
+    meta = obj(api, MARKETS, "sol-usdc")["metadata"]
+    assert meta["finalizers"] == ["cryptex.io/market-drain"]
+    assert not set(status) - {"phase", "observedGeneration", "engine", "message", "conditions",
+                              "lastSequence"}
+
+
+async def test_status_follows_the_engine_at_a_bounded_rate(
+        api: Any, redis_client: aioredis.Redis) -> None:
+    await create(api, market())
+    await eventually(lambda: obj(api, MARKETS, "sol-usdc").get("status"))
+    # What the Deployment controller and the engine would do: pod available, batches settled.
+    api.objects[DEPLOYMENTS, NS, "engine-sol-usdc"].patch({"status": {"availableReplicas": 1}})
+    await redis_client.set(keys.settled_seq_key("SOL/USDC"), 42)
+
+    def ready() -> dict[str, Any] | None:
+        status = obj(api, MARKETS, "sol-usdc")["status"]
+        conds = {c["type"]: c["status"] for c in status["conditions"]}
+        ok = conds == {"Ready": "True", "EngineAvailable": "True"}
+        return status if ok and status.get("lastSequence") == 42 else None
+
+    status = await eventually(ready)
+    assert status["message"] == ""
+    # Nothing changes: no more status writes (the timer writes only differences).
+    writes = len(api.objects[MARKETS, NS, "sol-usdc"].history)
+    await asyncio.sleep(1.0)  # a few timer intervals
+    assert len(api.objects[MARKETS, NS, "sol-usdc"].history) == writes
+
+
+async def test_update_sends_state_and_fees_as_commands_and_patches_resources(
+        api: Any, redis_client: aioredis.Redis) -> None:
+    await create(api, market())
+    await eventually(lambda: obj(api, MARKETS, "sol-usdc").get("status"))
+    await patch(api, "sol-usdc", {
+        "metadata": {"generation": 2},
+        "spec": {"state": "halted", "takerFeeBps": 25,
+                 "engine": {"resources": {"limits": {"cpu": "2", "memory": "1Gi"}}}}})
+
+    def patched() -> dict[str, Any] | None:
+        dep = obj(api, DEPLOYMENTS, "engine-sol-usdc")
+        res = dep["spec"]["template"]["spec"]["containers"][0]["resources"]
+        return res if res["limits"] == {"cpu": "2", "memory": "1Gi"} else None
+
+    res = await eventually(patched)
+    assert res["requests"] == render.DEFAULT_RESOURCES["requests"]
+    await eventually(lambda: obj(api, MARKETS, "sol-usdc")["status"]["phase"] == "Halted")
+    assert await commands(redis_client, "SOL/USDC") == [
+        {"type": "configure", "state": "open", "makerFeeBps": 10, "takerFeeBps": 20},
+        {"type": "configure", "state": "halted", "makerFeeBps": 10, "takerFeeBps": 25},
+    ]
+    spec = await registry.get_market(redis_client, "SOL/USDC")
+    assert spec is not None and spec.state == "halted" and spec.taker_fee_bps == 25
+    kubernetes_validate.validate(obj(api, DEPLOYMENTS, "engine-sol-usdc"), "1.31", strict=True)
+
+
+async def test_delete_drains_then_closes_then_removes_the_engine(
+        api: Any, redis_client: aioredis.Redis) -> None:
+    symbol = "SOL/USDC"
+    stream = keys.commands_stream(symbol)
+    await create(api, market())
+    await eventually(lambda: alive(api, DEPLOYMENTS, "engine-sol-usdc"))
+    # The engine's side, played by the test: a consumer group and a book with orders.
+    await redis_client.xgroup_create(stream, keys.ENGINE_GROUP, id="$", mkstream=True)
+    book = {"lastUpdateId": 7, "bids": [["20.00", "1.5"]], "asks": [["21.00", "2"]]}
+    await redis_client.set(keys.depth_key(symbol), orjson.dumps(book))
+
+    async with api.delete(f"/apis/cryptex.io/v1alpha1/namespaces/{NS}/markets/sol-usdc") as r:
+        assert r.status == 200
+    await eventually(lambda: obj(api, MARKETS, "sol-usdc")["status"]["phase"] == "Draining")
+    spec = await registry.get_market(redis_client, symbol)
+    assert spec is not None and spec.state == "cancelOnly"
+    await asyncio.sleep(0.5)  # several drain polls: the book still has orders
+    assert alive(api, MARKETS, "sol-usdc") and alive(api, DEPLOYMENTS, "engine-sol-usdc")
+    assert "cancel-only" in obj(api, MARKETS, "sol-usdc")["status"]["message"]
+
+    # The users cancel; the book empties. The engine has not yet read `closed`: still waiting.
+    await redis_client.set(keys.depth_key(symbol), orjson.dumps({"bids": [], "asks": []}))
+    await eventually(lambda: "closing" in obj(api, MARKETS, "sol-usdc")["status"]["message"])
+    assert alive(api, DEPLOYMENTS, "engine-sol-usdc")
+    assert [c["state"] for c in await commands(redis_client, symbol)] == [
+        "open", "cancelOnly", "closed"]
+
+    # The engine reads and acknowledges everything: the operator removes it and the Market.
+    entries = await redis_client.xreadgroup(keys.ENGINE_GROUP, "engine-0", {stream: ">"})
+    await redis_client.xack(stream, keys.ENGINE_GROUP, *[eid for eid, _ in entries[0][1]])
+    await eventually(lambda: not alive(api, DEPLOYMENTS, "engine-sol-usdc"))
+    await eventually(lambda: not alive(api, MARKETS, "sol-usdc"))
+    spec = await registry.get_market(redis_client, symbol)
+    assert spec is not None and spec.state == "closed"  # delisted, history kept
+
+
+async def test_replayed_events_are_harmless(api: Any, redis_client: aioredis.Redis) -> None:
+    """A Deployment left by an earlier run (or a replayed ADDED event) is patched, not
+    duplicated, and the registry gets no second configure command."""
+    await create(api, market())
+    await eventually(lambda: obj(api, MARKETS, "sol-usdc").get("status"))
+    dep_before = obj(api, DEPLOYMENTS, "engine-sol-usdc")
+    # Forget kopf's progress, as a fresh operator would after a restart, and re-run.
+    meta = obj(api, MARKETS, "sol-usdc")["metadata"]
+    stale = {k: None for k in meta.get("annotations", {}) if k.startswith("cryptex.io/")}
+    await patch(api, "sol-usdc", {"metadata": {"annotations": stale}})
+    await asyncio.sleep(0.5)
+    assert obj(api, DEPLOYMENTS, "engine-sol-usdc") == dep_before
+    assert len(await commands(redis_client, "SOL/USDC")) == 1
+    assert obj(api, MARKETS, "sol-usdc")["status"]["phase"] == "Trading"
+
+
+async def test_same_symbol_twice_is_a_conflict(api: Any) -> None:
+    await create(api, market())
+    await eventually(lambda: alive(api, DEPLOYMENTS, "engine-sol-usdc"))
+    await create(api, market(name="sol-usdc-again"))
+    status = await eventually(lambda: obj(api, MARKETS, "sol-usdc-again").get("status"))
+    assert status["phase"] == "Failed"
+    assert status["conditions"][0]["reason"] == "Conflict"
+    owner = obj(api, DEPLOYMENTS, "engine-sol-usdc")["metadata"]["ownerReferences"][0]
+    assert owner["uid"] == "uid-sol-usdc"
+
+
+async def test_invalid_grid_is_a_permanent_failure(api: Any) -> None:
+    bad = {**SOL, "lotSize": "0.0000000001"}  # finer than the base asset's 9 decimals
+    await create(api, market(spec=bad))
+    status = await eventually(lambda: obj(api, MARKETS, "sol-usdc").get("status"))
+    assert status["phase"] == "Failed"
+    assert status["conditions"][0]["reason"] == "InvalidSpec"
+    assert "lotSize" in status["message"]
+    assert not alive(api, DEPLOYMENTS, "engine-sol-usdc")
