@@ -35,7 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cryptex_common import keys  # noqa: E402
-
 from tests.dbproc.support import SOL, BatchGen, encode, register  # noqa: E402
 from tests.support.servers import start_postgres, start_redis  # noqa: E402
 

@@ -291,8 +291,8 @@ def main() -> None:
         scenarios = [(1000, 1), (5000, 1), (5000, 2)]
 
     import redis as sync_redis
-    from cryptex_common.markets import load_markets_yaml
 
+    from cryptex_common.markets import load_markets_yaml
     from tests.support.servers import redis_server
 
     with redis_server() as srv:

@@ -7,9 +7,9 @@ one active. Liveness is served on http://0.0.0.0:CRYPTEX_LIVENESS_PORT/healthz.
 from __future__ import annotations
 
 import kopf
+
 from cryptex_common.logs import configure_logging
 from cryptex_common.settings import load_settings
-
 from cryptex_operator import handlers  # noqa: F401  (registers the handlers)
 from cryptex_operator.config import OperatorSettings
 

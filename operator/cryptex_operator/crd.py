@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from cryptex_common.markets import MarketSpec
 from cryptex_common.registry import IMMUTABLE_FIELDS
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import orjson
+from redis.asyncio import Redis
+
 from cryptex_common import keys, registry
 from cryptex_common.markets import MarketSpec, MarketState
-from redis.asyncio import Redis
 
 
 async def register(redis: Redis, spec: MarketSpec) -> bool:

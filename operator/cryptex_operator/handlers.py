@@ -19,11 +19,11 @@ import logging
 from typing import Any
 
 import kopf
-from cryptex_common.markets import MarketState
-from cryptex_common.registry import ImmutableFieldChanged
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
+from cryptex_common.markets import MarketState
+from cryptex_common.registry import ImmutableFieldChanged
 from cryptex_operator import exchange, k8s, render
 from cryptex_operator.config import OperatorSettings
 from cryptex_operator.crd import FINALIZER, GROUP, PLURAL, VERSION

@@ -9,7 +9,6 @@ from typing import Any
 
 from cryptex_common import keys
 from cryptex_common.markets import MarketSpec, MarketState
-
 from cryptex_operator.config import OperatorSettings
 from cryptex_operator.crd import GROUP, KIND, VERSION
 

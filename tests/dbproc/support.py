@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
+from redis.asyncio import Redis
+
 from cryptex_common import keys
 from cryptex_common.markets import MarketSpec
 from cryptex_common.messages import EVENT_BATCH_ADAPTER, EventBatch
@@ -20,8 +22,6 @@ from cryptex_common.registry import register_market
 from cryptex_dbproc.candles import Candle, TradeTick, aggregate
 from cryptex_dbproc.processor import DbProcessor
 from cryptex_dbproc.settings import DbprocSettings
-from redis.asyncio import Redis
-
 from tests.support.servers import PostgresServer, _pg_bin
 
 SOL = MarketSpec.model_validate({

@@ -7,6 +7,9 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from cryptex_dbproc.candles import (
     INTERVAL_MS,
     INTERVALS,
@@ -17,9 +20,6 @@ from cryptex_dbproc.candles import (
     close_time_ms,
     merge,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from tests.dbproc.support import MONDAY_2024_01_08_MS
 
 

@@ -9,6 +9,8 @@ from decimal import Decimal
 
 import asyncpg
 import pytest
+from redis.asyncio import Redis
+
 from cryptex_api.history import (
     INTERVAL_MS,
     HistoryReader,
@@ -19,8 +21,6 @@ from cryptex_api.history import (
 )
 from cryptex_common.errors import CryptexError, ErrorCode
 from cryptex_dbproc.candles import INTERVALS
-from redis.asyncio import Redis
-
 from tests.dbproc.support import (
     BTC,
     MONDAY_2024_01_08_MS,

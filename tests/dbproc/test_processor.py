@@ -9,12 +9,12 @@ import random
 import asyncpg
 import orjson
 import pytest
+from redis.asyncio import Redis
+
 from cryptex_common import keys, metrics
 from cryptex_common.messages import FillRecord, TradeRecord
 from cryptex_common.wire import fills_for_trade
 from cryptex_dbproc.migrate import migrate
-from redis.asyncio import Redis
-
 from tests.dbproc.support import (
     BTC,
     MONDAY_2024_01_08_MS,

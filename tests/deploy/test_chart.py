@@ -13,9 +13,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+
 from cryptex_operator import render as operator_render
 from cryptex_operator.config import OperatorSettings
-
 from tests.deploy.conftest import CHART, by_kind, render, run_helm
 
 VALUES = {

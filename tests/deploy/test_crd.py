@@ -19,6 +19,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
 from cryptex_common.markets import MarketSpec, load_markets_yaml
 from cryptex_common.registry import IMMUTABLE_FIELDS
 from cryptex_operator import crd

@@ -14,6 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from cryptex_common.markets import MarketRules, MarketState, SelfTradePrevention
 from cryptex_common.messages import OrderType, Side, TimeInForce
 from cryptex_engine.domain.commands import (
@@ -24,9 +27,6 @@ from cryptex_engine.domain.commands import (
     PlaceOrder,
 )
 from cryptex_engine.domain.matching import MatchingEngine
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from tests.engine.helpers import Ledger, delta_sums
 from tests.support.reference_book import ReferenceBook
 

@@ -15,7 +15,6 @@ from cryptex_engine.domain.commands import (
     Configure,
 )
 from cryptex_engine.domain.matching import MatchingEngine, fee_units
-
 from tests.engine.helpers import (
     BUY,
     FOK,

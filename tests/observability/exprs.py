@@ -200,8 +200,9 @@ BUILTIN_SERIES = {"up", "ALERTS", "ALERTS_FOR_STATE"}
 
 def exported_series_names() -> dict[str, str]:
     """Every series name cryptex_common.metrics can export -> the metric's declared name."""
-    from cryptex_common import metrics
     from prometheus_client.metrics import MetricWrapperBase
+
+    from cryptex_common import metrics
 
     out: dict[str, str] = {}
     for value in vars(metrics).values():

@@ -63,8 +63,9 @@ def _doc() -> str:
 
 
 def test_every_metric_is_documented_with_type_and_labels() -> None:
-    from cryptex_common import metrics
     from prometheus_client.metrics import MetricWrapperBase
+
+    from cryptex_common import metrics
 
     doc = _doc()
     for value in vars(metrics).values():

@@ -6,11 +6,11 @@ from __future__ import annotations
 import orjson
 import pytest
 import redis.asyncio as aioredis
+
 from cryptex_common import keys, registry
 from cryptex_common.markets import MarketSpec, MarketState
 from cryptex_common.messages import COMMAND_ADAPTER
 from cryptex_operator import exchange
-
 from tests.operator.test_operator_kmock import SOL
 
 SYMBOL = "SOL/USDC"

@@ -19,11 +19,11 @@ import kubernetes_validate
 import orjson
 import pytest
 import redis.asyncio as aioredis
+
 from cryptex_common import keys, registry
 from cryptex_common.messages import COMMAND_ADAPTER
 from cryptex_operator import handlers, render  # noqa: F401  (registers the handlers)
 from cryptex_operator.config import OperatorSettings
-
 from tests.support.servers import RedisServer
 
 NS = "cryptex"

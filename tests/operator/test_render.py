@@ -7,6 +7,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+
 from cryptex_common.markets import MarketState
 from cryptex_operator import render
 from cryptex_operator.config import OperatorSettings

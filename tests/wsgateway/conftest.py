@@ -16,6 +16,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
+
 from cryptex_common import keys
 from cryptex_common.auth import WS_AUTH_PATH, sign
 from cryptex_common.markets import MarketSpec

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import orjson
 import pytest
+
 from cryptex_wsgateway.book import DepthTracker, LocalBook, checksum, checksum_string
 from cryptex_wsgateway.klines import KlineBuilder
 from cryptex_wsgateway.protocol import (

@@ -24,10 +24,10 @@ import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
+
 from cryptex_client import CryptexClient
 from cryptex_common import keys
 from cryptex_wsgateway.book import checksum
-
 from tests.e2e.conftest import ADMIN, make_stack, register_all
 from tests.support.servers import redis_server
 from tests.wsgateway.conftest import auth_params, client_frame, raw_ws_connect

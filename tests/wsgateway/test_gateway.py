@@ -10,10 +10,10 @@ from typing import Any
 import aiohttp
 import orjson
 import redis.asyncio as aioredis
-from cryptex_common import keys
-from cryptex_wsgateway.book import checksum
 from prometheus_client import REGISTRY
 
+from cryptex_common import keys
+from cryptex_wsgateway.book import checksum
 from tests.wsgateway.conftest import (
     GatewayUnderTest,
     auth_params,

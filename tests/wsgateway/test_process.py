@@ -14,9 +14,9 @@ import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
+
 from cryptex_common import keys
 from cryptex_common.registry import register_market
-
 from tests.support.servers import free_port, wait_for_port
 from tests.wsgateway.conftest import SOL, recv, subscribe
 

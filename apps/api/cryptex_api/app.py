@@ -17,10 +17,18 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import web
+from redis.asyncio import Redis
+
+from cryptex_api.openapi import OPENAPI
+from cryptex_api.orders import market_field, validate_order
+from cryptex_api.ratelimit import TokenBuckets
+from cryptex_api.replies import ReplyWaiter
+from cryptex_api.settings import ApiSettings
 from cryptex_common import auth, keys, metrics, registry, runtime
 from cryptex_common.errors import CryptexError, ErrorCode
 from cryptex_common.ledger import Ledger
@@ -36,17 +44,11 @@ from cryptex_common.messages import (
 )
 from cryptex_common.money import parse_decimal, parse_json, to_units
 from cryptex_common.wire import WireFormat
-from redis.asyncio import Redis
-
-from cryptex_api.openapi import OPENAPI
-from cryptex_api.orders import market_field, validate_order
-from cryptex_api.ratelimit import TokenBuckets
-from cryptex_api.replies import ReplyWaiter
-from cryptex_api.settings import ApiSettings
 
 log = logging.getLogger("cryptex.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PREFIX = "/api/v1"
+STATIC_DIR = Path(__file__).parent / "static"
 
 
 def _s(v: bytes | str) -> str:
@@ -508,6 +510,9 @@ def create_app(api: Api) -> web.Application:
     r.add_get(f"{PREFIX}/time", api.server_time)
     r.add_get(f"{PREFIX}/openapi.json", api.openapi)
     runtime.add_ops_routes(app, api.ready)
+    if STATIC_DIR.is_dir():  # the browser trading page (plain modules, no build step)
+        r.add_get("/", lambda _: web.FileResponse(STATIC_DIR / "index.html"))
+        r.add_static("/static/", STATIC_DIR)
 
     async def on_startup(_: web.Application) -> None:
         await api.start()

@@ -25,6 +25,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+
 from cryptex_common.errors import CryptexError, ErrorCode
 from cryptex_common.markets import MarketSpec, normalize_symbol
 from cryptex_common.messages import FillRecord, OrderRecord, TradeRecord

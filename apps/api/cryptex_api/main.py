@@ -8,12 +8,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
-from cryptex_common import runtime
-from cryptex_common.logs import configure_logging
-from cryptex_common.settings import load_settings
 
 from cryptex_api.app import Api, create_app
 from cryptex_api.settings import ApiSettings
+from cryptex_common import runtime
+from cryptex_common.logs import configure_logging
+from cryptex_common.settings import load_settings
 
 log = logging.getLogger("cryptex.api")
 

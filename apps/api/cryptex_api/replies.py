@@ -8,9 +8,10 @@ import contextlib
 import itertools
 import logging
 
+from redis.asyncio import Redis
+
 from cryptex_common import keys
 from cryptex_common.messages import REPLY_BATCH_ADAPTER, CommandReply
-from redis.asyncio import Redis
 
 log = logging.getLogger("cryptex.api.replies")
 

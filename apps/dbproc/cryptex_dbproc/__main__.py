@@ -10,11 +10,11 @@ import logging
 import sys
 
 import asyncpg
+from redis.asyncio import Redis
+
 from cryptex_common.logs import configure_logging
 from cryptex_common.runtime import install_stop_signals, run, start_ops_server
 from cryptex_common.settings import load_settings
-from redis.asyncio import Redis
-
 from cryptex_dbproc.migrate import migrate
 from cryptex_dbproc.processor import DbProcessor
 from cryptex_dbproc.settings import DbprocSettings

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryptex_common.messages import EVENT_BATCH_ADAPTER, EventBatch, OrderEvent, TradeEvent
 from pydantic import ValidationError
+
+from cryptex_common.messages import EVENT_BATCH_ADAPTER, EventBatch, OrderEvent, TradeEvent
 
 StreamId = tuple[int, int]
 ZERO_ID: StreamId = (0, 0)

@@ -30,12 +30,12 @@ from typing import Any, TypeVar
 
 import asyncpg
 import redis.exceptions as redis_errors
+from redis.asyncio import Redis
+
 from cryptex_common import keys, metrics
 from cryptex_common.markets import MarketSpec
 from cryptex_common.messages import OrderEvent, TradeRecord
 from cryptex_common.registry import load_markets
-from redis.asyncio import Redis
-
 from cryptex_dbproc import store
 from cryptex_dbproc.decode import (
     ZERO_ID,

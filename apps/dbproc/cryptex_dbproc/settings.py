@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from cryptex_common.settings import ServiceSettings
 from pydantic import Field
+
+from cryptex_common.settings import ServiceSettings
 
 
 class DbprocSettings(ServiceSettings):

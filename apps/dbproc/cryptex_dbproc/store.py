@@ -19,9 +19,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
+
 from cryptex_common.markets import MarketSpec
 from cryptex_common.messages import OrderEvent, TradeRecord
-
 from cryptex_dbproc.candles import Candle, TradeTick, aggregate
 from cryptex_dbproc.decode import StreamId
 

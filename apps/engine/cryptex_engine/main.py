@@ -8,11 +8,11 @@ import logging
 import sys
 
 import redis.asyncio as aioredis
+
 from cryptex_common import registry, runtime
 from cryptex_common.logs import configure_logging
 from cryptex_common.markets import normalize_symbol
 from cryptex_common.settings import load_settings
-
 from cryptex_engine.service import EngineService, Fenced
 from cryptex_engine.settings import EngineSettings
 

@@ -23,13 +23,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+from redis.asyncio import Redis
+
 from cryptex_common import keys, metrics
 from cryptex_common.ledger import BalanceChange, Ledger, OrderWrite, lua_source
 from cryptex_common.markets import MarketSpec
 from cryptex_common.messages import REPLY_BATCH_ADAPTER, TERMINAL_STATUSES, CommandReply, OrderRecord, Side
 from cryptex_common.wire import WireFormat, fills_for_trade
-from redis.asyncio import Redis
-
 from cryptex_engine.domain.commands import CommandResult
 from cryptex_engine.domain.matching import MatchingEngine
 from cryptex_engine.domain.ticker import RollingTicker

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from cryptex_common.markets import SYMBOL_PATTERN
 from cryptex_common.settings import ServiceSettings
-from pydantic import Field
 
 
 class EngineSettings(ServiceSettings):

@@ -34,7 +34,6 @@ from cryptex_common.messages import (
     TradeRecord,
 )
 from cryptex_common.wire import fills_for_trade
-
 from cryptex_engine.domain.commands import (
     CancelAll,
     CancelOrder,

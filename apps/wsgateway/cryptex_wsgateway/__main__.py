@@ -10,11 +10,11 @@ import asyncio
 import logging
 
 from aiohttp import web
+from redis.asyncio import Redis
+
 from cryptex_common.logs import configure_logging
 from cryptex_common.runtime import install_stop_signals, run
 from cryptex_common.settings import load_settings
-from redis.asyncio import Redis
-
 from cryptex_wsgateway.gateway import Gateway
 from cryptex_wsgateway.settings import WsSettings
 

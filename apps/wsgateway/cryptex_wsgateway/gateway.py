@@ -31,15 +31,15 @@ from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
 from cryptex_common import keys, metrics
 from cryptex_common.auth import WS_AUTH_PATH, signature_matches, timestamp_fresh
 from cryptex_common.markets import MarketSpec
 from cryptex_common.money import format_units
 from cryptex_common.registry import load_markets
 from cryptex_common.runtime import add_ops_routes
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from cryptex_wsgateway.book import DepthTracker
 from cryptex_wsgateway.fanout import Connection, Hub
 from cryptex_wsgateway.klines import KlineBuilder

@@ -14,8 +14,9 @@ from urllib.parse import urlencode
 
 import aiohttp
 import orjson
-from cryptex_common.auth import sign
 from yarl import URL
+
+from cryptex_common.auth import sign
 
 __all__ = ["CryptexClient", "Response"]
 

@@ -25,6 +25,7 @@ def _markets_file() -> Path:
 
 async def register_markets(redis_url: str, path: Path) -> list:
     import redis.asyncio as aioredis
+
     from cryptex_common.markets import load_markets_yaml
     from cryptex_common.registry import register_market
 
@@ -108,7 +109,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from cryptex_common.logs import configure_logging
-
     from cryptex_launcher.demo import run_demo
 
     configure_logging("demo", "INFO")

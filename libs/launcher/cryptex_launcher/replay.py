@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
+
 from cryptex_common import keys, registry
 from cryptex_common.markets import normalize_symbol
 from cryptex_engine.domain.matching import MatchingEngine

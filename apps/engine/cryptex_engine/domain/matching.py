@@ -40,7 +40,6 @@ from cryptex_common.errors import ErrorCode
 from cryptex_common.keys import FEE_ACCOUNT
 from cryptex_common.markets import MarketRules, MarketState, SelfTradePrevention
 from cryptex_common.messages import OrderStatus, OrderType, Side, TimeInForce
-
 from cryptex_engine.domain.book import BookSide, Order, OrderBook, PriceLevel
 from cryptex_engine.domain.commands import (
     BalanceDelta,
