@@ -91,6 +91,8 @@ async def throughput(args: argparse.Namespace, redis: Redis, db_url: str, redis_
         orders = await conn.fetchval("SELECT count(*) FROM orders")
         print(f"throughput: {n1 - n0} trades in {t1 - t0:.2f} s = {rate:,.0f} trades/s "
               f"(rows: {total} trades, {fills} fills, {orders} orders, {candles} candles)")
+        print("load average (1, 5, 15 min) after the throughput phase: "
+              + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
     finally:
         await conn.close()
         proc.terminate()
@@ -165,7 +167,8 @@ async def main() -> None:
     parser.add_argument("--lag-seconds", type=float, default=20.0)
     args = parser.parse_args()
     print("command:", shlex.join([sys.executable, *sys.argv]))
-    print(f"machine: {os.cpu_count()} cores; PostgreSQL fsync=off (tests/support/servers.py)")
+    print(f"machine: {os.cpu_count()} cores; PostgreSQL fsync=off (tests/support/servers.py); "
+          "load average at start: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
     rs, pg = start_redis(), start_postgres()
     workdir = Path(tempfile.mkdtemp(prefix="bench-dbproc-"))
     log = workdir / "dbproc.log"

@@ -37,7 +37,51 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
-async def run(orders: int, concurrency: int) -> None:
+def make_order(i: int, rng: random.Random, rules, symbol: str, channel: str):  # type: ignore[no-untyped-def]
+    side = "buy" if i % 2 else "sell"
+    user = "1" if side == "buy" else "2"
+    price = 15_000 + rng.randint(-20, 20)
+    qty = rng.randint(1, 50)
+    lock = rules.notional_units(price, qty) if side == "buy" else rules.base_units(qty)
+    cmd = PlaceOrderCommand(userId=user, side=side, orderType="limit", priceTicks=price, quantityLots=qty,
+                            lockedUnits=lock, replyTo=channel, requestId=f"r{i}")
+    tail = orjson.dumps(OrderRecord(orderId=0, userId=user, market=symbol, side=side, orderType="limit",
+                                    timeInForce="GTC", priceTicks=price, quantityLots=qty,
+                                    status=OrderStatus.NEW, createdMs=0, updatedMs=0).model_dump(
+        by_alias=True, mode="json", exclude={"order_id", "created_ms", "updated_ms"}))
+    return user, ("USDC" if side == "buy" else "SOL"), lock, cmd.model_dump_json(by_alias=True), tail.decode()[1:]
+
+
+async def drain_run(redis, ledger, spec, rules, orders: int) -> None:  # type: ignore[no-untyped-def]
+    """Queue `orders` first (engine stopped), then time one engine draining them: the
+    engine's own throughput (match + settle + publish), free of load-generator CPU."""
+    rng = random.Random(7)
+    channel = keys.reply_channel("bench")
+    for start in range(0, orders, 200):
+        await asyncio.gather(*(
+            ledger.enqueue_order(symbol=spec.symbol, user_id=u, lock_asset=a, lock_units=lk, command_json=c,
+                                 record_tail_json=t, client_order_id=None)
+            for u, a, lk, c, t in (make_order(i, rng, rules, spec.symbol, channel)
+                                   for i in range(start, min(orders, start + 200)))))
+    url = redis.connection_pool.connection_kwargs
+    ops_port = free_port()
+    env = {**os.environ, "CRYPTEX_REDIS_URL": f"redis://127.0.0.1:{url['port']}/0",
+           "CRYPTEX_OPS_PORT": str(ops_port), "CRYPTEX_LOG_LEVEL": "WARNING"}
+    started = time.perf_counter()
+    prof = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]] if os.environ.get("BENCH_PROFILE") else []
+    engine = subprocess.Popen([sys.executable, *prof, "-m", "cryptex_engine", "--market", spec.symbol], env=env)
+    settled = 0
+    while settled < orders + 1:  # +1: the configure command registered with the market
+        await asyncio.sleep(0.05)
+        settled = int(await redis.get(keys.settled_seq_key(spec.symbol)) or 0)
+    elapsed = time.perf_counter() - started
+    engine.terminate()
+    engine.wait(30)
+    print(f"mode=drain orders={orders} elapsed={elapsed:.2f}s (incl. ~0.5 s process start) "
+          f"orders/s={orders / elapsed:,.0f}")
+
+
+async def run(orders: int, concurrency: int, drain: bool = False) -> None:
     spec = next(s for s in load_markets_yaml((ROOT / "markets.yaml").read_text()) if s.symbol == "SOL/USDC")
     rules = spec.rules()
     with redis_server() as server:
@@ -48,6 +92,10 @@ async def run(orders: int, concurrency: int) -> None:
             for asset in ("SOL", "USDC"):
                 await ledger.move_funds(kind="deposit", user_id=user, asset=asset, units=10**17,
                                         tx_id=f"{user}{asset}", record={})
+        if drain:
+            await drain_run(redis, ledger, spec, rules, orders)
+            await redis.aclose()
+            return
         ops_port = free_port()
         env = {**os.environ, "CRYPTEX_REDIS_URL": server.url, "CRYPTEX_OPS_PORT": str(ops_port),
                "CRYPTEX_LOG_LEVEL": "WARNING", "CRYPTEX_PUBLISH_USER_UPDATES": "true"}
@@ -113,10 +161,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--orders", type=int, default=40_000)
     parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--drain", action="store_true", help="queue everything first, then time the engine")
     args = parser.parse_args()
     print(f"command: .venv/bin/python bench/bench_order_path.py --orders {args.orders} "
-          f"--concurrency {args.concurrency}")
-    asyncio.run(run(args.orders, args.concurrency))
+          f"--concurrency {args.concurrency}{' --drain' if args.drain else ''}")
+    asyncio.run(run(args.orders, args.concurrency, args.drain))
 
 
 if __name__ == "__main__":

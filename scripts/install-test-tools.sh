@@ -11,6 +11,6 @@ fi
 if [ ! -x "$ROOT/.tools/bin/helm" ] && [ -x "$ROOT/scripts/get-helm.sh" ]; then
   "$ROOT/scripts/get-helm.sh" "$ROOT/.tools/bin" >&2
 fi
-if [ -x "$ROOT/scripts/get-logql.sh" ]; then
-  "$ROOT/scripts/get-logql.sh" >&2
-fi
+command -v node >/dev/null || DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nodejs npm >&2
+"$ROOT/tests/observability/install-logql-parser.sh" >&2
+"$ROOT/scripts/install-browser.sh" >&2

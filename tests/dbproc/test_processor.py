@@ -4,6 +4,7 @@ replays, dead letters, pending entries after a restart, new markets, a database 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 
 import asyncpg
@@ -159,25 +160,71 @@ async def test_malformed_entries_are_dead_lettered_and_processing_continues(
     wrong_schema["events"][0]["trade"]["priceTicks"] = "12.5"
     nul_user = gen.batch(2)  # valid JSON and schema; PostgreSQL text refuses NUL
     nul_user["events"][0]["trade"]["buyUserId"] = "bad\u0000user"
+    huge = gen.batch(1)  # valid for the schema (Python int); BIGINT refuses it
+    huge["events"][0]["trade"]["quantityLots"] = 2**70
     good_2 = gen.batch(3)
+    # COPY text escaping: every special character is stored as sent
+    odd_text = "tab\tnl\ncr\rback\\slash \\N \\. é"
+    good_2["events"][0]["trade"]["buyUserId"] = odd_text
+    good_2["events"][1]["order"]["userId"] = odd_text
+    good_2["events"][1]["order"]["clientOrderId"] = odd_text
     await redis_client.xadd(stream, {"b": encode(good_1)})
     await redis_client.xadd(stream, {"b": b"{not json"})
     await redis_client.xadd(stream, {"x": b"1"})
     await redis_client.xadd(stream, {"b": orjson.dumps(other_market)})
     await redis_client.xadd(stream, {"b": orjson.dumps(wrong_schema)})
     await redis_client.xadd(stream, {"b": orjson.dumps(nul_user)})
+    await redis_client.xadd(stream, {"b": json.dumps(huge).encode()})  # orjson: 64 bits max
     await redis_client.xadd(stream, {"b": encode(good_2)})
     async with running(settings_for(db_url, redis_srv.url)):
         await wait_until(lambda: drained(redis_client, SOL.symbol))
     reasons = [f[b"reason"].decode() for _, f in await redis_client.xrange(dead)]
-    assert len(reasons) == 5, reasons
+    assert len(reasons) == 6, reasons
     assert "invalid EventBatch" in reasons[0] and "missing field 'b'" in reasons[1]
     assert "batch market 'BTC/USDC'" in reasons[2]
     assert "priceTicks" in reasons[3]
-    assert "database refused" in reasons[4]
+    assert "database refused" in reasons[4] and "database refused" in reasons[5]
     # the good batches around them are all written (3 + 3 trades)
     assert await count(db_url, "SELECT count(*) FROM trades") == 6
     assert await count(db_url, "SELECT count(*) FROM fills") == 12
+    assert await candles_from_db(db_url) == await candles_recomputed(db_url)
+    conn = await asyncpg.connect(db_url)
+    try:
+        trade_id = good_2["events"][0]["trade"]["tradeId"]
+        assert await conn.fetchval(
+            "SELECT buy_user_id FROM trades WHERE trade_id = $1", trade_id) == odd_text
+        order_id = good_2["events"][1]["order"]["orderId"]
+        row = await conn.fetchrow("SELECT * FROM orders WHERE order_id = $1", order_id)
+        assert (row["user_id"], row["client_order_id"], row["reason"]) == (odd_text, odd_text,
+                                                                           None)
+    finally:
+        await conn.close()
+
+
+async def test_a_round_mixing_stored_and_new_trades_counts_only_the_new_ones(
+    redis_client: Redis, redis_srv: RedisServer, db_url: str
+) -> None:
+    """Cursors lost and the group rewound to the middle: one round holds trades already
+    stored and new ones; candles take only the new ones (the recomputed-deltas path)."""
+    await register(redis_client, SOL)
+    gen = BatchGen(SOL, seed=13)
+    stream = keys.events_stream(SOL.symbol)
+    await xadd_batches(redis_client, SOL.symbol, [gen.batch(5, step_ms=20_000)
+                                                  for _ in range(20)])
+    settings = settings_for(db_url, redis_srv.url)
+    async with running(settings):
+        await wait_until(lambda: drained(redis_client, SOL.symbol))
+    middle = (await redis_client.xrange(stream))[9][0]
+    conn = await asyncpg.connect(db_url)
+    await conn.execute("DELETE FROM stream_cursors")
+    await conn.close()
+    await redis_client.xgroup_setid(stream, "dbproc", middle)
+    await xadd_batches(redis_client, SOL.symbol, [gen.batch(5, step_ms=20_000)
+                                                  for _ in range(10)])
+    async with running(settings):
+        await wait_until(lambda: drained(redis_client, SOL.symbol))
+    assert await count(db_url, "SELECT count(*) FROM trades") == 150
+    assert await count(db_url, "SELECT count(*) FROM fills") == 300
     assert await candles_from_db(db_url) == await candles_recomputed(db_url)
 
 

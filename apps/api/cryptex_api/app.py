@@ -20,10 +20,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 
+from cryptex_api import history as history_queries
 from cryptex_api.openapi import OPENAPI
 from cryptex_api.orders import market_field, validate_order
 from cryptex_api.ratelimit import TokenBuckets
@@ -87,6 +89,9 @@ class Api:
         for spec in self.markets.values():
             self.asset_decimals[spec.base_asset] = spec.base_decimals
             self.asset_decimals[spec.quote_asset] = spec.quote_decimals
+
+        if self.history is not None:
+            self.history.markets = self.markets
 
     async def _watch_markets(self) -> None:
         while True:
@@ -415,6 +420,14 @@ class Api:
         return json_response(book)
 
     async def trades(self, request: web.Request) -> web.Response:
+        """Recent trades from Redis; older pages (`beforeId`) from PostgreSQL."""
+        if request.query.get("beforeId") is not None:
+            q = history_queries.parse_trades_query(request.query)
+            spec = self.market(q.market)
+            if self.history is None:
+                raise CryptexError(ErrorCode.HISTORY_UNAVAILABLE, "history is not configured (no database)")
+            return json_response(await self._history_call(
+                self.history.trades(spec, q.limit, q.before_trade_id)))
         spec = self.market(request.query.get("market"))
         limit = _int_param(request.query.get("limit"), "limit", 100, 1, 1000)
         raw = await self.redis.lrange(keys.recent_trades_key(spec.symbol), 0, limit - 1)
@@ -433,6 +446,43 @@ class Api:
 
     async def server_time(self, _: web.Request) -> web.Response:
         return json_response({"serverTime": int(time.time() * 1000)})
+
+    # --- history (dbproc's PostgreSQL tables) ----------------------------------------
+    async def _history_call(self, call: Awaitable[Any]) -> Any:
+        if self.history is None:
+            raise CryptexError(ErrorCode.HISTORY_UNAVAILABLE, "history is not configured (no database)")
+        try:
+            return await call
+        except CryptexError:
+            raise
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            metrics.POSTGRES_ERRORS.labels(service="api").inc()
+            log.warning("history query failed", extra={"error": str(exc)})
+            raise CryptexError(ErrorCode.HISTORY_UNAVAILABLE, "history database unavailable") from None
+
+    async def klines(self, request: web.Request) -> web.Response:
+        q = history_queries.parse_klines_query(request.query)
+        spec = self.market(q.market)
+        if self.history is None:
+            raise CryptexError(ErrorCode.HISTORY_UNAVAILABLE, "history is not configured (no database)")
+        return json_response(await self._history_call(
+            self.history.klines(spec, q.interval, q.start_ms, q.end_ms, q.limit)))
+
+    async def orders_history(self, request: web.Request, user_id: str, _: dict[str, Any]) -> web.Response:
+        q = history_queries.parse_orders_history_query(request.query)
+        market = self.market(q.market).symbol if q.market else None
+        if self.history is None:
+            raise CryptexError(ErrorCode.HISTORY_UNAVAILABLE, "history is not configured (no database)")
+        return json_response(await self._history_call(self.history.orders_history(
+            user_id, market, q.start_ms, q.end_ms, q.limit, q.before_order_id)))
+
+    async def fills(self, request: web.Request, user_id: str, _: dict[str, Any]) -> web.Response:
+        q = history_queries.parse_fills_query(request.query)
+        market = self.market(q.market).symbol if q.market else None
+        if self.history is None:
+            raise CryptexError(ErrorCode.HISTORY_UNAVAILABLE, "history is not configured (no database)")
+        return json_response(await self._history_call(self.history.fills(
+            user_id, market, q.start_ms, q.end_ms, q.limit, q.from_trade_id)))
 
     async def openapi(self, _: web.Request) -> web.Response:
         return json_response(OPENAPI)
@@ -499,6 +549,9 @@ def create_app(api: Api) -> web.Application:
     r.add_delete(f"{PREFIX}/orders", private(api, api.cancel_all))
     r.add_get(f"{PREFIX}/orders/open", private(api, api.open_orders, wants_body=False))
     r.add_get(f"{PREFIX}/balances", private(api, api.balances, wants_body=False))
+    r.add_get(f"{PREFIX}/orders/history", private(api, api.orders_history, wants_body=False))
+    r.add_get(f"{PREFIX}/fills", private(api, api.fills, wants_body=False))
+    r.add_get(f"{PREFIX}/klines", api.klines)
     r.add_post(f"{PREFIX}/admin/users", api.create_user)
     r.add_post(f"{PREFIX}/admin/deposit", lambda req: api.move_funds(req, "deposit"))
     r.add_post(f"{PREFIX}/admin/withdraw", lambda req: api.move_funds(req, "withdraw"))

@@ -22,11 +22,15 @@ async def open_history(settings: ApiSettings) -> Any:
     """The DB-backed read side (dbproc's tables); None when disabled or unavailable."""
     if not settings.history_enabled:
         return None
-    try:
-        from cryptex_api.history import open_history_reader
-    except ImportError:
-        return None
-    return await open_history_reader(settings.database_url)
+    import asyncpg
+
+    from cryptex_api.history import HistoryReader
+
+    # min_size=0: no connection at start, so the order path never waits for PostgreSQL;
+    # history routes answer 503 while it is away.
+    pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=8,
+                                     command_timeout=10)
+    return HistoryReader(pool)
 
 
 async def serve(settings: ApiSettings) -> None:
@@ -45,7 +49,7 @@ async def serve(settings: ApiSettings) -> None:
     log.info("api stopping: no new requests, finishing in-flight ones")
     await runner.cleanup()  # stops accepting, waits for handlers up to shutdown_timeout
     if history is not None:
-        await history.close()
+        await history.pool.close()
     await redis.aclose()
 
 

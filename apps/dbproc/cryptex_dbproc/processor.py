@@ -34,19 +34,17 @@ from redis.asyncio import Redis
 
 from cryptex_common import keys, metrics
 from cryptex_common.markets import MarketSpec
-from cryptex_common.messages import OrderEvent, TradeRecord
 from cryptex_common.registry import load_markets
 from cryptex_dbproc import store
 from cryptex_dbproc.decode import (
     ZERO_ID,
+    Batch,
     Decoded,
     Malformed,
     StreamId,
     decode_entry,
     format_stream_id,
-    orders_of,
     parse_stream_id,
-    trades_of,
 )
 from cryptex_dbproc.migrate import migrate
 from cryptex_dbproc.settings import DbprocSettings
@@ -80,6 +78,15 @@ RawEntry = tuple[StreamId, dict[bytes, bytes] | None]
 Item = Decoded | Malformed
 
 
+@dataclass(slots=True)
+class DecodedRound:
+    """A round read and decoded off the event loop: the items per market and the rows of
+    all its well-formed entries, prepared for COPY (used when no entry is skipped)."""
+
+    items: dict[str, list[Item]]
+    prepared: store.Prepared
+
+
 class Stopping(Exception):
     """Raised out of a retry loop when the stop event is set while waiting."""
 
@@ -97,6 +104,7 @@ class DbProcessor:
         self.redis = redis
         self.stop = stop
         self.conn: asyncpg.Connection | None = None
+        self.temp_tables_conn: asyncpg.Connection | None = None  # session with temp tables
         self.specs: dict[str, MarketSpec] = {}
         self.stream_market: dict[str, str] = {}  # stream key -> symbol
         self.pending_from: dict[str, str] = {}  # symbol -> next id to read our pending from
@@ -282,16 +290,21 @@ class DbProcessor:
         )
 
     async def write_round(
-        self, conn: asyncpg.Connection, items: dict[str, list[Item]]
+        self, conn: asyncpg.Connection, items: dict[str, list[Item]],
+        prepared: store.Prepared | None = None,
     ) -> RoundResult:
-        """One transaction: rows of every entry past its market's cursor, and the cursors."""
+        """One transaction: rows of every entry past its market's cursor, and the cursors.
+        `prepared` (the rows of every Decoded item of `items`) is used when no entry is
+        skipped; otherwise the rows of the entries written are prepared here."""
         result = RoundResult()
         now_ms = int(time.time() * 1000)
+        if self.temp_tables_conn is not conn:
+            await store.create_temp_tables(conn)  # outside the transaction
+            self.temp_tables_conn = conn
         async with conn.transaction():
             cursors = await store.lock_cursors(conn, items)
             new_cursors: dict[str, store.Cursor] = {}
-            trades: list[TradeRecord] = []
-            orders: list[OrderEvent] = []
+            batches: list[Batch] = []
             dead: list[tuple[str, Malformed]] = []
             newest_ts_ms: dict[str, int] = {}
             for market, market_items in items.items():
@@ -306,22 +319,23 @@ class DbProcessor:
                         dead.append((market, item))
                         continue
                     batch = item.batch
-                    if last_seq and batch.first_seq != last_seq + 1:
+                    if last_seq and batch["firstSeq"] != last_seq + 1:
                         log.warning(
                             "sequence gap on events stream",
                             extra={"market": market, "expected": last_seq + 1,
-                                   "firstSeq": batch.first_seq},
+                                   "firstSeq": batch["firstSeq"]},
                         )
-                    last_seq = max(last_seq, batch.last_seq)
-                    trades.extend(e.trade for e in trades_of(batch))
-                    orders.extend(orders_of(batch))
-                    newest_ts_ms[market] = max(newest_ts_ms.get(market, 0), batch.ts_ms)
+                    last_seq = max(last_seq, batch["lastSeq"])
+                    batches.append(batch)
+                    newest_ts_ms[market] = max(newest_ts_ms.get(market, 0), batch["tsMs"])
                 if last_id != cursor.last_id:
                     new_cursors[market] = store.Cursor(last_id, last_seq)
             specs_version = self.specs_version
             if specs_version != self.specs_saved_version:
                 await store.save_markets(conn, list(self.specs.values()), now_ms)
-            result.stats, _ = await store.write_events(conn, trades, orders, self.specs)
+            if prepared is None or prepared.batches != len(batches):
+                prepared = store.prepare(batches)  # entries skipped: rows of the others
+            result.stats = await store.write_events(conn, prepared, self.specs)
             await store.save_cursors(conn, new_cursors, now_ms)
             for market, item in dead:  # before COMMIT: at least once
                 await self.with_redis(
@@ -360,25 +374,31 @@ class DbProcessor:
         return total
 
     @staticmethod
-    def decode_round(raw: dict[str, list[RawEntry]]) -> dict[str, list[Item]]:
-        """Pure CPU (JSON + schema validation); run in a worker thread so it overlaps the
-        previous round's database work."""
-        return {
+    def decode_round(raw: dict[str, list[RawEntry]]) -> DecodedRound:
+        """Pure CPU (JSON + schema validation, then the COPY payloads and candle deltas);
+        run in a worker thread so it overlaps the previous round's database work."""
+        items: dict[str, list[Item]] = {
             market: [decode_entry(market, sid, fields) for sid, fields in entries]
             for market, entries in raw.items()
         }
+        batches = [
+            item.batch for market_items in items.values() for item in market_items
+            if isinstance(item, Decoded)
+        ]
+        return DecodedRound(items, store.prepare(batches))
 
     async def process(
-        self, raw: dict[str, list[RawEntry]], items: dict[str, list[Item]] | None = None
+        self, raw: dict[str, list[RawEntry]], decoded: DecodedRound | None = None
     ) -> RoundResult:
         """Write (with retry), then XACK. Raises Stopping if asked to stop while the
         database is unavailable (nothing acked)."""
         started = time.perf_counter()
-        if items is None:
-            items = self.decode_round(raw)
-        decoded = items
+        if decoded is None:
+            decoded = self.decode_round(raw)
+        items, prepared = decoded.items, decoded.prepared
         try:
-            result = await self.with_db("write round", lambda c: self.write_round(c, decoded))
+            result = await self.with_db(
+                "write round", lambda c: self.write_round(c, items, prepared))
         except DATA_DB_ERRORS as exc:
             log.warning("database refused a round; writing entries one by one",
                         extra={"error": repr(exc)})
@@ -423,12 +443,12 @@ class DbProcessor:
                     self.refresh.clear()
                     await self.refresh_markets()
                 raw = await self.with_redis("read", self.read_round)
-                items = await asyncio.to_thread(self.decode_round, raw) if raw else None
+                decoded = await asyncio.to_thread(self.decode_round, raw) if raw else None
                 if writing is not None:
                     await writing
                     writing = None
                 if raw and not self.stop.is_set():
-                    writing = asyncio.create_task(self.process(raw, items))
+                    writing = asyncio.create_task(self.process(raw, decoded))
             if writing is not None:
                 await writing
         except Stopping:

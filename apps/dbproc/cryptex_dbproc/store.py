@@ -10,38 +10,56 @@ Invariants:
 - Fills are derived in SQL from exactly the trade rows just inserted, two per trade, with
   the rule of `cryptex_common.wire.fills_for_trade` (a test compares every stored fill with
   it).
-- Multi-row writes use `unnest` of typed arrays: one round trip, binary encoding.
+- Trades and order states travel as COPY (text format) into session temp tables
+  (`ON COMMIT DELETE ROWS`), then one INSERT ... SELECT each applies the rules above. The
+  COPY payload of a round is built by `prepare` (pure, run in the decode thread), so the
+  event loop only ships bytes. Candle deltas are also precomputed there assuming every
+  trade is new; when the database reports fewer new trades they are recomputed from
+  exactly the new ones.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 
 from cryptex_common.markets import MarketSpec
-from cryptex_common.messages import OrderEvent, TradeRecord
 from cryptex_dbproc.candles import Candle, TradeTick, aggregate
-from cryptex_dbproc.decode import StreamId
+from cryptex_dbproc.decode import Batch, StreamId
+
+TRADE_COLUMNS = (
+    "market", "trade_id", "seq", "ts_ms", "price_ticks", "quantity_lots", "quote_units",
+    "taker_side", "buy_order_id", "sell_order_id", "buy_user_id", "sell_user_id",
+    "buyer_fee_units", "seller_fee_units",
+)
+ORDER_COLUMNS = (
+    "order_id", "seq", "user_id", "market", "side", "order_type", "time_in_force",
+    "post_only", "price_ticks", "quantity_lots", "quote_budget_units", "executed_lots",
+    "executed_quote_units", "status", "reason", "client_order_id", "created_ms", "updated_ms",
+)
+TMP_TRADES = "dbproc_tmp_trades"
+TMP_ORDERS = "dbproc_tmp_orders"
+# Session staging tables (no WAL, emptied at every commit; a rollback empties them too).
+CREATE_TEMP_TABLES_SQL = f"""
+CREATE TEMP TABLE IF NOT EXISTS {TMP_TRADES} (LIKE trades) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS {TMP_ORDERS} (LIKE orders) ON COMMIT DELETE ROWS;
+"""
 
 # Trades and their fills in one statement: fills are derived, two per trade, from exactly
 # the trade rows this statement inserted (the SQL twin of wire.fills_for_trade: the buyer
 # pays its fee in the base asset, the seller in the quote asset; the maker is the side that
 # did not take). A replayed trade inserts no trade row, hence no fills.
-INSERT_TRADES_SQL = """
+INSERT_TRADES_SQL = f"""
 WITH new AS (
-    INSERT INTO trades (market, trade_id, seq, ts_ms, price_ticks, quantity_lots, quote_units,
-                        taker_side, buy_order_id, sell_order_id, buy_user_id, sell_user_id,
-                        buyer_fee_units, seller_fee_units)
-    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
-                         $6::bigint[], $7::text[]::numeric[], $8::text[], $9::bigint[],
-                         $10::bigint[], $11::text[], $12::text[], $13::text[]::numeric[],
-                         $14::text[]::numeric[])
+    INSERT INTO trades ({", ".join(TRADE_COLUMNS)})
+    SELECT {", ".join(TRADE_COLUMNS)} FROM {TMP_TRADES}
     ON CONFLICT DO NOTHING
     RETURNING *
 ), assets AS (
-    SELECT * FROM unnest($15::text[], $16::text[], $17::text[]) AS a(market, base, quote)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) AS a(market, base, quote)
 ), new_fills AS (
     INSERT INTO fills (market, trade_id, side, order_id, user_id, ts_ms, price_ticks,
                        quantity_lots, quote_units, fee_units, fee_asset, is_maker)
@@ -54,19 +72,12 @@ WITH new AS (
            s.side <> n.taker_side
     FROM new n JOIN assets a USING (market) CROSS JOIN (VALUES ('buy'), ('sell')) AS s(side)
 )
-SELECT market, trade_id FROM new
+SELECT market, array_agg(trade_id) AS trade_ids FROM new GROUP BY market
 """
 
-UPSERT_ORDERS_SQL = """
-INSERT INTO orders AS o (order_id, seq, user_id, market, side, order_type, time_in_force,
-                         post_only, price_ticks, quantity_lots, quote_budget_units,
-                         executed_lots, executed_quote_units, status, reason, client_order_id,
-                         created_ms, updated_ms)
-SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],
-                     $6::text[], $7::text[], $8::boolean[], $9::bigint[], $10::bigint[],
-                     $11::text[]::numeric[], $12::bigint[], $13::text[]::numeric[], $14::text[],
-                     $15::text[],
-                     $16::text[], $17::bigint[], $18::bigint[])
+UPSERT_ORDERS_SQL = f"""
+INSERT INTO orders AS o ({", ".join(ORDER_COLUMNS)})
+SELECT {", ".join(ORDER_COLUMNS)} FROM {TMP_ORDERS}
 ON CONFLICT (order_id) DO UPDATE SET
     seq = EXCLUDED.seq, status = EXCLUDED.status, reason = EXCLUDED.reason,
     executed_lots = EXCLUDED.executed_lots,
@@ -176,68 +187,138 @@ async def save_markets(
     )
 
 
-def _trade_row(t: TradeRecord) -> tuple[object, ...]:
-    return (
-        t.market, t.trade_id, t.seq, t.ts_ms, t.price_ticks, t.quantity_lots, t.quote_units,
-        t.taker_side.value, t.buy_order_id, t.sell_order_id, t.buy_user_id, t.sell_user_id,
-        t.buyer_fee_units, t.seller_fee_units,
+# COPY text format: backslash, tab, newline and carriage return are escaped; NULL is \N.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_NULL = "\\N"
+
+
+def _text(value: str | None) -> str:
+    return _NULL if value is None else value.translate(_COPY_ESCAPES)
+
+
+def _opt(value: int | None) -> str:
+    return _NULL if value is None else str(value)
+
+
+@dataclass(slots=True)
+class Prepared:
+    """The rows of a set of batches, ready to ship: COPY payloads for trades (deduplicated
+    by key, first wins) and order states (latest seq per order), and the candle deltas of
+    every trade (valid only if the database inserts them all)."""
+
+    batches: int = 0
+    trades_copy: bytes = b""
+    orders_copy: bytes = b""
+    n_orders: int = 0
+    ticks: dict[str, list[TradeTick]] = field(default_factory=dict)
+    deltas: dict[str, dict[tuple[str, str, int], Candle]] = field(default_factory=dict)
+
+
+def prepare(batches: Sequence[Batch]) -> Prepared:
+    """Pure CPU, no I/O: runs in the decode thread while the previous round is written.
+
+    Batches are decoded dicts (`decode.Batch`: alias keys, enum values as strings). Every
+    text field is escaped; numbers are Python ints formatted exactly (a value PostgreSQL
+    refuses, like an out-of-range integer or a NUL byte, fails the round as data: see the
+    processor)."""
+    lines: list[str] = []
+    seen: set[tuple[str, int]] = set()
+    ticks: dict[str, list[TradeTick]] = {}
+    latest: dict[int, dict[str, Any]] = {}
+    for batch in batches:
+        for e in batch["events"]:
+            if e["type"] == "trade":
+                t = e["trade"]
+                market, trade_id = t["market"], t["tradeId"]
+                key = (market, trade_id)
+                if key in seen:
+                    continue
+                seen.add(key)
+                ts_ms, price, lots, quote = (
+                    t["tsMs"], t["priceTicks"], t["quantityLots"], t["quoteUnits"])
+                lines.append(
+                    f"{_text(market)}\t{trade_id}\t{t['seq']}\t{ts_ms}\t{price}\t{lots}\t"
+                    f"{quote}\t{t['takerSide']}\t{t['buyOrderId']}\t{t['sellOrderId']}\t"
+                    f"{_text(t['buyUserId'])}\t{_text(t['sellUserId'])}\t"
+                    f"{t['buyerFeeUnits']}\t{t['sellerFeeUnits']}\n"
+                )
+                market_ticks = ticks.get(market)
+                if market_ticks is None:
+                    market_ticks = ticks[market] = []
+                market_ticks.append(TradeTick(trade_id, ts_ms, price, lots, quote))
+            else:
+                oid = e["order"]["orderId"]
+                old = latest.get(oid)
+                if old is None or e["seq"] > old["seq"]:
+                    latest[oid] = e
+    order_lines: list[str] = []
+    for oid in sorted(latest):  # a stable lock order
+        e = latest[oid]
+        o = e["order"]
+        order_lines.append(
+            f"{oid}\t{e['seq']}\t{_text(o['userId'])}\t{_text(o['market'])}\t{o['side']}\t"
+            f"{o['orderType']}\t{o['timeInForce']}\t{'t' if o['postOnly'] else 'f'}\t"
+            f"{_opt(o['priceTicks'])}\t{_opt(o['quantityLots'])}\t"
+            f"{_opt(o['quoteBudgetUnits'])}\t{o['executedLots']}\t{o['executedQuoteUnits']}\t"
+            f"{o['status']}\t{_text(o['reason'])}\t{_text(o['clientOrderId'])}\t"
+            f"{o['createdMs']}\t{o['updatedMs']}\n"
+        )
+    return Prepared(
+        batches=len(batches),
+        trades_copy="".join(lines).encode(),
+        orders_copy="".join(order_lines).encode(),
+        n_orders=len(order_lines),
+        ticks=ticks,
+        deltas={m: aggregate(m, market_ticks) for m, market_ticks in ticks.items()},
     )
+
+
+async def create_temp_tables(conn: asyncpg.Connection) -> None:
+    """Once per session, outside any transaction (a rollback would drop them)."""
+    await conn.execute(CREATE_TEMP_TABLES_SQL)
 
 
 async def insert_trades(
-    conn: asyncpg.Connection, trades: Sequence[TradeRecord], specs: dict[str, MarketSpec]
-) -> list[TradeRecord]:
-    """Insert trades and, for each newly inserted one, its two fills. Returns the new
-    trades (input order); a trade already stored is left alone and not returned."""
-    if not trades:
-        return []
-    unique: dict[tuple[str, int], TradeRecord] = {}
-    for t in trades:
-        unique.setdefault((t.market, t.trade_id), t)
-    columns = _columns([_trade_row(t) for t in unique.values()], 14, (6, 12, 13))
-    markets = sorted({t.market for t in unique.values()})
+    conn: asyncpg.Connection, prepared: Prepared, specs: dict[str, MarketSpec]
+) -> dict[str, set[int]]:
+    """Insert the prepared trades and, for each newly inserted one, its two fills. Returns
+    the ids of the new trades per market; a trade already stored is left alone."""
+    if not prepared.ticks:
+        return {}
+    await conn.copy_to_table(  # a memoryview: asyncpg would take bytes for a file path
+        TMP_TRADES, source=memoryview(prepared.trades_copy), columns=TRADE_COLUMNS,
+        format="text",
+    )
+    markets = sorted(prepared.ticks)
     rows = await conn.fetch(
-        INSERT_TRADES_SQL, *columns, markets,
+        INSERT_TRADES_SQL, markets,
         [specs[m].base_asset for m in markets], [specs[m].quote_asset for m in markets],
     )
-    inserted = {(r["market"], r["trade_id"]) for r in rows}
-    return [t for key, t in unique.items() if key in inserted]
+    return {r["market"]: set(r["trade_ids"]) for r in rows}
 
 
-async def upsert_orders(conn: asyncpg.Connection, events: Sequence[OrderEvent]) -> int:
-    """Latest state per order: within the batch the highest seq wins, then the stored row
-    is replaced only by a higher seq."""
-    latest: dict[int, OrderEvent] = {}
-    for e in events:
-        old = latest.get(e.order.order_id)
-        if old is None or e.seq > old.seq:
-            latest[e.order.order_id] = e
-    if not latest:
+async def upsert_orders(conn: asyncpg.Connection, prepared: Prepared) -> int:
+    """Latest state per order: within the batch the highest seq wins (`prepare`), then the
+    stored row is replaced only by a higher seq."""
+    if not prepared.n_orders:
         return 0
-    rows = []
-    for oid in sorted(latest):
-        e = latest[oid]
-        o = e.order
-        rows.append((
-            o.order_id, e.seq, o.user_id, o.market, o.side.value, o.order_type.value,
-            o.time_in_force.value, o.post_only, o.price_ticks, o.quantity_lots,
-            o.quote_budget_units, o.executed_lots, o.executed_quote_units, o.status.value,
-            o.reason, o.client_order_id, o.created_ms, o.updated_ms,
-        ))
-    await conn.execute(UPSERT_ORDERS_SQL, *_columns(rows, 18, (10, 12)))
-    return len(rows)
+    await conn.copy_to_table(  # a memoryview: asyncpg would take bytes for a file path
+        TMP_ORDERS, source=memoryview(prepared.orders_copy), columns=ORDER_COLUMNS,
+        format="text",
+    )
+    await conn.execute(UPSERT_ORDERS_SQL)
+    return prepared.n_orders
 
 
-def candle_deltas(trades: Sequence[TradeRecord]) -> list[Candle]:
-    """Candle deltas of these trades, every interval, sorted by key."""
-    by_market: dict[str, list[TradeTick]] = {}
-    for t in trades:
-        by_market.setdefault(t.market, []).append(
-            TradeTick(t.trade_id, t.ts_ms, t.price_ticks, t.quantity_lots, t.quote_units)
-        )
+def candle_deltas(prepared: Prepared, new_ids: dict[str, set[int]]) -> list[Candle]:
+    """Candle deltas of exactly the new trades, every interval, sorted by key."""
     deltas: dict[tuple[str, str, int], Candle] = {}
-    for market, ticks in by_market.items():
-        deltas.update(aggregate(market, ticks))
+    for market, ids in new_ids.items():
+        ticks = prepared.ticks.get(market, [])
+        if len(ids) == len(ticks):  # all new: the precomputed deltas are exact
+            deltas.update(prepared.deltas[market])
+        elif ids:
+            deltas.update(aggregate(market, [t for t in ticks if t.trade_id in ids]))
     return [deltas[k] for k in sorted(deltas)]
 
 
@@ -257,17 +338,14 @@ async def upsert_candles(conn: asyncpg.Connection, candles: Sequence[Candle]) ->
 
 
 async def write_events(
-    conn: asyncpg.Connection,
-    trades: Sequence[TradeRecord],
-    orders: Sequence[OrderEvent],
-    specs: dict[str, MarketSpec],
-) -> tuple[WriteStats, list[TradeRecord]]:
-    """Write trades, their fills and candles, and order states. Returns the stats and the
-    trades that were new."""
+    conn: asyncpg.Connection, prepared: Prepared, specs: dict[str, MarketSpec]
+) -> WriteStats:
+    """Write trades, their fills and candles, and order states (inside the caller's
+    transaction; the temp tables must exist: `create_temp_tables`)."""
     stats = WriteStats()
-    new_trades = await insert_trades(conn, trades, specs)
-    stats.trades = len(new_trades)
-    stats.fills = 2 * len(new_trades)
-    stats.candles = await upsert_candles(conn, candle_deltas(new_trades))
-    stats.orders = await upsert_orders(conn, orders)
-    return stats, new_trades
+    new_ids = await insert_trades(conn, prepared, specs)
+    stats.trades = sum(map(len, new_ids.values()))
+    stats.fills = 2 * stats.trades
+    stats.candles = await upsert_candles(conn, candle_deltas(prepared, new_ids))
+    stats.orders = await upsert_orders(conn, prepared)
+    return stats

@@ -28,13 +28,13 @@ from redis.asyncio import Redis
 from cryptex_common import keys, metrics
 from cryptex_common.ledger import BalanceChange, Ledger, OrderWrite, lua_source
 from cryptex_common.markets import MarketSpec
-from cryptex_common.messages import REPLY_BATCH_ADAPTER, TERMINAL_STATUSES, CommandReply, OrderRecord, Side
-from cryptex_common.wire import WireFormat, fills_for_trade
+from cryptex_common.messages import FillRecord, OrderRecord, Side
+from cryptex_common.wire import WireFormat, fill_dicts
 from cryptex_engine.domain.commands import CommandResult
 from cryptex_engine.domain.matching import MatchingEngine
 from cryptex_engine.domain.ticker import RollingTicker
 from cryptex_engine.settings import EngineSettings
-from cryptex_engine.translate import BatchOutput, Decoded, Translator, decode_entry
+from cryptex_engine.translate import TERMINAL, BatchOutput, Decoded, Record, Translator, decode_entry
 
 log = logging.getLogger("cryptex.engine")
 
@@ -106,6 +106,13 @@ class EngineService:
         )
         if not int(ok):
             raise Fenced(f"lease for {self.symbol} lost (epoch {self.epoch})")
+
+    async def keep_lease(self) -> None:
+        """Renew the lease every third of its TTL, in the background, so long replays or
+        batches never let it lapse. Losing it is final: settle is then refused anyway."""
+        while True:
+            await asyncio.sleep(self.settings.lease_ttl_ms / 3000)
+            await self.renew_lease()
 
     async def release_lease(self) -> None:
         await self._lease(
@@ -222,14 +229,11 @@ class EngineService:
             for decoded, r in results if r.seq >= first_seq for d in r.balance_deltas
         ]
         orders = [
-            OrderWrite(rec.order_id, rec.user_id, rec.model_dump_json(by_alias=True),
-                       rec.status in TERMINAL_STATUSES)
+            OrderWrite(rec["orderId"], rec["userId"], orjson.dumps(rec).decode(), rec["status"] in TERMINAL)
             for rec in out.orders.values()
         ]
         ts_ms = results[-1][0].ts_ms
-        batch_json = self.translator.batch(out, first_seq, last_seq, ts_ms).model_dump_json(
-            by_alias=True
-        )
+        batch_json = orjson.dumps(self.translator.batch(out, first_seq, last_seq, ts_ms)).decode()
         res = await self.ledger.settle(
             symbol=self.symbol, epoch=self.epoch, first_seq=first_seq, last_seq=last_seq,
             batch_json=batch_json, balances=balances, orders=orders,
@@ -268,11 +272,11 @@ class EngineService:
             "ts": now_ms,
         }
         pipe = self.redis.pipeline(transaction=False)
-        by_channel: dict[str, list[CommandReply]] = {}
+        by_channel: dict[str, list[Record]] = {}
         for channel, reply in out.replies:
             by_channel.setdefault(channel, []).append(reply)
         for channel, replies in by_channel.items():
-            pipe.publish(channel, REPLY_BATCH_ADAPTER.dump_json(replies, by_alias=True))
+            pipe.publish(channel, orjson.dumps(replies))  # a JSON array: REPLY_BATCH_ADAPTER
         pipe.publish(keys.depth_channel(self.symbol), orjson.dumps(diff))
         if levels:
             bids, asks = self.core.depth(self.settings.depth_levels)
@@ -291,7 +295,8 @@ class EngineService:
                     "u": last_seq, "ts": now_ms,
                 }))
         if out.trades:
-            public = [{**fmt.trade(t), "seq": t.seq} for t in out.trades]
+            public = [{**fmt.public_trade(t["tradeId"], t["priceTicks"], t["quantityLots"], t["quoteUnits"],
+                                          t["takerSide"], t["tsMs"]), "seq": t["seq"]} for t in out.trades]
             pipe.publish(keys.trades_channel(self.symbol), orjson.dumps(public))
             recent = keys.recent_trades_key(self.symbol)
             pipe.lpush(recent, *[orjson.dumps(p) for p in public])
@@ -305,21 +310,18 @@ class EngineService:
         first_seq: int,
     ) -> None:
         fmt = self.fmt
-        rec: OrderRecord
         wanted = self._private_users
         if not wanted:
             return
         for rec in out.orders.values():
-            if rec.user_id not in wanted:
-                continue
-            pipe.publish(keys.user_channel(rec.user_id),
-                         orjson.dumps({"type": "order", "data": fmt.order(rec)}))
+            if rec["userId"] in wanted:
+                pipe.publish(keys.user_channel(rec["userId"]), orjson.dumps(
+                    {"type": "order", "data": fmt.order(OrderRecord.model_validate(rec))}))
         for t in out.trades:
-            for f in fills_for_trade(t, self.spec.base_asset, self.spec.quote_asset):
-                if f.user_id not in wanted:
-                    continue
-                pipe.publish(keys.user_channel(f.user_id),
-                             orjson.dumps({"type": "fill", "data": fmt.fill(f)}))
+            for f in fill_dicts(t, self.spec.base_asset, self.spec.quote_asset):
+                if f["userId"] in wanted:
+                    pipe.publish(keys.user_channel(f["userId"]), orjson.dumps(
+                        {"type": "fill", "data": fmt.fill(FillRecord.model_validate(f))}))
         touched: dict[str, set[str]] = {}
         for _, r in results:
             if r.seq >= first_seq:
@@ -372,7 +374,13 @@ class EngineService:
 
     # --- snapshots -------------------------------------------------------------------
     async def write_snapshot(self) -> None:
-        """The whole market state, atomically (one SET), with a version and a checksum."""
+        """The whole market state, atomically (one SET), with a version and a checksum.
+        Only a fully settled state is written: a snapshot ahead of the ledger would make a
+        restart skip commands whose funds were never moved."""
+        if self.core.seq != self.settled_seq:
+            log.error("snapshot skipped: state not settled",
+                      extra={"market": self.symbol, "seq": self.core.seq, "settled": self.settled_seq})
+            return
         state = {
             "market": self.symbol,
             "lastStreamId": self.last_stream_id,
@@ -423,13 +431,26 @@ class EngineService:
     async def run(self, stop: asyncio.Event) -> None:
         if not await self.acquire(stop):
             return
+        lease = asyncio.create_task(self.keep_lease())
+        try:
+            await self._run_owned(stop, lease)
+        finally:
+            lease.cancel()  # on an error (fenced, Redis gone) nothing more is written
+        # graceful stop: the last batch is settled; snapshot and hand the market over
+        await self.write_snapshot()
+        await self.release_lease()
+        log.info("engine stopped", extra={"market": self.symbol, "seq": self.core.seq})
+
+    async def _run_owned(self, stop: asyncio.Event, lease: asyncio.Task[None]) -> None:
         await self.refresh_private_users()
         await self.recover()
         self.ready = True
-        renew_every = self.settings.lease_ttl_ms / 3000
-        last_renew = last_ticker = last_lag = time.monotonic()
+        last_ticker = last_lag = time.monotonic()
         try:
             while not stop.is_set():
+                if lease.done():  # the lease was lost (or Redis failed): stop owning the market
+                    lease.result()
+                    raise Fenced(f"lease for {self.symbol} lost")
                 reply = await self.redis.xreadgroup(
                     keys.ENGINE_GROUP, self.consumer, {self.stream: ">"},
                     count=self.settings.batch_size, block=self.settings.block_ms,
@@ -440,9 +461,6 @@ class EngineService:
                     await self.redis.xack(self.stream, keys.ENGINE_GROUP,
                                           *[e[0] for e in entries])
                 now = time.monotonic()
-                if now - last_renew >= renew_every:
-                    await self.renew_lease()
-                    last_renew = now
                 if now - last_ticker >= self.settings.ticker_interval_ms / 1000:
                     await self.publish_ticker(int(time.time() * 1000))
                     last_ticker = now
@@ -454,7 +472,3 @@ class EngineService:
                     await self.write_snapshot()
         finally:
             self.ready = False
-        # graceful stop: the last batch is settled; snapshot and hand the market over
-        await self.write_snapshot()
-        await self.release_lease()
-        log.info("engine stopped", extra={"market": self.symbol, "seq": self.core.seq})

@@ -19,21 +19,14 @@ from cryptex_common.messages import (
     TERMINAL_STATUSES,
     CancelAllCommand,
     CancelOrderCommand,
-    CommandReply,
     ConfigureMarketCommand,
-    EventBatch,
-    FillRecord,
-    OrderEvent,
-    OrderRecord,
     OrderStatus,
     OrderType,
     PlaceOrderCommand,
     ReplyType,
     TimeInForce,
-    TradeEvent,
-    TradeRecord,
 )
-from cryptex_common.wire import fills_for_trade
+from cryptex_common.wire import fill_dicts
 from cryptex_engine.domain.commands import (
     CancelAll,
     CancelOrder,
@@ -110,45 +103,52 @@ def decode_entry(stream_id: str, fields: dict[str, str]) -> Decoded:
     )
 
 
+Record = dict[str, Any]  # a message model as its camelCase dict (see the module docstring)
+TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
+
+
 @dataclass(slots=True)
 class BatchOutput:
     """Everything one batch produces, ready to settle and publish."""
 
-    orders: dict[int, OrderRecord] = field(default_factory=dict)  # last state per order
-    trades: list[TradeRecord] = field(default_factory=list)
-    events: list[TradeEvent | OrderEvent] = field(default_factory=list)
-    replies: list[tuple[str, CommandReply]] = field(default_factory=list)  # (channel, reply)
+    orders: dict[int, Record] = field(default_factory=dict)  # OrderRecord: last state per order
+    trades: list[Record] = field(default_factory=list)  # TradeRecord
+    events: list[Record] = field(default_factory=list)  # TradeEvent | OrderEvent
+    replies: list[tuple[str, Record]] = field(default_factory=list)  # (channel, CommandReply)
 
 
 class Translator:
+    """Builds the messages of cryptex_common.messages as plain camelCase dicts: this is the
+    engine's hot path and pydantic construction would cost more than matching. A contract
+    test validates every kind of dict produced here against its pydantic model."""
+
     def __init__(self, spec: MarketSpec) -> None:
         self.spec = spec
         self.meta: dict[int, OrderMeta] = {}
 
-    def record(self, u: OrderUpdate, ts_ms: int) -> OrderRecord:
+    def record(self, u: OrderUpdate, ts_ms: int) -> Record:
         m = self.meta.get(u.order_id)
         if m is None:  # an order the core knows but we never saw placed: impossible by design
             raise KeyError(f"no metadata for order {u.order_id}")
-        # model_construct: the core's output is already valid; validation would double the cost
-        return OrderRecord.model_construct(
-            order_id=u.order_id,
-            user_id=u.user_id,
-            market=self.spec.symbol,
-            side=u.side,
-            order_type=m.order_type,
-            time_in_force=m.time_in_force,
-            post_only=m.post_only,
-            price_ticks=m.price_ticks,
-            quantity_lots=m.quantity_lots,
-            quote_budget_units=m.quote_budget_units,
-            executed_lots=u.executed_lots,
-            executed_quote_units=u.executed_quote_units,
-            status=u.status,
-            reason=u.reason,
-            client_order_id=m.client_order_id,
-            created_ms=m.created_ms,
-            updated_ms=ts_ms,
-        )
+        return {
+            "orderId": u.order_id,
+            "userId": u.user_id,
+            "market": self.spec.symbol,
+            "side": u.side.value,
+            "orderType": m.order_type.value,
+            "timeInForce": m.time_in_force.value,
+            "postOnly": m.post_only,
+            "priceTicks": m.price_ticks,
+            "quantityLots": m.quantity_lots,
+            "quoteBudgetUnits": m.quote_budget_units,
+            "executedLots": u.executed_lots,
+            "executedQuoteUnits": u.executed_quote_units,
+            "status": u.status.value,
+            "reason": u.reason,
+            "clientOrderId": m.client_order_id,
+            "createdMs": m.created_ms,
+            "updatedMs": ts_ms,
+        }
 
     def add(self, d: Decoded, result: CommandResult, out: BatchOutput) -> None:
         wire = d.wire
@@ -158,28 +158,29 @@ class Translator:
                 wire.order_type, wire.time_in_force, wire.post_only, wire.price_ticks,
                 wire.quantity_lots, wire.quote_budget_units, wire.client_order_id, d.ts_ms,
             )
+        symbol = self.spec.symbol
         trades = []
         for f in result.fills:
             buy_is_taker = f.taker_side == "buy"
-            trades.append(TradeRecord.model_construct(
-                trade_id=f.trade_id,
-                seq=result.seq,
-                market=self.spec.symbol,
-                price_ticks=f.price_ticks,
-                quantity_lots=f.quantity_lots,
-                quote_units=f.quote_units,
-                taker_side=f.taker_side,
-                buy_order_id=f.taker_order_id if buy_is_taker else f.maker_order_id,
-                sell_order_id=f.maker_order_id if buy_is_taker else f.taker_order_id,
-                buy_user_id=f.taker_user_id if buy_is_taker else f.maker_user_id,
-                sell_user_id=f.maker_user_id if buy_is_taker else f.taker_user_id,
-                buyer_fee_units=f.buyer_fee_units,
-                seller_fee_units=f.seller_fee_units,
-                ts_ms=d.ts_ms,
-            ))
+            trades.append({
+                "tradeId": f.trade_id,
+                "seq": result.seq,
+                "market": symbol,
+                "priceTicks": f.price_ticks,
+                "quantityLots": f.quantity_lots,
+                "quoteUnits": f.quote_units,
+                "takerSide": f.taker_side.value,
+                "buyOrderId": f.taker_order_id if buy_is_taker else f.maker_order_id,
+                "sellOrderId": f.maker_order_id if buy_is_taker else f.taker_order_id,
+                "buyUserId": f.taker_user_id if buy_is_taker else f.maker_user_id,
+                "sellUserId": f.maker_user_id if buy_is_taker else f.taker_user_id,
+                "buyerFeeUnits": f.buyer_fee_units,
+                "sellerFeeUnits": f.seller_fee_units,
+                "tsMs": d.ts_ms,
+            })
         out.trades.extend(trades)
-        out.events.extend(TradeEvent.model_construct(type="trade", trade=t) for t in trades)
-        records: dict[int, OrderRecord] = {}
+        out.events.extend({"type": "trade", "trade": t} for t in trades)
+        records: dict[int, Record] = {}
         updates = list(result.updates)
         if result.order is not None and all(u.order_id != result.order.order_id for u in updates):
             updates.append(result.order)
@@ -192,8 +193,8 @@ class Translator:
             rec = self.record(u, d.ts_ms)
             records[u.order_id] = rec
             out.orders[u.order_id] = rec
-            out.events.append(OrderEvent.model_construct(type="order", seq=result.seq, order=rec))
-            if rec.status in TERMINAL_STATUSES:
+            out.events.append({"type": "order", "seq": result.seq, "order": rec})
+            if rec["status"] in TERMINAL:
                 self.meta.pop(u.order_id, None)
         reply_to, request_id = getattr(wire, "reply_to", None), getattr(wire, "request_id", None)
         if reply_to and request_id:
@@ -203,41 +204,30 @@ class Translator:
         self,
         d: Decoded,
         result: CommandResult,
-        records: dict[int, OrderRecord],
-        trades: list[TradeRecord],
+        records: dict[int, Record],
+        trades: list[Record],
         request_id: str,
-    ) -> CommandReply:
+    ) -> Record:
         order = records.get(result.order.order_id) if result.order else None
+        reply: Record = {"requestId": request_id, "seq": result.seq, "order": order}
         if not result.accepted:
-            return CommandReply(
-                requestId=request_id, type=ReplyType.REJECTED, seq=result.seq, order=order,
-                code=result.reject_reason, message=_reject_message(result.reject_reason),
-            )
-        if isinstance(d.wire, PlaceOrderCommand):
-            fills: list[FillRecord] = []
-            for t in trades:
-                fills.extend(
-                    f for f in fills_for_trade(t, self.spec.base_asset, self.spec.quote_asset)
-                    if f.order_id == d.order_id
-                )
-            return CommandReply(
-                requestId=request_id, type=ReplyType.ORDER_PLACED, seq=result.seq, order=order,
-                fills=fills,
-            )
-        if isinstance(d.wire, CancelAllCommand):
-            return CommandReply(
-                requestId=request_id, type=ReplyType.ORDERS_CANCELLED, seq=result.seq,
-                orders=list(records.values()),
-            )
-        return CommandReply(
-            requestId=request_id, type=ReplyType.ORDER_CANCELLED, seq=result.seq, order=order
-        )
+            reply.update(type=ReplyType.REJECTED.value, code=result.reject_reason,
+                         message=_reject_message(result.reject_reason))
+        elif isinstance(d.wire, PlaceOrderCommand):
+            reply.update(type=ReplyType.ORDER_PLACED.value, fills=[
+                f for t in trades for f in fill_dicts(t, self.spec.base_asset, self.spec.quote_asset)
+                if f["orderId"] == d.order_id
+            ])
+        elif isinstance(d.wire, CancelAllCommand):
+            reply.update(type=ReplyType.ORDERS_CANCELLED.value, orders=list(records.values()))
+        else:
+            reply.update(type=ReplyType.ORDER_CANCELLED.value)
+        return reply
 
-    def batch(self, out: BatchOutput, first_seq: int, last_seq: int, ts_ms: int) -> EventBatch:
-        return EventBatch(
-            market=self.spec.symbol, firstSeq=first_seq, lastSeq=last_seq, tsMs=ts_ms,
-            events=out.events,
-        )
+    def batch(self, out: BatchOutput, first_seq: int, last_seq: int, ts_ms: int) -> Record:
+        """An EventBatch dict."""
+        return {"market": self.spec.symbol, "firstSeq": first_seq, "lastSeq": last_seq,
+                "tsMs": ts_ms, "events": out.events}
 
     def snapshot(self) -> dict[str, list[Any]]:
         return {str(k): v.to_list() for k, v in self.meta.items()}

@@ -156,9 +156,9 @@ class CryptexClient:
     async def ticker(self, market: str) -> Response:
         return await self.request("GET", "/ticker", params={"market": market})
 
-    async def klines(self, market: str, interval: str, **params: Any) -> Response:
-        return await self.request("GET", "/klines", params={"market": market, "interval": interval,
-                                                             **params})
+    async def klines(self, market: str, interval: str | None = None, **params: Any) -> Response:
+        query = {"market": market, **({"interval": interval} if interval else {}), **params}
+        return await self.request("GET", "/klines", params=query)
 
     # --- admin -----------------------------------------------------------------------
     async def create_user(self) -> Response:

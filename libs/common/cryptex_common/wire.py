@@ -76,52 +76,48 @@ class WireFormat:
         }
 
     def trade(self, t: TradeRecord) -> dict[str, Any]:
+        return self.public_trade(t.trade_id, t.price_ticks, t.quantity_lots, t.quote_units,
+                                 t.taker_side.value, t.ts_ms)
+
+    def public_trade(self, trade_id: int, price_ticks: int, quantity_lots: int, quote_units: int,
+                     taker_side: str, ts_ms: int) -> dict[str, Any]:
         return {
-            "tradeId": str(t.trade_id),
-            "market": t.market,
-            "price": self.price(t.price_ticks),
-            "quantity": self.quantity(t.quantity_lots),
-            "quoteQuantity": self.quote(t.quote_units),
-            "takerSide": t.taker_side.value,
-            "ts": t.ts_ms,
+            "tradeId": str(trade_id),
+            "market": self.spec.symbol,
+            "price": self.price(price_ticks),
+            "quantity": self.quantity(quantity_lots),
+            "quoteQuantity": self.quote(quote_units),
+            "takerSide": taker_side,
+            "ts": ts_ms,
         }
 
     def levels(self, levels: list[tuple[int, int]]) -> list[list[str | None]]:
         return [[self.price(p), self.quantity(q)] for p, q in levels]
 
 
-def fills_for_trade(trade: TradeRecord, base_asset: str, quote_asset: str) -> list[FillRecord]:
-    """The two sides of one trade, as buyer and seller each see it."""
-    taker_is_buy = trade.taker_side.value == "buy"
+def fill_dicts(trade: dict[str, Any], base_asset: str, quote_asset: str) -> list[dict[str, Any]]:
+    """The two sides of one trade (a TradeRecord as its camelCase dict), as buyer and
+    seller each see it: FillRecord dicts. The buyer's fee is in base, the seller's in quote."""
+    taker_is_buy = trade["takerSide"] == "buy"
     common = {
-        "tradeId": trade.trade_id,
-        "market": trade.market,
-        "priceTicks": trade.price_ticks,
-        "quantityLots": trade.quantity_lots,
-        "quoteUnits": trade.quote_units,
-        "tsMs": trade.ts_ms,
+        "tradeId": trade["tradeId"],
+        "market": trade["market"],
+        "priceTicks": trade["priceTicks"],
+        "quantityLots": trade["quantityLots"],
+        "quoteUnits": trade["quoteUnits"],
+        "tsMs": trade["tsMs"],
     }
     return [
-        FillRecord.model_validate(
-            {
-                **common,
-                "orderId": trade.buy_order_id,
-                "userId": trade.buy_user_id,
-                "side": "buy",
-                "feeUnits": trade.buyer_fee_units,
-                "feeAsset": base_asset,
-                "isMaker": not taker_is_buy,
-            }
-        ),
-        FillRecord.model_validate(
-            {
-                **common,
-                "orderId": trade.sell_order_id,
-                "userId": trade.sell_user_id,
-                "side": "sell",
-                "feeUnits": trade.seller_fee_units,
-                "feeAsset": quote_asset,
-                "isMaker": taker_is_buy,
-            }
-        ),
+        {**common, "orderId": trade["buyOrderId"], "userId": trade["buyUserId"], "side": "buy",
+         "feeUnits": trade["buyerFeeUnits"], "feeAsset": base_asset, "isMaker": not taker_is_buy},
+        {**common, "orderId": trade["sellOrderId"], "userId": trade["sellUserId"], "side": "sell",
+         "feeUnits": trade["sellerFeeUnits"], "feeAsset": quote_asset, "isMaker": taker_is_buy},
+    ]
+
+
+def fills_for_trade(trade: TradeRecord, base_asset: str, quote_asset: str) -> list[FillRecord]:
+    """`fill_dicts` as validated FillRecords."""
+    return [
+        FillRecord.model_validate(d)
+        for d in fill_dicts(trade.model_dump(by_alias=True, mode="json"), base_asset, quote_asset)
     ]
