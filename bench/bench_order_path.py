@@ -123,25 +123,11 @@ async def run(orders: int, concurrency: int, drain: bool = False) -> None:
         async def producer(worker: int) -> None:
             loop = asyncio.get_running_loop()
             for i in counter:
-                side = "buy" if i % 2 else "sell"
-                user = "1" if side == "buy" else "2"
-                price = 15_000 + rng.randint(-20, 20)
-                qty = rng.randint(1, 50)
-                lock = rules.notional_units(price, qty) if side == "buy" else rules.base_units(qty)
-                request_id = f"r{i}"
-                cmd = PlaceOrderCommand(userId=user, side=side, orderType="limit", priceTicks=price,
-                                        quantityLots=qty, lockedUnits=lock, replyTo=channel,
-                                        requestId=request_id)
-                tail = orjson.dumps(OrderRecord(orderId=0, userId=user, market=spec.symbol, side=side,
-                                                orderType="limit", timeInForce="GTC", priceTicks=price,
-                                                quantityLots=qty, status=OrderStatus.NEW, createdMs=0,
-                                                updatedMs=0).model_dump(
-                    by_alias=True, mode="json", exclude={"order_id", "created_ms", "updated_ms"}))
+                user, asset, lock, command, tail = make_order(i, rng, rules, spec.symbol, channel)
                 fut: asyncio.Future[None] = loop.create_future()
-                waiting[request_id] = (time.perf_counter(), fut)
-                await ledger.enqueue_order(symbol=spec.symbol, user_id=user, lock_asset="USDC" if side == "buy" else "SOL",
-                                           lock_units=lock, command_json=cmd.model_dump_json(by_alias=True),
-                                           record_tail_json=tail.decode()[1:], client_order_id=None)
+                waiting[f"r{i}"] = (time.perf_counter(), fut)
+                await ledger.enqueue_order(symbol=spec.symbol, user_id=user, lock_asset=asset, lock_units=lock,
+                                           command_json=command, record_tail_json=tail, client_order_id=None)
                 await fut
 
         started = time.perf_counter()

@@ -1,0 +1,69 @@
+"""Architecture rules, checked on the source: the engine's matching core does no I/O,
+services never import each other, and everything passes ruff."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICES = {
+    "cryptex_api": ROOT / "apps/api/cryptex_api",
+    "cryptex_engine": ROOT / "apps/engine/cryptex_engine",
+    "cryptex_wsgateway": ROOT / "apps/wsgateway/cryptex_wsgateway",
+    "cryptex_dbproc": ROOT / "apps/dbproc/cryptex_dbproc",
+    "cryptex_operator": ROOT / "operator/cryptex_operator",
+}
+# What the pure core may import: the standard library's pure parts and the pure common modules.
+CORE_ALLOWED = {"__future__", "dataclasses", "enum", "typing", "collections", "bisect", "hashlib",
+                "json", "itertools", "heapq", "operator", "functools", "math", "cryptex_engine",
+                "cryptex_common.markets", "cryptex_common.messages", "cryptex_common.errors",
+                "cryptex_common.keys"}
+
+
+def imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def test_the_matching_core_imports_no_io() -> None:
+    core = ROOT / "apps/engine/cryptex_engine/domain"
+    for path in core.glob("*.py"):
+        for module in imports(path):
+            allowed = any(module == a or module.startswith(a + ".") for a in CORE_ALLOWED)
+            assert allowed, f"{path.relative_to(ROOT)} imports {module}: the core must stay pure"
+
+
+def test_services_never_import_each_other() -> None:
+    for name, folder in SERVICES.items():
+        for path in folder.rglob("*.py"):
+            for module in imports(path):
+                other = module.split(".")[0]
+                assert other == name or other not in SERVICES, (
+                    f"{path.relative_to(ROOT)} imports {module}: services share only cryptex_common"
+                )
+
+
+def test_common_imports_no_service() -> None:
+    for path in (ROOT / "libs/common/cryptex_common").rglob("*.py"):
+        for module in imports(path):
+            assert module.split(".")[0] not in SERVICES, f"{path} imports {module}"
+
+
+def test_ruff_is_clean() -> None:
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    if not Path(ruff).exists():
+        pytest.fail("ruff is not installed (it is in the test extras)")
+    result = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:]
