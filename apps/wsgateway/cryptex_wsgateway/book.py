@@ -173,7 +173,9 @@ class DepthTracker:
             "e": "depthSnapshot",
             "reason": reason,
             "market": self.market,
-            "lastUpdateId": self.last_u,
+            # emitted_u, not last_u: updates after emitted_u were empty (never forwarded), so the
+            # book is the same, and the next forwarded diff starts at emitted_u + 1
+            "lastUpdateId": self.emitted_u,
             "bids": bids,
             "asks": asks,
             "c": self.book.checksum(),

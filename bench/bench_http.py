@@ -1,0 +1,103 @@
+"""HTTP round trip: signed POST /api/v1/order, waiting for the engine's reply, at 1, 8 and
+64 concurrent clients. Prints orders/s and p50/p99/max latency per level.
+
+    .venv/bin/python bench/bench_http.py [--seconds 10] [--levels 1 8 64]
+
+Starts its own Redis, the API and the SOL/USDC engine as real processes (the launcher's
+Stack). The load generator is Python/aiohttp on the same 2-core machine, so it competes
+with the servers for CPU: the figures are a floor, not the servers' ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cryptex_client import CryptexClient  # noqa: E402
+from cryptex_common.markets import load_markets_yaml  # noqa: E402
+from cryptex_common.registry import register_market  # noqa: E402
+from cryptex_launcher.stack import Stack, free_port  # noqa: E402
+from tests.support.servers import redis_server  # noqa: E402
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))] * 1000
+
+
+async def level(admin: CryptexClient, clients: int, seconds: float) -> str:
+    users = [await admin.new_funded_user({"SOL": "100000000", "USDC": "100000000000"},
+                                         tx_prefix=f"{clients}-{i}-") for i in range(max(2, clients))]
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    deadline = time.perf_counter() + seconds
+
+    async def worker(i: int) -> None:
+        rng = random.Random(i)
+        user = users[i % len(users)]
+        while time.perf_counter() < deadline:
+            side = rng.choice(["buy", "sell"])
+            price = f"{150 + rng.randint(-5, 5) / 100:.2f}"
+            started = time.perf_counter()
+            r = await user.place_order(side=side, type="limit", price=price, quantity="0.1",
+                                       market="SOL/USDC")
+            latencies.append(time.perf_counter() - started)
+            statuses[r.status] = statuses.get(r.status, 0) + 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    elapsed = time.perf_counter() - started
+    for u in users:
+        await u.cancel_all("SOL/USDC")
+    return (f"clients={clients:3d} orders={len(latencies):6d} orders/s={len(latencies) / elapsed:7,.0f} "
+            f"p50={pct(latencies, 0.5):6.2f}ms p99={pct(latencies, 0.99):6.2f}ms "
+            f"max={max(latencies) * 1000:7.2f}ms statuses={statuses}")
+
+
+async def run(seconds: float, levels: list[int]) -> None:
+    specs = [s for s in load_markets_yaml((ROOT / "markets.yaml").read_text()) if s.symbol == "SOL/USDC"]
+    with redis_server() as server:
+        import redis.asyncio as aioredis
+
+        r = aioredis.Redis.from_url(server.url)
+        for spec in specs:
+            await register_market(r, spec)
+        await r.aclose()
+        state = Path(tempfile.mkdtemp(prefix="cryptex-bench-"))
+        stack = Stack(redis_url=server.url, database_url="postgresql://127.0.0.1:1/none", markets=specs,
+                      state_dir=state, admin_token="bench", api_port=free_port(), with_wsgateway=False,
+                      with_dbproc=False, extra_env={"CRYPTEX_HISTORY_ENABLED": "false",
+                                                    "CRYPTEX_RATE_LIMIT_PER_S": "1000000",
+                                                    "CRYPTEX_RATE_LIMIT_BURST": "1000000",
+                                                    "CRYPTEX_LOG_LEVEL": "WARNING"})
+        stack.start_all()
+        try:
+            async with CryptexClient(f"http://127.0.0.1:{stack.api_port}", admin_token="bench") as admin:
+                for clients in levels:
+                    print(await level(admin, clients, seconds), flush=True)
+        finally:
+            stack.stop_all()
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 64])
+    args = parser.parse_args()
+    print(f"command: .venv/bin/python bench/bench_http.py --seconds {args.seconds} "
+          f"--levels {' '.join(map(str, args.levels))}")
+    asyncio.run(run(args.seconds, args.levels))
+
+
+if __name__ == "__main__":
+    main()
