@@ -103,6 +103,8 @@ class Ledger:
                 symbol,
                 user_id,
                 record_tail_json,
+                keys.user_channel(user_id),
+                orjson.dumps({"type": "balance", "data": {"assets": [lock_asset]}}).decode(),
             ],
         )
         status = _s(reply[0])

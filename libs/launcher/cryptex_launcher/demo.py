@@ -4,8 +4,10 @@ so the page, the charts and the streams have something to show. Uses the signed 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import signal
 from decimal import Decimal
 
 from cryptex_client import CryptexClient
@@ -32,6 +34,15 @@ async def make_market(admin: CryptexClient, spec: dict, levels: int = 8, rng: ra
                                         tx_prefix=f"demo-{rng.random()}-")
     step = max(tick, _on_grid(mid / 2000, tick))
     qty = max(lot, _on_grid(Decimal(1000) / mid, lot))
+    try:
+        await _quote_loop(maker, taker, symbol, mid, tick, step, qty, levels, rng, stop)
+    finally:
+        await maker.cancel_all(symbol)
+
+
+async def _quote_loop(maker: CryptexClient, taker: CryptexClient, symbol: str, mid: Decimal, tick: Decimal,
+                      step: Decimal, qty: Decimal, levels: int, rng: random.Random,
+                      stop: asyncio.Event | None) -> None:
     while stop is None or not stop.is_set():
         mid = max(step * 10, _on_grid(mid + step * rng.choice([-2, -1, 0, 1, 2]), tick))
         await maker.cancel_all(symbol)
@@ -44,10 +55,26 @@ async def make_market(admin: CryptexClient, spec: dict, levels: int = 8, rng: ra
         for _ in range(rng.randint(0, 3)):
             await taker.place_order(side=rng.choice(["buy", "sell"]), type="market", quantity=str(qty),
                                     market=symbol)
-        await asyncio.sleep(1.0)
+        if stop is None:
+            await asyncio.sleep(1.0)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
 
 
 async def run_demo(api_url: str, admin_token: str) -> None:
+    """Until SIGTERM/SIGINT: then the demo's resting orders are cancelled and it exits 0."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     async with CryptexClient(api_url, admin_token=admin_token) as admin:
-        markets = (await admin.markets()).body
-        await asyncio.gather(*(make_market(admin, m) for m in markets))
+        for _ in range(60):  # the API may still be starting
+            try:
+                markets = (await admin.markets()).body
+                break
+            except OSError:
+                await asyncio.sleep(0.5)
+        else:
+            raise SystemExit("demo: the API did not answer")
+        await asyncio.gather(*(make_market(admin, m, stop=stop) for m in markets))

@@ -4,7 +4,8 @@
 -- ARGV: 1 available field, 2 locked field, 3 amount to lock (integer string, > 0),
 --       4 command JSON, 5 has client order id, 6 client order id TTL seconds,
 --       7 market symbol, 8 user id, 9 order record JSON without its opening "{" and
---       without orderId/createdMs/updatedMs (spliced in here)
+--       without orderId/createdMs/updatedMs (spliced in here), 10 the user's private
+--       channel, 11 the balance hint published there (wsgateway then pushes the new balances)
 -- Returns {"ok", orderId, streamId} | {"dup", orderId} | {"insufficient"}
 -- Amounts stay strings and go through HINCRBY, so no Lua double ever holds an amount.
 if ARGV[5] == "1" then
@@ -26,4 +27,5 @@ redis.call("ZADD", KEYS[4], id, id)
 if ARGV[5] == "1" then
   redis.call("SET", KEYS[5], id, "EX", ARGV[6])
 end
+redis.call("PUBLISH", ARGV[10], ARGV[11])
 return {"ok", tostring(id), sid}
