@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from typing import Any, cast
 
 import asyncpg
 import orjson
@@ -214,7 +215,7 @@ async def test_a_round_mixing_stored_and_new_trades_counts_only_the_new_ones(
     settings = settings_for(db_url, redis_srv.url)
     async with running(settings):
         await wait_until(lambda: drained(redis_client, SOL.symbol))
-    middle = (await redis_client.xrange(stream))[9][0]
+    middle = cast(list[Any], await redis_client.xrange(stream))[9][0]  # 10th entry's id
     conn = await asyncpg.connect(db_url)
     await conn.execute("DELETE FROM stream_cursors")
     await conn.close()

@@ -10,11 +10,14 @@ What is here
 - `assert_json_log_lines(lines)`: every line is one JSON object with the required fields.
 - Self-tests of those helpers against an in-process prometheus_client exporter, and of
   scripts/local-prometheus.sh end to end (these run today).
-- `test_running_services_export_every_referenced_metric`: starts the real services via the
-  launcher (`./cryptex`), drives orders, and runs the assertion above on every referenced
-  metric, then checks every service's log file is JSON lines. >>> LEAD: `drive_orders` is
-  the hook to write; then set SERVICES_E2E_WIRED = True. Until then the test starts
-  nothing, skips locally and fails under CI=true. <<<
+- The real exchange (module fixture `exchange_run`): every service started via the
+  launcher's Stack on free ports against the suite's real Redis and PostgreSQL, a real
+  Prometheus scraping them, `drive_orders` (signed client + a WebSocket). Then
+  `test_running_services_export_every_referenced_metric` (every metric named by a rule or a
+  dashboard has data from the job that owns it; per-market series exist for every market;
+  recording rules evaluate) and `test_real_service_logs_are_json_and_follow_an_order` (the
+  whole output of every service is JSON lines with the required fields; one order is
+  followed API -> engine by correlationId and orderId; dbproc logs its rounds).
 """
 
 from __future__ import annotations
@@ -167,16 +170,23 @@ def missing_metrics(prom: Prometheus, names: Iterable[str],
     return missing
 
 
-def assert_metrics_have_data(prom: Prometheus, names: Iterable[str], timeout_s: float = 30.0,
-                             nonzero: Iterable[str] = ()) -> None:
-    """Poll until every series name returns data from its owning job; fail with the list."""
+def poll_missing_metrics(prom: Prometheus, names: Iterable[str], timeout_s: float = 30.0,
+                         nonzero: Iterable[str] = ()) -> dict[str, str]:
+    """Poll until every series name returns data from its owning job (or the time is up);
+    returns what is still missing."""
     names = set(names)
     deadline = time.monotonic() + timeout_s
     while True:
         missing = missing_metrics(prom, names, nonzero)
         if not missing or time.monotonic() > deadline:
-            break
+            return missing
         time.sleep(1.0)
+
+
+def assert_metrics_have_data(prom: Prometheus, names: Iterable[str], timeout_s: float = 30.0,
+                             nonzero: Iterable[str] = ()) -> None:
+    """Poll until every series name returns data from its owning job; fail with the list."""
+    missing = poll_missing_metrics(prom, names, timeout_s, nonzero)
     assert not missing, "metrics without data in Prometheus:\n" + "\n".join(
         f"  {name}: {why}" for name, why in missing.items())
 
@@ -315,12 +325,12 @@ def test_json_log_helper_on_the_real_formatter() -> None:
         assert_json_log_lines(['{"level": "info", "msg": "no ts"}'])
 
 
-# --- the real services (LEAD: wire here) ----------------------------------------------------
+# --- the real services ------------------------------------------------------------------------
 
-# >>> LEAD: set to True once drive_orders() is written and every service exists. Until then
-# the test starts nothing (it would launch a whole exchange on a shared machine for no
-# verdict); it skips locally and FAILS under CI=true so it cannot be forgotten. <<<
-SERVICES_E2E_WIRED = False
+# The services e2e test below is wired (drive_orders written). Kept as a switch: False makes
+# it start nothing, skip locally and fail under CI=true.
+SERVICES_E2E_WIRED = True
+ADMIN_TOKEN = "obs-admin-token"
 
 
 def read_port_targets(ports_dir: Path) -> dict[str, list[str]]:
@@ -333,12 +343,31 @@ def read_port_targets(ports_dir: Path) -> dict[str, list[str]]:
     return targets
 
 
+def wait_ready(targets: Mapping[str, Sequence[str]], timeout_s: float = 60.0) -> None:
+    """Every target answers /readyz 200 (engines own their market and have recovered, the
+    gateway listens to Redis, dbproc has its database), or fail naming the laggards."""
+    deadline = time.monotonic() + timeout_s
+    pending = {addr for addrs in targets.values() for addr in addrs}
+    while pending:
+        for addr in sorted(pending):
+            with contextlib.suppress(OSError), \
+                    urllib.request.urlopen(f"http://{addr}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    pending.discard(addr)
+        if pending:
+            assert time.monotonic() < deadline, f"targets not ready after {timeout_s}s: {pending}"
+            time.sleep(0.2)
+
+
 @contextlib.contextmanager
-def start_services(redis_url: str, database_url: str,
-                   state_dir: Path) -> Iterator[dict[str, list[str]]]:
+def start_services(redis_url: str, database_url: str, state_dir: Path,
+                   log_levels: Mapping[str, str] | None = None,
+                   exit_codes: dict[str, int | None] | None = None,
+                   ) -> Iterator[dict[str, list[str]]]:
     """Every service as its own process via the launcher's Stack (what `./cryptex up` runs),
     on free ports, against the test session's real Redis and PostgreSQL. Yields the scrape
-    targets; stops every process on exit. >>> LEAD: adjust if the launcher API changes. <<<"""
+    targets once every one is ready; stops every process on exit (their exit codes go to
+    `exit_codes`). `log_levels`: {service name: CRYPTEX_LOG_LEVEL} overrides."""
     import asyncio
 
     from cryptex_launcher.__main__ import _markets_file, register_markets
@@ -346,28 +375,131 @@ def start_services(redis_url: str, database_url: str,
 
     specs = asyncio.run(register_markets(redis_url, _markets_file()))
     stack = Stack(redis_url=redis_url, database_url=database_url, markets=specs,
-                  state_dir=state_dir, api_port=free_port(), ws_port=free_port())
+                  state_dir=state_dir, admin_token=ADMIN_TOKEN, api_port=free_port(),
+                  ws_port=free_port())
     stack.plan()
+    for name, level in (log_levels or {}).items():
+        stack.services[name].env["CRYPTEX_LOG_LEVEL"] = level
     try:
         stack.start_all(wait=True)
-        yield read_port_targets(state_dir / "ports")
+        targets = read_port_targets(state_dir / "ports")
+        wait_ready(targets)
+        yield targets
     finally:
-        stack.stop_all()
+        codes = stack.stop_all()
+        if exit_codes is not None:
+            exit_codes.update(codes)
 
 
-def drive_orders(targets: Mapping[str, Sequence[str]]) -> None:
-    """>>> LEAD: drive enough traffic that every referenced metric gets a sample. <<<
-    Needed (with cryptex_client, API at targets["api"][0]): create two users and fund them;
-    place crossing limit orders on every market (orders, round trips, commands, trades,
-    volume, book gauges, batches); one rejected order (e.g. an off-tick price) for
-    cryptex_orders_rejected_total; a cancel; open a WebSocket on targets["wsgateway"][0] and
-    subscribe to depth/trades (connections, subscriptions, messages, fan-out delay); wait
-    until dbproc has written the trades (rows, batch time, lag).
-    Counters that only move on faults (fenced, dead letters, slow clients dropped,
-    resnapshots, reply timeouts, redis/postgres errors) must be exported at 0 by each
-    service at start: call `.labels(market=...)` / `.labels(service=...)` once per label
-    value so the series exist before the first fault."""
-    raise NotImplementedError("drive_orders is not written yet")
+@dataclass
+class Driven:
+    """What drive_orders did, for the log checks: one order rejected by the engine and one
+    cancelled, each sent with a known X-Request-Id (the correlation id)."""
+
+    markets: list[str]
+    rejected_order_id: str
+    rejected_correlation_id: str
+    cancelled_order_id: str
+    cancel_correlation_id: str
+    ws_streams_seen: set[str]
+
+
+def drive_orders(targets: Mapping[str, Sequence[str]]) -> Driven:
+    """Traffic that gives every referenced metric a sample, through the public interfaces:
+    funded users and crossing limit orders on every market (orders, round trips, commands,
+    batches, trades, volume, book gauges), an order the API rejects (off tick) and one the
+    engine rejects (post-only that would take), a cancel, a WebSocket subscribed to every
+    market's depth/trades/ticker/bookTicker that must receive the trades (connections,
+    subscriptions, messages, fan-out delay), then a wait until dbproc has written the fills
+    (the API's history reads them back from PostgreSQL). Counters that only move on faults
+    are exported at 0 by each service at start (see docs/observability.md)."""
+    import asyncio
+
+    return asyncio.run(_drive(f"http://{targets['api'][0]}", f"ws://{targets['wsgateway'][0]}/ws"))
+
+
+async def _drive(api_url: str, ws_url: str) -> Driven:
+    import asyncio
+    import uuid
+
+    import aiohttp
+
+    from cryptex_client import CryptexClient
+
+    tag = uuid.uuid4().hex[:8]
+    async with CryptexClient(api_url, admin_token=ADMIN_TOKEN) as admin, \
+            aiohttp.ClientSession() as http, http.ws_connect(ws_url) as ws:
+        listed = await admin.markets()
+        assert listed.status == 200 and listed.body, listed
+        markets = {m["symbol"]: m for m in listed.body}
+        streams = [f"{kind}@{symbol}" for symbol in markets
+                   for kind in ("depth", "trades", "ticker", "bookTicker")]
+        await ws.send_json({"method": "SUBSCRIBE", "params": streams, "id": 1})
+        seen: set[str] = set()
+
+        async def read_ws(until: Iterable[str], timeout_s: float = 20.0) -> None:
+            wanted = set(until)
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            while not wanted <= seen:
+                left = deadline - asyncio.get_running_loop().time()
+                assert left > 0, f"WebSocket: never got {sorted(wanted - seen)} (got {sorted(seen)})"
+                msg = await ws.receive(timeout=left)
+                assert msg.type == aiohttp.WSMsgType.TEXT, msg
+                doc = json.loads(msg.data)
+                if doc.get("id") == 1:
+                    assert "error" not in doc, doc
+                    seen.add("reply")
+                elif "stream" in doc:
+                    seen.add(doc["stream"])
+
+        await read_ws(["reply"])  # subscribed before the first trade
+
+        pairs: dict[str, tuple[CryptexClient, CryptexClient]] = {}
+        for symbol, m in markets.items():
+            seller = await admin.new_funded_user({m["baseAsset"]: "10"}, tx_prefix=tag)
+            buyer = await admin.new_funded_user({m["quoteAsset"]: "1000"}, tx_prefix=tag)
+            pairs[symbol] = (seller, buyer)
+            made = await seller.place_order(side="sell", type="limit", price="100", quantity="1",
+                                            market=symbol)
+            assert made.status == 200 and made.body["order"]["status"] == "new", made
+            took = await buyer.place_order(side="buy", type="limit", price="100", quantity="1",
+                                           market=symbol)
+            assert took.status == 200 and took.body["order"]["status"] == "filled", took
+
+        symbol = next(iter(markets))
+        seller, buyer = pairs[symbol]
+        off_tick = await buyer.place_order(side="buy", type="limit", price="100.001",
+                                           quantity="1", market=symbol)
+        assert off_tick.status == 422 and off_tick.body["code"] == "OFF_TICK", off_tick
+        resting = await seller.place_order(side="sell", type="limit", price="101", quantity="1",
+                                           market=symbol)
+        assert resting.status == 200 and resting.body["order"]["status"] == "new", resting
+        reject_cid, cancel_cid = f"obs-reject-{tag}", f"obs-cancel-{tag}"
+        rejected = await buyer.request(
+            "POST", "/order", body={"side": "buy", "type": "limit", "price": "101",
+                                    "quantity": "1", "postOnly": True, "market": symbol},
+            signed=True, headers={"X-Request-Id": reject_cid})
+        assert rejected.status == 422 and rejected.body["code"] == "POST_ONLY_WOULD_TAKE", rejected
+        echoed = {k.lower(): v for k, v in rejected.headers.items()}.get("x-request-id")
+        assert echoed == reject_cid, rejected.headers
+        resting_id = resting.body["order"]["orderId"]
+        cancelled = await seller.request("DELETE", "/order", params={"orderId": resting_id},
+                                         signed=True, headers={"X-Request-Id": cancel_cid})
+        assert cancelled.status == 200 and cancelled.body["order"]["status"] == "cancelled", cancelled
+
+        await read_ws([f"trades@{s}" for s in markets] + [f"depth@{s}" for s in markets])
+
+        async def fills_written(client: CryptexClient, market: str) -> bool:
+            r = await client.fills(market=market)
+            return r.status == 200 and bool(r.body)
+
+        deadline = asyncio.get_running_loop().time() + 30
+        for symbol, (_, buyer) in pairs.items():
+            while not await fills_written(buyer, symbol):
+                assert asyncio.get_running_loop().time() < deadline, f"dbproc never wrote {symbol}"
+                await asyncio.sleep(0.2)
+        return Driven(list(markets), str(rejected.body["order"]["orderId"]), reject_cid,
+                      str(resting_id), cancel_cid, seen)
 
 
 # Series that must be > 0 after drive_orders (a gauge left at 0 means nobody sets it).
@@ -375,31 +507,161 @@ NONZERO_AFTER_DRIVE = {
     "cryptex_orders_accepted_total", "cryptex_engine_commands_total", "cryptex_trades_total",
     "cryptex_trade_volume_quote_total", "cryptex_redis_used_memory_bytes",
     "cryptex_dbproc_rows_written_total", "cryptex_ws_messages_sent_total",
+    "cryptex_orders_rejected_total", "cryptex_http_requests_total",
+    "cryptex_engine_last_seq",
 }
 
+# Per-market series each service initialises at start, for every market, even one without
+# that kind of event (no fencing, no dead letter, no re-snapshot happens in the drive).
+PER_MARKET_AT_START = {
+    "cryptex_orders_accepted_total": "api",
+    "cryptex_order_reply_timeouts_total": "api",
+    "cryptex_engine_fenced_total": "engine",
+    "cryptex_engine_snapshot_age_seconds": "engine",
+    "cryptex_engine_stream_oldest_pending_age_seconds": "engine",
+    "cryptex_ws_resnapshots_total": "wsgateway",
+    "cryptex_dbproc_dead_letters_total": "dbproc",
+    "cryptex_dbproc_lag_seconds": "dbproc",
+}
+# Recording rules that must evaluate to a sample per market on the scraped data.
+RECORDED_PER_MARKET = (
+    "market:cryptex_orders_accepted:rate5m",
+    "market:cryptex_engine_commands:rate5m",
+    "market:cryptex_trades:rate5m",
+)
 
-@pytest.mark.slow
-@pytest.mark.skipif(not SERVICES_E2E_WIRED and not in_ci(),
-                    reason="LEAD: the services e2e test is not wired yet (SERVICES_E2E_WIRED)")
-def test_running_services_export_every_referenced_metric(
-        redis_srv: Any, postgres: Any, tmp_path: Path) -> None:
+
+@dataclass
+class ExchangeRun:
+    """Everything observed while the real exchange ran (collected by the module fixture,
+    so each test below only asserts and the order of the tests does not matter)."""
+
+    names: set[str]
+    driven: Driven
+    targets: dict[str, list[str]]
+    missing: dict[str, str]
+    down: list[dict[str, Any]]
+    up_count: int
+    markets_by_metric: dict[str, set[str]]
+    recorded_markets: dict[str, set[str]]
+    exit_codes: dict[str, int | None]
+    logs: dict[str, list[str]]  # service name (log file stem) -> lines
+
+
+def _markets_of(prom: Prometheus, promql: str) -> set[str]:
+    return {r["metric"].get("market", "") for r in prom.query(promql)}
+
+
+@pytest.fixture(scope="module")
+def exchange_run(redis_srv: Any, postgres: Any,
+                 tmp_path_factory: pytest.TempPathFactory) -> ExchangeRun:
+    """The whole exchange (launcher Stack) on free ports, a real Prometheus scraping it every
+    second with the Cryptex rules, orders driven through the API and the gateway; then every
+    referenced metric polled until it has data; then everything stopped and the logs read."""
     if not SERVICES_E2E_WIRED:
-        message = ("LEAD: the services e2e test is not wired yet (SERVICES_E2E_WIRED = False "
-                   "in tests/observability/test_scrape_e2e.py)")
+        message = ("the services e2e test is not wired (SERVICES_E2E_WIRED = False in "
+                   "tests/observability/test_scrape_e2e.py)")
         if in_ci():
             pytest.fail(message)
         pytest.skip(message)
+    prometheus_binary()  # skip (or fail under CI) before starting anything
+    import asyncio
+    import uuid
+
+    import asyncpg
+    import redis.asyncio as aioredis
+
     names = referenced_metric_names()
     assert names - {"up"} and not (names & (BUILTIN_SERIES - {"up"}))
-    state = tmp_path / "state"
-    with start_services(redis_srv.url, postgres.url, state) as targets:
-        assert set(targets) >= {"api", "wsgateway", "engine", "dbproc"}, targets
-        with start_prometheus(targets) as prom:
-            drive_orders(targets)
-            assert_metrics_have_data(prom, names, timeout_s=60, nonzero=NONZERO_AFTER_DRIVE)
-            down = prom.query("up == 0")
-            assert not down, down
-    logs = sorted((state / "logs").glob("*.log"))
-    assert logs, f"no service logs under {state / 'logs'}"
-    for path in logs:
-        assert assert_json_log_lines(path.read_text().splitlines()) > 0, path
+    database = f"obs_{uuid.uuid4().hex[:8]}"
+
+    async def fresh_stores() -> None:
+        redis = aioredis.Redis.from_url(redis_srv.url)
+        await redis.flushall()  # no streams, users or markets from other tests
+        await redis.aclose()
+        conn = await asyncpg.connect(postgres.url)
+        await conn.execute(f"CREATE DATABASE {database}")
+        await conn.close()
+
+    asyncio.run(fresh_stores())
+    state = tmp_path_factory.mktemp("exchange") / "state"
+    exit_codes: dict[str, int | None] = {}
+    # dbproc logs each round at DEBUG: run it at DEBUG to see its per-round lines.
+    with start_services(redis_srv.url, postgres.url_for(database), state,
+                        log_levels={"dbproc": "DEBUG"}, exit_codes=exit_codes) as targets, \
+            start_prometheus(targets) as prom:
+        driven = drive_orders(targets)
+        missing = poll_missing_metrics(prom, names, timeout_s=60, nonzero=NONZERO_AFTER_DRIVE)
+        markets_by_metric = {
+            name: _markets_of(prom, f'{name}{{job="{job}"}}')
+            for name, job in PER_MARKET_AT_START.items()
+        }
+        recorded: dict[str, set[str]] = {}
+        deadline = time.monotonic() + 30
+        for rule in RECORDED_PER_MARKET:
+            while (got := _markets_of(prom, rule)) < set(driven.markets) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.5)
+            recorded[rule] = got
+        down = prom.query("up == 0")
+        up_count = len(prom.query("up == 1"))
+    logs = {path.stem: path.read_text().splitlines()
+            for path in sorted((state / "logs").glob("*.log"))}
+    return ExchangeRun(names, driven, targets, missing, down, up_count, markets_by_metric,
+                       recorded, exit_codes, logs)
+
+
+@pytest.mark.slow
+def test_running_services_export_every_referenced_metric(exchange_run: ExchangeRun) -> None:
+    run = exchange_run
+    assert set(run.targets) >= {"api", "wsgateway", "engine", "dbproc"}, run.targets
+    assert len(run.targets["engine"]) == len(run.driven.markets)  # one engine per market
+    assert not run.down, run.down
+    assert run.up_count == sum(len(a) for a in run.targets.values())
+    assert not run.missing, "metrics without data in Prometheus:\n" + "\n".join(
+        f"  {name}: {why}" for name, why in run.missing.items())
+    markets = set(run.driven.markets)
+    for name, seen in run.markets_by_metric.items():
+        assert seen == markets, f"{name}: series for {sorted(seen)}, markets are {sorted(markets)}"
+    for rule, seen in run.recorded_markets.items():
+        assert seen >= markets, f"recording rule {rule} evaluated only for {sorted(seen)}"
+    assert {f"trades@{m}" for m in markets} <= run.driven.ws_streams_seen
+
+
+def _entries(lines: list[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+@pytest.mark.slow
+def test_real_service_logs_are_json_and_follow_an_order(exchange_run: ExchangeRun) -> None:
+    run = exchange_run
+    failed = {k: v for k, v in run.exit_codes.items() if v != 0}
+    assert not failed, f"services did not stop cleanly on SIGTERM: {failed}"
+    engines = {f"engine-{m.replace('/', '_')}": m for m in run.driven.markets}
+    assert set(run.logs) == {"api", "wsgateway", "dbproc", *engines}, sorted(run.logs)
+    for name, lines in run.logs.items():
+        service = "engine" if name.startswith("engine-") else name
+        # every line of the whole output (start to SIGTERM) is one JSON object
+        assert assert_json_log_lines(lines, service=service) > 0, name
+        if name in engines:
+            for entry in _entries(lines):
+                assert entry.get("market") == engines[name], entry
+
+    api, dbproc = _entries(run.logs["api"]), _entries(run.logs["dbproc"])
+    engine = [e for name in engines for e in _entries(run.logs[name])]
+    d = run.driven
+    # API -> engine: the order the engine rejected, by correlation id and order id
+    [queued] = [e for e in api if e["msg"] == "order queued"
+                and e.get("correlationId") == d.rejected_correlation_id]
+    assert str(queued["orderId"]) == d.rejected_order_id
+    [rejected] = [e for e in engine if e.get("correlationId") == d.rejected_correlation_id]
+    assert rejected["msg"] == "command rejected" and rejected["level"] == "info"
+    assert str(rejected["orderId"]) == d.rejected_order_id
+    assert rejected["reason"] == "POST_ONLY_WOULD_TAKE" and rejected["seq"] > 0
+    # a cancel is logged by the engine with the cancel request's correlation id
+    [cancel] = [e for e in engine if e.get("correlationId") == d.cancel_correlation_id]
+    assert cancel["msg"] == "order cancelled" and str(cancel["orderId"]) == d.cancelled_order_id
+    # accepted orders are not logged one by one by the engine at INFO (hot path)
+    assert not [e for e in engine if e["msg"] == "command applied"]
+    # engine -> dbproc: rounds with the trades written (dbproc runs at DEBUG here)
+    assert sum(e.get("trades", 0) for e in dbproc if e["msg"] == "round written") >= len(engines)

@@ -92,6 +92,17 @@ class Api:
 
         if self.history is not None:
             self.history.markets = self.markets
+        self._init_metrics()
+
+    def _init_metrics(self) -> None:
+        """Zero series for the label values this API owns, so rules and dashboards see the
+        metrics before the first event (docs/observability.md)."""
+        for symbol in self.markets:
+            metrics.ORDERS_ACCEPTED.labels(market=symbol)
+            metrics.ORDER_ROUNDTRIP.labels(market=symbol)
+            metrics.ORDER_REPLY_TIMEOUTS.labels(market=symbol)
+        metrics.REDIS_ERRORS.labels(service="api")
+        metrics.POSTGRES_ERRORS.labels(service="api")
 
     async def _watch_markets(self) -> None:
         while True:
@@ -257,7 +268,7 @@ class Api:
                                f"insufficient {order.lock_asset} available", "quantity")
         metrics.ORDERS_ACCEPTED.labels(**label).inc()
         log.info("order queued", extra={"market": spec.symbol, "orderId": enq.order_id,
-                                        "userId": user_id})
+                                        "userId": user_id, "correlationId": command.correlation_id})
         reply = await self.wait_reply(fut, request_id)
         if reply is None:
             metrics.ORDER_REPLY_TIMEOUTS.labels(**label).inc()

@@ -16,6 +16,7 @@ from cryptex_common.logs import configure_logging
 from cryptex_common.runtime import install_stop_signals, run, start_ops_server
 from cryptex_common.settings import load_settings
 from cryptex_dbproc.migrate import migrate
+from cryptex_dbproc.observability import init_service_metrics
 from cryptex_dbproc.processor import DbProcessor
 from cryptex_dbproc.settings import DbprocSettings
 
@@ -28,6 +29,7 @@ async def serve(settings: DbprocSettings) -> None:
     install_stop_signals(stop)
     redis = Redis.from_url(settings.redis_url)
     processor = DbProcessor(settings, redis, stop)
+    init_service_metrics()
     ops = await start_ops_server(settings.ops_host, settings.ops_port, processor.ready)
     log.info("dbproc starting", extra={"consumer": settings.dbproc_consumer})
     try:

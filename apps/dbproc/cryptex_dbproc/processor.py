@@ -47,6 +47,7 @@ from cryptex_dbproc.decode import (
     parse_stream_id,
 )
 from cryptex_dbproc.migrate import migrate
+from cryptex_dbproc.observability import init_market_metrics
 from cryptex_dbproc.settings import DbprocSettings
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,7 @@ class DbProcessor:
                 self.stream_market[keys.events_stream(symbol)] = symbol
                 self.pending_from[symbol] = "0"  # our own pending entries first
                 log.info("market added", extra={"market": symbol})
+                init_market_metrics(symbol)
             if self.specs.get(symbol) != spec:
                 self.specs_version += 1
             self.specs[symbol] = spec

@@ -113,6 +113,9 @@ class Gateway:
         self.followed_users: set[str] = set()
         self._sent = {t: metrics.WS_MESSAGES_SENT.labels(t) for t in _STREAM_TYPES}
         self._delay = {t: metrics.WS_FANOUT_DELAY.labels(t) for t in _STREAM_TYPES}
+        for t in _STREAM_TYPES:  # zero series before the first subscription / error
+            metrics.WS_SUBSCRIPTIONS.labels(t)
+        metrics.REDIS_ERRORS.labels(SERVICE)
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -174,6 +177,7 @@ class Gateway:
             self.asset_decimals[spec.quote_asset] = spec.quote_decimals
         channels: list[bytes] = []
         for m in added:
+            metrics.WS_RESNAPSHOTS.labels(m)  # a zero series per market
             self.trackers[m] = DepthTracker(m)
             self.klines[m] = [KlineBuilder(m, i, ms) for i, ms in KLINE_INTERVALS_MS.items()]
             ticker = await self.redis.get(keys.ticker_key(m))
