@@ -417,9 +417,12 @@ class DbProcessor:
         for name in ("trades", "fills", "orders", "candles"):
             metrics.DBPROC_ROWS.labels(name).inc(getattr(result.stats, name))
         metrics.DBPROC_BATCH_SECONDS.observe(time.perf_counter() - started)
-        log.debug("round written", extra={
+        # INFO, one line per round: with the engine's seq in each event, the last stream id per
+        # market lets an order be followed from the engine's batch into PostgreSQL
+        log.info("round written", extra={
             "trades": result.stats.trades, "orders": result.stats.orders,
-            "deadLetters": result.dead_letters, "skipped": result.skipped})
+            "deadLetters": result.dead_letters, "skipped": result.skipped,
+            "lastIds": {m: format_stream_id(entries[-1][0]) for m, entries in raw.items() if entries}})
         return result
 
     # --- main loop -------------------------------------------------------------------------
