@@ -79,7 +79,7 @@ def _fail(patch: kopf.Patch, status: dict[str, Any], generation: int | None, rea
 
 @kopf.on.resume(*MARKETS)
 @kopf.on.create(*MARKETS)
-@kopf.on.update(*MARKETS, field="spec")
+@kopf.on.update(*MARKETS, field="spec")  # type: ignore[arg-type]
 async def reconcile(
     spec: kopf.Spec, name: str, namespace: str, uid: str, meta: kopf.Meta,
     status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, **_: Any,
@@ -114,7 +114,7 @@ def _not_deleting(meta: kopf.Meta, status: kopf.Status, **_: Any) -> bool:
     return not meta.get("deletionTimestamp") and status.get("phase") not in (None, "Failed")
 
 
-@kopf.timer(*MARKETS, interval=STATUS_INTERVAL_S, when=_not_deleting)
+@kopf.timer(*MARKETS, interval=STATUS_INTERVAL_S, when=_not_deleting)  # type: ignore[arg-type]
 async def refresh_status(
     spec: kopf.Spec, namespace: str, meta: kopf.Meta, status: kopf.Status,
     patch: kopf.Patch, memo: kopf.Memo, **_: Any,
@@ -130,7 +130,7 @@ async def refresh_status(
     patch.status.update(render.changed(dict(status), wanted))
 
 
-@kopf.on.delete(*MARKETS)
+@kopf.on.delete(*MARKETS)  # type: ignore[arg-type]
 async def drain(
     spec: kopf.Spec, namespace: str, meta: kopf.Meta, status: kopf.Status,
     patch: kopf.Patch, memo: kopf.Memo, **_: Any,

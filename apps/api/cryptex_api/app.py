@@ -425,7 +425,7 @@ class Api:
         spec = self.market(request.query.get("market"))
         limit = _int_param(request.query.get("limit"), "limit", 100, 1, 200)
         raw = await self.redis.get(keys.depth_key(spec.symbol))
-        book = orjson.loads(raw) if raw else {"market": spec.symbol, "lastUpdateId": 0,
+        book: dict[str, Any] = orjson.loads(raw) if raw else {"market": spec.symbol, "lastUpdateId": 0,
                                                "bids": [], "asks": [], "ts": 0}
         book["bids"], book["asks"] = book["bids"][:limit], book["asks"][:limit]
         return json_response(book)
@@ -551,6 +551,10 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     return response
 
 
+async def _index(_: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
 def create_app(api: Api) -> web.Application:
     app = web.Application(middlewares=[errors_and_metrics], client_max_size=api.settings.max_body_bytes)
     r = app.router
@@ -575,7 +579,7 @@ def create_app(api: Api) -> web.Application:
     r.add_get(f"{PREFIX}/openapi.json", api.openapi)
     runtime.add_ops_routes(app, api.ready)
     if STATIC_DIR.is_dir():  # the browser trading page (plain modules, no build step)
-        r.add_get("/", lambda _: web.FileResponse(STATIC_DIR / "index.html"))
+        r.add_get("/", _index)
         r.add_static("/static/", STATIC_DIR)
 
     async def on_startup(_: web.Application) -> None:

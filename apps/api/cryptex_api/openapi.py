@@ -8,7 +8,7 @@ from typing import Any
 _DEC = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$", "description": "decimal string"}
 _NUM = {"oneOf": [_DEC, {"type": "number"}], "description": "JSON number or decimal string"}
 _ERR = {"$ref": "#/components/schemas/Error"}
-_SIGNED = [{"cxKey": [], "cxTs": [], "cxSign": []}]
+_SIGNED: list[dict[str, list[str]]] = [{"cxKey": [], "cxTs": [], "cxSign": []}]
 
 
 def _q(name: str, required: bool = False, schema: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -3,7 +3,7 @@ metric before its first event (docs/observability.md: each service initialises i
 
 from __future__ import annotations
 
-from cryptex_common import metrics
+import cryptex_common.metrics as metrics
 
 SERVICE = "dbproc"
 TABLES = ("trades", "fills", "orders", "candles")  # the `table` values of DBPROC_ROWS

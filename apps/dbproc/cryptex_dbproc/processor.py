@@ -341,7 +341,7 @@ class DbProcessor:
             await store.save_cursors(conn, new_cursors, now_ms)
             for market, item in dead:  # before COMMIT: at least once
                 await self.with_redis(
-                    "dead-letter", lambda m=market, i=item: self._dead_letter(m, i)
+                    "dead-letter", lambda m=market, i=item: self._dead_letter(m, i)  # type: ignore[misc]
                 )
             result.dead_letters = len(dead)
         self.specs_saved_version = specs_version
@@ -359,14 +359,14 @@ class DbProcessor:
                 one: dict[str, list[Item]] = {market: [item]}
                 try:
                     part = await self.with_db(
-                        "write entry", lambda c, o=one: self.write_round(c, o)
+                        "write entry", lambda c, o=one: self.write_round(c, o)  # type: ignore[misc]
                     )
                 except DATA_DB_ERRORS as exc:
                     assert isinstance(item, Decoded)  # a Malformed item writes no rows
                     bad = Malformed(item.stream_id, f"database refused: {exc!r}", item.raw)
                     part = await self.with_db(
                         "dead-letter entry",
-                        lambda c, m=market, b=bad: self.write_round(c, {m: [b]}),
+                        lambda c, m=market, b=bad: self.write_round(c, {m: [b]}),  # type: ignore[misc]
                     )
                 total.dead_letters += part.dead_letters
                 total.skipped += part.skipped

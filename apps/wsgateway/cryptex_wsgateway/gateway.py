@@ -34,7 +34,8 @@ from aiohttp import WSMsgType, web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from cryptex_common import keys, metrics
+import cryptex_common.metrics as metrics
+from cryptex_common import keys
 from cryptex_common.auth import WS_AUTH_PATH, signature_matches, timestamp_fresh
 from cryptex_common.markets import MarketSpec
 from cryptex_common.money import format_units

@@ -27,7 +27,7 @@ class Response:
         self.body = body
         self.headers = headers
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Any:
         return iter((self.status, self.body))
 
     def __repr__(self) -> str:

@@ -39,7 +39,7 @@ S = TypeVar("S", bound=BaseSettings)
 def load_settings(cls: type[S], **overrides: object) -> S:
     """Build settings or exit(2) with one line per bad variable."""
     try:
-        return cls(**overrides)
+        return cls(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         prefix = cls.model_config.get("env_prefix", "")
         for err in exc.errors():

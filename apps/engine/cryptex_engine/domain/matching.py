@@ -359,11 +359,11 @@ class MatchingEngine:
             notional = cmd.price_ticks * qty * self._quote_units_per_tick_lot  # type: ignore[operator]
             if notional < rules.min_notional_units:
                 return ErrorCode.NOTIONAL_TOO_SMALL.value
-            need = notional if is_buy else qty * self._base_units_per_lot
+            need = notional if is_buy else qty * self._base_units_per_lot  # type: ignore[operator]
         elif is_buy:
             need = budget if budget is not None else 1
         else:
-            need = qty * self._base_units_per_lot
+            need = qty * self._base_units_per_lot  # type: ignore[operator]
         if cmd.locked_units < need:
             return ErrorCode.INSUFFICIENT_FUNDS.value
         return None
