@@ -37,7 +37,8 @@ async def make_market(admin: CryptexClient, spec: dict, levels: int = 8, rng: ra
     try:
         await _quote_loop(maker, taker, symbol, mid, tick, step, qty, levels, rng, stop)
     finally:
-        await maker.cancel_all(symbol)
+        with contextlib.suppress(OSError, asyncio.TimeoutError):  # the API may be gone already
+            await maker.cancel_all(symbol)
 
 
 async def _quote_loop(maker: CryptexClient, taker: CryptexClient, symbol: str, mid: Decimal, tick: Decimal,

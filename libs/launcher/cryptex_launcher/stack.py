@@ -213,6 +213,12 @@ class Stack:
     def stop_all(self, timeout_s: float = 15.0) -> dict[str, int | None]:
         """SIGTERM everything (demo first, then api, then the rest); SIGKILL stragglers."""
         order = sorted(self.services, key=lambda n: {"demo": 0, "api": 1, "wsgateway": 2}.get(n, 3))
+        demo = self.services.get("demo")
+        if demo and demo.process and demo.process.poll() is None:
+            # the demo first, alone: it cancels its quotes through the still-running API
+            demo.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                demo.process.wait(min(5.0, timeout_s / 2))
         for name in order:
             p = self.services[name].process
             if p and p.poll() is None:
