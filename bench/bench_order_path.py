@@ -2,6 +2,7 @@
 reply on the pub/sub reply channel. Prints orders/s and p50/p99 enqueue-to-reply latency.
 
     .venv/bin/python bench/bench_order_path.py [--orders 40000] [--concurrency 256]
+        [--appendfsync none|everysec|always]
 
 Starts its own Redis (free port) and one real engine process for SOL/USDC. The load is a
 mix of resting and crossing limit orders between two users, so about half the orders trade.
@@ -41,7 +42,7 @@ def make_order(i: int, rng: random.Random, rules, symbol: str, channel: str):  #
     side = "buy" if i % 2 else "sell"
     user = "1" if side == "buy" else "2"
     price = 15_000 + rng.randint(-20, 20)
-    qty = rng.randint(1, 50)
+    qty = rng.randint(10, 500)  # >= 1 USDC notional at ~150: no min-notional rejects
     lock = rules.notional_units(price, qty) if side == "buy" else rules.base_units(qty)
     cmd = PlaceOrderCommand(userId=user, side=side, orderType="limit", priceTicks=price, quantityLots=qty,
                             lockedUnits=lock, replyTo=channel, requestId=f"r{i}")
@@ -81,10 +82,11 @@ async def drain_run(redis, ledger, spec, rules, orders: int) -> None:  # type: i
           f"orders/s={orders / elapsed:,.0f}")
 
 
-async def run(orders: int, concurrency: int, drain: bool = False) -> None:
+async def run(orders: int, concurrency: int, drain: bool = False, appendfsync: str = "none") -> None:
     spec = next(s for s in load_markets_yaml((ROOT / "markets.yaml").read_text()) if s.symbol == "SOL/USDC")
     rules = spec.rules()
-    with redis_server() as server:
+    aof = {} if appendfsync == "none" else {"appendonly": True, "appendfsync": appendfsync}
+    with redis_server(**aof) as server:  # type: ignore[arg-type]
         redis = aioredis.Redis.from_url(server.url, max_connections=concurrency + 16)
         await register_market(redis, spec)
         ledger = Ledger(redis)
@@ -148,10 +150,12 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=40_000)
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--drain", action="store_true", help="queue everything first, then time the engine")
+    parser.add_argument("--appendfsync", choices=["none", "everysec", "always"], default="none",
+                        help="Redis AOF: none (no AOF, the default), everysec or always")
     args = parser.parse_args()
     print(f"command: .venv/bin/python bench/bench_order_path.py --orders {args.orders} "
-          f"--concurrency {args.concurrency}{' --drain' if args.drain else ''}")
-    asyncio.run(run(args.orders, args.concurrency, args.drain))
+          f"--concurrency {args.concurrency}{' --drain' if args.drain else ''} --appendfsync {args.appendfsync}")
+    asyncio.run(run(args.orders, args.concurrency, args.drain, args.appendfsync))
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ class RedisServer:
                 self.process.wait()
 
 
-def start_redis(appendonly: bool = False, directory: str | None = None) -> RedisServer:
+def start_redis(appendonly: bool = False, directory: str | None = None,
+                appendfsync: str = "everysec") -> RedisServer:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
@@ -62,7 +63,7 @@ def start_redis(appendonly: bool = False, directory: str | None = None) -> Redis
     args = [
         binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir,
         "--save", "", "--appendonly", "yes" if appendonly else "no",
-        "--appendfsync", "everysec", "--logfile", os.path.join(workdir, "redis.log"),
+        "--appendfsync", appendfsync, "--logfile", os.path.join(workdir, "redis.log"),
     ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port)
@@ -70,8 +71,8 @@ def start_redis(appendonly: bool = False, directory: str | None = None) -> Redis
 
 
 @contextlib.contextmanager
-def redis_server(appendonly: bool = False) -> Iterator[RedisServer]:
-    server = start_redis(appendonly=appendonly)
+def redis_server(appendonly: bool = False, appendfsync: str = "everysec") -> Iterator[RedisServer]:
+    server = start_redis(appendonly=appendonly, appendfsync=appendfsync)
     try:
         yield server
     finally:

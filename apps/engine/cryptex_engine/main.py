@@ -8,18 +8,19 @@ import logging
 import sys
 
 import redis.asyncio as aioredis
+from aiohttp import web
 
 from cryptex_common import registry, runtime
 from cryptex_common.logs import configure_logging
-from cryptex_common.markets import normalize_symbol
+from cryptex_common.markets import MarketSpec, normalize_symbol
 from cryptex_common.settings import load_settings
-from cryptex_engine.service import EngineService, Fenced
+from cryptex_engine.service import EngineService, Fenced, StreamTrimmed
 from cryptex_engine.settings import EngineSettings
 
 log = logging.getLogger("cryptex.engine")
 
 
-async def wait_for_market(redis: aioredis.Redis, symbol: str, stop: asyncio.Event):  # type: ignore[no-untyped-def]
+async def wait_for_market(redis: aioredis.Redis, symbol: str, stop: asyncio.Event) -> MarketSpec | None:
     warned = False
     while not stop.is_set():
         spec = await registry.get_market(redis, symbol)
@@ -42,7 +43,26 @@ async def serve(settings: EngineSettings) -> int:
         await redis.ping()
         return service is not None and service.ready
 
-    ops = await runtime.start_ops_server(settings.ops_host, settings.ops_port, ready)
+    async def state(_: web.Request) -> web.Response:
+        """{"market","seq","settledSeq","stateHash","lastStreamId"}: the core's state hash,
+        computed by the main loop between two batches (so of a consistent state); equal to
+        `cryptex replay --market M --upto-seq <seq>`."""
+        if service is None or not service.ready:
+            return web.json_response({"code": "NOT_READY", "message": "engine not ready"}, status=503)
+        try:
+            info = await asyncio.wait_for(service.state(), settings.shutdown_timeout_s)
+        except (RuntimeError, TimeoutError):
+            return web.json_response({"code": "NOT_READY", "message": "engine stopping"}, status=503)
+        return web.json_response(info)
+
+    app = web.Application()
+    runtime.add_ops_routes(app, ready)
+    app.router.add_get("/state", state)
+    ops = web.AppRunner(app, access_log=None)
+    await ops.setup()
+    await web.TCPSite(ops, settings.ops_host, settings.ops_port).start()
+    log.info("ops server listening",
+             extra={"ops_port": ops.addresses[0][1] if ops.addresses else settings.ops_port})
     code = 0
     try:
         spec = await wait_for_market(redis, settings.market, stop)
@@ -52,6 +72,9 @@ async def serve(settings: EngineSettings) -> int:
     except Fenced as exc:
         log.error("fenced: another engine owns the market; exiting", extra={"error": str(exc)})
         code = 3
+    except StreamTrimmed as exc:
+        log.error("cannot recover: stream trimmed and no valid snapshot", extra={"error": str(exc)})
+        code = 4
     finally:
         await ops.cleanup()
         await redis.aclose()

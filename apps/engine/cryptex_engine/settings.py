@@ -19,5 +19,10 @@ class EngineSettings(ServiceSettings):
     # Snapshots: every N commands or T seconds, whichever comes first (0 disables either).
     snapshot_every_commands: int = Field(default=100_000, ge=0)
     snapshot_every_s: float = Field(default=60.0, ge=0)
+    # Stream trimming (XTRIM MINID) every T seconds (0 disables): MESSAGES:{M} up to the
+    # stored snapshot and the engine group's acknowledged position, events:{M} up to the
+    # dbproc group's; both keep this much more history (ms of stream ids) as a margin.
+    trim_every_s: float = Field(default=30.0, ge=0)
+    trim_margin_ms: int = Field(default=60_000, ge=0)
     # Per-user private updates for wsgateway (user@<id> channels).
     publish_user_updates: bool = True

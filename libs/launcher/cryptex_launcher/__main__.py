@@ -129,8 +129,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from cryptex_launcher.replay import replay_market
 
     url = os.environ.get("CRYPTEX_REDIS_URL", "redis://127.0.0.1:6379/0")
-    result = asyncio.run(replay_market(url, args.market))
+    use_snapshot = True if args.from_snapshot else None
+    result = asyncio.run(replay_market(url, args.market, args.upto_seq, use_snapshot))
     print(f"market {result['market']} seq {result['seq']} commands {result['commands']} "
+          f"source {result['source']} lastStreamId {result['lastStreamId']} "
           f"stateHash {result['stateHash']}")
     return 0
 
@@ -147,6 +149,10 @@ def main() -> int:
     reg.add_argument("--file", default=str(_markets_file()))
     rep = sub.add_parser("replay", help="rebuild a market from its stream and print its state hash")
     rep.add_argument("--market", required=True)
+    rep.add_argument("--upto-seq", type=int, default=None,
+                     help="stop after this sequence (compare with the engine's /state seq)")
+    rep.add_argument("--from-snapshot", action="store_true",
+                     help="start from the stored snapshot (automatic when the stream was trimmed)")
     args = parser.parse_args()
     return {"up": cmd_up, "demo": cmd_demo, "register": cmd_register, "replay": cmd_replay}[args.command](args)
 

@@ -1,6 +1,12 @@
-"""`cryptex replay --market M`: rebuild a market from its command stream alone (no
-snapshot, no settled state) and print the core's state hash. The running engine reports
-the same hash for the same sequence at its ops endpoint /state."""
+"""`cryptex replay --market M [--upto-seq N]`: rebuild a market from its command stream alone
+(no settled state, no ledger) and print the core's state hash. The running engine reports
+the same hash for the same sequence at its ops endpoint /state.
+
+From an empty state replay needs the whole stream. Once the engine has trimmed the stream
+(XTRIM MINID, never past its stored snapshot), replay starts from that snapshot instead
+(verified by its checksum) and says so; a sequence older than the snapshot cannot be rebuilt
+any more (see docs/durability.md).
+"""
 
 from __future__ import annotations
 
@@ -11,33 +17,61 @@ import redis.asyncio as aioredis
 from cryptex_common import keys, registry
 from cryptex_common.markets import normalize_symbol
 from cryptex_engine.domain.matching import MatchingEngine
+from cryptex_engine.service import decode_snapshot, gc_paused, stream_gap_after
 from cryptex_engine.translate import decode_entry
 
 
-async def replay_market(redis_url: str, market: str, upto_seq: int | None = None) -> dict[str, Any]:
+class ReplayError(SystemExit):
+    pass
+
+
+async def replay_market(redis_url: str, market: str, upto_seq: int | None = None,
+                        use_snapshot: bool | None = None) -> dict[str, Any]:
+    """use_snapshot: None = only when the stream was trimmed; True = always start from the
+    snapshot (faster); False = never (fails on a trimmed stream)."""
     symbol = normalize_symbol(market)
+    stream = keys.commands_stream(symbol)
     redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
         spec = await registry.get_market(redis, symbol)
         if spec is None:
-            raise SystemExit(f"unknown market {symbol}")
+            raise ReplayError(f"unknown market {symbol}")
         core = MatchingEngine(spec.rules())
-        last_id, commands = "0-0", 0
+        last_id, commands, source = "0-0", 0, "stream"
+        trimmed = await stream_gap_after(redis, stream, "0-0")
+        if use_snapshot or (use_snapshot is None and trimmed):
+            raw = await redis.get(keys.snapshot_key(symbol))
+            if not raw:
+                raise ReplayError(f"{trimmed or stream}; and there is no snapshot")
+            with gc_paused():
+                state = decode_snapshot(raw)
+                core = MatchingEngine.restore(spec.rules(), state["core"])
+            last_id, source = state["lastStreamId"], f"snapshot@{core.seq}"
+            if upto_seq is not None and upto_seq < core.seq:
+                raise ReplayError(f"seq {upto_seq} is older than the snapshot (seq {core.seq}) and "
+                                  f"{stream} was trimmed: it cannot be rebuilt any more")
+        gap = await stream_gap_after(redis, stream, last_id)
+        if gap:
+            raise ReplayError(f"{gap}: cannot replay")
         while upto_seq is None or core.seq < upto_seq:
-            entries = await redis.xrange(keys.commands_stream(symbol), min=f"({last_id}", count=1000)
+            entries = await redis.xrange(stream, min=f"({last_id}", count=1000)
             if not entries:
                 break
             for stream_id, fields in entries:
-                last_id = stream_id
                 if upto_seq is not None and core.seq >= upto_seq:
                     break
+                last_id = stream_id
                 try:
                     decoded = decode_entry(stream_id, fields)
                 except Exception:
                     continue  # the engine skips undecodable entries the same way
                 core.apply(decoded.command, decoded.ts_ms)
                 commands += 1
-        return {"market": symbol, "seq": core.seq, "commands": commands,
-                "stateHash": core.state_hash(), "lastStreamId": last_id}
+        if upto_seq is not None and core.seq < upto_seq:
+            raise ReplayError(f"the stream holds only {core.seq} commands, not {upto_seq}")
+        with gc_paused():
+            state_hash = core.state_hash()
+        return {"market": symbol, "seq": core.seq, "commands": commands, "source": source,
+                "stateHash": state_hash, "lastStreamId": last_id}
     finally:
         await redis.aclose()
