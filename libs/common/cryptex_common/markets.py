@@ -25,6 +25,9 @@ SYMBOL_PATTERN = r"^[A-Z0-9]{2,10}/[A-Z0-9]{2,10}$"
 ASSET_PATTERN = r"^[A-Z0-9]{2,10}$"
 DECIMAL_PATTERN = r"^(0|[1-9][0-9]{0,17})(\.[0-9]{1,18})?$"
 MAX_FEE_BPS = 1000
+# Balances live in Redis hashes (HINCRBY: signed 64-bit), so an asset's internal precision
+# must leave room: 12 decimals still holds 9.2 million whole units in one balance.
+MAX_ASSET_DECIMALS = 12
 
 
 class MarketState(StrEnum):
@@ -63,9 +66,9 @@ class MarketSpec(BaseModel):
 
     symbol: str = Field(pattern=SYMBOL_PATTERN, description="BASE/QUOTE, e.g. SOL/USDC")
     base_asset: str = Field(alias="baseAsset", pattern=ASSET_PATTERN)
-    base_decimals: int = Field(alias="baseDecimals", ge=0, le=18)
+    base_decimals: int = Field(alias="baseDecimals", ge=0, le=MAX_ASSET_DECIMALS)
     quote_asset: str = Field(alias="quoteAsset", pattern=ASSET_PATTERN)
-    quote_decimals: int = Field(alias="quoteDecimals", ge=0, le=18)
+    quote_decimals: int = Field(alias="quoteDecimals", ge=0, le=MAX_ASSET_DECIMALS)
     tick_size: str = Field(alias="tickSize", pattern=DECIMAL_PATTERN)
     lot_size: str = Field(alias="lotSize", pattern=DECIMAL_PATTERN)
     min_quantity: str = Field(alias="minQuantity", pattern=DECIMAL_PATTERN)
