@@ -67,3 +67,11 @@ def test_ruff_is_clean() -> None:
         pytest.fail("ruff is not installed (it is in the test extras)")
     result = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_mypy_is_clean() -> None:
+    packages = ["cryptex_common", "cryptex_client", "cryptex_launcher", "cryptex_api", "cryptex_dbproc",
+                "cryptex_wsgateway", "cryptex_engine", "cryptex_operator"]
+    args = [sys.executable, "-m", "mypy", *[a for p in packages for a in ("-p", p)]]
+    result = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:]
