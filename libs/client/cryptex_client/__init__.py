@@ -97,7 +97,10 @@ class CryptexClient:
         if signed:
             if not self.api_key or not self.api_secret:
                 raise RuntimeError("this client has no API key")
-            ts = str(int(time.time() * 1000))
+            # strictly increasing per client: a byte-identical request signed in the same
+            # millisecond would otherwise be refused as a replay
+            self._last_ts_ms = max(int(time.time() * 1000), getattr(self, "_last_ts_ms", 0) + 1)
+            ts = str(self._last_ts_ms)
             hdrs.update({"X-CX-KEY": self.api_key, "X-CX-TS": ts,
                          "X-CX-SIGN": sign(self.api_secret, ts, method, path_qs, data)})
         if admin:
