@@ -27,21 +27,14 @@ from typing import Any
 import asyncpg
 
 from cryptex_common.errors import CryptexError, ErrorCode
+from cryptex_common.intervals import CANDLE_INTERVALS_MS
 from cryptex_common.markets import MarketSpec, normalize_symbol
 from cryptex_common.messages import FillRecord, OrderRecord, TradeRecord
 from cryptex_common.wire import WireFormat
 
 # The interval list and bucket rules are dbproc's (cryptex_dbproc.candles); the API and
 # dbproc never import each other, so the names and lengths are repeated here.
-INTERVAL_MS: dict[str, int] = {
-    "1m": 60_000,
-    "5m": 300_000,
-    "15m": 900_000,
-    "1h": 3_600_000,
-    "4h": 14_400_000,
-    "1d": 86_400_000,
-    "1w": 604_800_000,
-}
+INTERVAL_MS = CANDLE_INTERVALS_MS
 MAX_LIMIT = 1000
 KLINES_DEFAULT_LIMIT = 500
 HISTORY_DEFAULT_LIMIT = 100

@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from cryptex_common.intervals import CANDLE_INTERVALS_MS
+
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
@@ -29,15 +31,7 @@ WEEK_MS = 7 * DAY_MS
 # 1970-01-01 was a Thursday; the first Monday 00:00 UTC is four days later.
 FIRST_MONDAY_MS = 4 * DAY_MS
 
-INTERVAL_MS: dict[str, int] = {
-    "1m": MINUTE_MS,
-    "5m": 5 * MINUTE_MS,
-    "15m": 15 * MINUTE_MS,
-    "1h": HOUR_MS,
-    "4h": 4 * HOUR_MS,
-    "1d": DAY_MS,
-    "1w": WEEK_MS,
-}
+INTERVAL_MS = CANDLE_INTERVALS_MS
 INTERVALS: tuple[str, ...] = tuple(INTERVAL_MS)
 
 

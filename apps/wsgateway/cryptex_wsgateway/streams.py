@@ -18,16 +18,11 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from cryptex_common.intervals import CANDLE_INTERVALS_MS
 from cryptex_common.markets import normalize_symbol
 
-KLINE_INTERVALS_MS: dict[str, int] = {
-    "1m": 60_000,
-    "5m": 300_000,
-    "15m": 900_000,
-    "1h": 3_600_000,
-    "4h": 14_400_000,
-    "1d": 86_400_000,
-}
+# streamed live: every candle interval but 1w (Monday-aligned weeks come from REST /klines)
+KLINE_INTERVALS_MS: dict[str, int] = {k: v for k, v in CANDLE_INTERVALS_MS.items() if k != "1w"}
 PUBLIC_CHANNELS: dict[str, str] = {
     "depth": "depth",
     "trades": "trades",
