@@ -24,6 +24,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from cryptex_api import history as history_queries
 from cryptex_api.openapi import OPENAPI
@@ -542,6 +543,10 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         response = error_response(CryptexError(ErrorCode.NOT_FOUND, f"no route {request.path}"))
     except web.HTTPMethodNotAllowed:
         response = json_response({"code": "METHOD_NOT_ALLOWED", "message": f"{request.method} not allowed"}, 405)
+    except (RedisError, OSError) as exc:  # Redis away: nothing was queued; say so, don't crash
+        metrics.REDIS_ERRORS.labels(service="api").inc()
+        log.warning("redis unavailable", extra={"path": request.path, "error": repr(exc)})
+        response = error_response(CryptexError(ErrorCode.ENGINE_UNAVAILABLE, "order store unavailable; retry with the same clientOrderId to stay idempotent"))
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})
         response = error_response(CryptexError(ErrorCode.INTERNAL, "internal error"))
