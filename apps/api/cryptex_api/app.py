@@ -546,7 +546,9 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     except (RedisError, OSError) as exc:  # Redis away: nothing was queued; say so, don't crash
         metrics.REDIS_ERRORS.labels(service="api").inc()
         log.warning("redis unavailable", extra={"path": request.path, "error": repr(exc)})
-        response = error_response(CryptexError(ErrorCode.ENGINE_UNAVAILABLE, "order store unavailable; retry with the same clientOrderId to stay idempotent"))
+        response = error_response(CryptexError(
+            ErrorCode.ENGINE_UNAVAILABLE,
+            "order store unavailable; retry with the same clientOrderId to stay idempotent"))
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})
         response = error_response(CryptexError(ErrorCode.INTERNAL, "internal error"))
