@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 
 from cryptex_launcher.stack import Stack
 from tests.e2e.conftest import ADMIN, make_stack, register_all
-from tests.support.servers import PostgresServer, RedisServer, redis_server, start_postgres
+from tests.support.servers import PostgresServer, RedisServer, new_database, redis_server, start_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts" / "browser"
@@ -71,15 +70,6 @@ def web_postgres(browser_tools: None) -> Iterator[PostgresServer]:
         shutil.rmtree(server.dir, ignore_errors=True)
 
 
-async def _create_database(server: PostgresServer, name: str) -> str:
-    conn = await asyncpg.connect(server.url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return server.url_for(name)
-
-
 async def _wait_for_live_book(api_url: str, timeout_s: float = 60.0) -> None:
     """Until the demo market maker has both sides of the SOL/USDC book up."""
     deadline = time.monotonic() + timeout_s
@@ -99,7 +89,7 @@ async def _wait_for_live_book(api_url: str, timeout_s: float = 60.0) -> None:
 
 @pytest.fixture(scope="module")
 def web_stack(web_redis: RedisServer, web_postgres: PostgresServer) -> Iterator[Stack]:
-    database_url = asyncio.run(_create_database(web_postgres, "cryptex"))
+    database_url = asyncio.run(new_database(web_postgres, "cryptex"))
     stack = make_stack(web_redis.url, database_url, with_wsgateway=True, with_dbproc=True,
                        with_demo=True)
     asyncio.run(register_all(web_redis.url, stack))

@@ -52,8 +52,8 @@ from tests.chaos.support import (
     wait_engine_caught_up,
     withdraw_until_answered,
 )
-from tests.dbproc.support import candles_from_db, new_database
-from tests.support.servers import PostgresServer, redis_server
+from tests.dbproc.support import candles_from_db
+from tests.support.servers import PostgresServer, new_database, redis_server
 
 SECONDS = float(os.environ.get("CRYPTEX_CHAOS_SECONDS", "60"))
 VICTIMS = [engine_name(SOL), engine_name(BTC), "api", "dbproc", "wsgateway"]

@@ -30,8 +30,7 @@ from tests.chaos.support import (
     trader,
     wait_engine_caught_up,
 )
-from tests.dbproc.support import new_database
-from tests.support.servers import PostgresServer, redis_server
+from tests.support.servers import PostgresServer, new_database, redis_server
 
 BOUND_S = 10.0  # every service must be gone within this after SIGTERM
 

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.dbproc.support import new_database
-from tests.support.servers import PostgresServer
+from tests.support.servers import PostgresServer, new_database
 
 
 @pytest.fixture

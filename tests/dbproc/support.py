@@ -8,7 +8,6 @@ import contextlib
 import random
 import subprocess
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -22,7 +21,8 @@ from cryptex_common.registry import register_market
 from cryptex_dbproc.candles import Candle, TradeTick, aggregate
 from cryptex_dbproc.processor import DbProcessor
 from cryptex_dbproc.settings import DbprocSettings
-from tests.support.servers import PostgresServer, _pg_bin
+from cryptex_launcher.stack import as_postgres, pg_bin
+from tests.support.servers import PostgresServer
 
 SOL = MarketSpec.model_validate({
     "symbol": "SOL/USDC", "baseAsset": "SOL", "baseDecimals": 9, "quoteAsset": "USDC",
@@ -107,16 +107,6 @@ async def xadd_batches(redis: Redis, market: str, batches: list[dict[str, Any]])
 async def register(redis: Redis, *specs: MarketSpec) -> None:
     for spec in specs:
         await register_market(redis, spec)
-
-
-async def new_database(server: PostgresServer) -> str:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(server.url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return server.url_for(name)
 
 
 def settings_for(db_url: str, redis_url: str, **overrides: Any) -> DbprocSettings:
@@ -224,7 +214,7 @@ async def candles_recomputed(db_url: str) -> dict[tuple[str, str, int], Candle]:
 
 
 def _pg_ctl(server: PostgresServer, *args: str) -> None:
-    subprocess.run(server._as_postgres([_pg_bin("pg_ctl"), "-D", server.dir, *args]),
+    subprocess.run(as_postgres([pg_bin("pg_ctl"), "-D", server.dir, *args]),
                    check=True, capture_output=True)
 
 

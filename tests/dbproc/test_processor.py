@@ -27,7 +27,6 @@ from tests.dbproc.support import (
     count,
     dump,
     encode,
-    new_database,
     register,
     restart_postgres,
     running,
@@ -36,7 +35,7 @@ from tests.dbproc.support import (
     wait_until,
     xadd_batches,
 )
-from tests.support.servers import RedisServer, start_postgres
+from tests.support.servers import RedisServer, new_database, start_postgres
 
 
 async def drained(redis: Redis, *markets: str) -> bool:

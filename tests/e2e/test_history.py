@@ -8,26 +8,18 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
-import asyncpg
 import pytest
 
 from cryptex_client import CryptexClient
 from cryptex_launcher.stack import Stack
 from tests.e2e.conftest import ADMIN, make_stack, register_all
-from tests.support.servers import PostgresServer, RedisServer
+from tests.support.servers import PostgresServer, RedisServer, new_database
 
 
 @pytest.fixture(scope="module")
 def history_stack(e2e_redis: RedisServer, postgres: PostgresServer) -> Iterator[Stack]:
-    database = f"hist_{uuid.uuid4().hex[:8]}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(postgres.url)
-        await conn.execute(f"CREATE DATABASE {database}")
-        await conn.close()
-
-    asyncio.run(create())
-    stack = make_stack(e2e_redis.url, postgres.url_for(database), with_dbproc=True)
+    database_url = asyncio.run(new_database(postgres))
+    stack = make_stack(e2e_redis.url, database_url, with_dbproc=True)
     asyncio.run(register_all(e2e_redis.url, stack))
     stack.start_all()
     yield stack

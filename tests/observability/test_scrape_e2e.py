@@ -50,7 +50,7 @@ from tests.observability.exprs import (
     referenced_series,
     rule_files,
 )
-from tests.support.servers import free_port, wait_for_port
+from tests.support.servers import free_port, new_database, wait_for_port
 
 # --- helpers (reusable by any test) -----------------------------------------------------
 
@@ -568,7 +568,6 @@ def exchange_run(redis_srv: Any, postgres: Any,
     import asyncio
     import uuid
 
-    import asyncpg
     import redis.asyncio as aioredis
 
     names = referenced_metric_names()
@@ -579,16 +578,13 @@ def exchange_run(redis_srv: Any, postgres: Any,
         redis = aioredis.Redis.from_url(redis_srv.url)
         await redis.flushall()  # no streams, users or markets from other tests
         await redis.aclose()
-        conn = await asyncpg.connect(postgres.url)
-        await conn.execute(f"CREATE DATABASE {database}")
-        await conn.close()
+        await new_database(postgres, database)
 
     asyncio.run(fresh_stores())
     state = tmp_path_factory.mktemp("exchange") / "state"
     exit_codes: dict[str, int | None] = {}
-    # dbproc logs each round at DEBUG: run it at DEBUG to see its per-round lines.
     with start_services(redis_srv.url, postgres.url_for(database), state,
-                        log_levels={"dbproc": "DEBUG"}, exit_codes=exit_codes) as targets, \
+                        exit_codes=exit_codes) as targets, \
             start_prometheus(targets) as prom:
         driven = drive_orders(targets)
         missing = poll_missing_metrics(prom, names, timeout_s=60, nonzero=NONZERO_AFTER_DRIVE)
@@ -663,5 +659,5 @@ def test_real_service_logs_are_json_and_follow_an_order(exchange_run: ExchangeRu
     assert cancel["msg"] == "order cancelled" and str(cancel["orderId"]) == d.cancelled_order_id
     # accepted orders are not logged one by one by the engine at INFO (hot path)
     assert not [e for e in engine if e["msg"] == "command applied"]
-    # engine -> dbproc: rounds with the trades written (dbproc runs at DEBUG here)
+    # engine -> dbproc: rounds with the trades written, at the default INFO level
     assert sum(e.get("trades", 0) for e in dbproc if e["msg"] == "round written") >= len(engines)

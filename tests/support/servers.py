@@ -7,30 +7,20 @@ PostgreSQL 15), started under a temporary directory and stopped at the end.
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import asyncpg
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from cryptex_launcher.stack import as_postgres, free_port, pg_bin, wait_for_port
 
-
-def wait_for_port(port: int, timeout_s: float = 15.0, host: str = "127.0.0.1") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout_s}s")
+__all__ = ["PostgresServer", "RedisServer", "free_port", "new_database", "postgres_server",
+           "redis_server", "start_postgres", "start_redis", "wait_for_port"]
 
 
 @dataclass
@@ -80,16 +70,6 @@ def redis_server(appendonly: bool = False, appendfsync: str = "everysec") -> Ite
         shutil.rmtree(server.dir, ignore_errors=True)
 
 
-def _pg_bin(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    if found:
-        return found[-1]
-    path = shutil.which(name)
-    if path is None:
-        raise RuntimeError(f"PostgreSQL binary {name} not found (apt-get install -y postgresql)")
-    return path
-
-
 @dataclass
 class PostgresServer:
     port: int
@@ -102,12 +82,9 @@ class PostgresServer:
     def url_for(self, database: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
-    def _as_postgres(self, args: list[str]) -> list[str]:
-        return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
-
     def stop(self) -> None:
         subprocess.run(
-            self._as_postgres([_pg_bin("pg_ctl"), "-D", self.dir, "-m", "fast", "stop"]),
+            as_postgres([pg_bin("pg_ctl"), "-D", self.dir, "-m", "fast", "stop"]),
             check=False, capture_output=True,
         )
 
@@ -120,15 +97,15 @@ def start_postgres() -> PostgresServer:
         shutil.chown(workdir, "postgres")
     server = PostgresServer(port, workdir)
     subprocess.run(
-        server._as_postgres(
-            [_pg_bin("initdb"), "-D", workdir, "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+        as_postgres(
+            [pg_bin("initdb"), "-D", workdir, "-U", "postgres", "--auth=trust", "-E", "UTF8"]
         ),
         check=True, capture_output=True,
     )
     opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {workdir} -c fsync=off"
     subprocess.run(
-        server._as_postgres(
-            [_pg_bin("pg_ctl"), "-D", workdir, "-o", opts, "-l", f"{workdir}/log", "-w", "start"]
+        as_postgres(
+            [pg_bin("pg_ctl"), "-D", workdir, "-o", opts, "-l", f"{workdir}/log", "-w", "start"]
         ),
         check=True, capture_output=True,
     )
@@ -143,3 +120,14 @@ def postgres_server() -> Iterator[PostgresServer]:
     finally:
         server.stop()
         shutil.rmtree(server.dir, ignore_errors=True)
+
+
+async def new_database(server: PostgresServer, name: str | None = None) -> str:
+    """Create a database (a fresh random name unless given) and return its URL."""
+    name = name or f"t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(server.url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return server.url_for(name)

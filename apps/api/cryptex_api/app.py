@@ -436,10 +436,8 @@ class Api:
         if request.query.get("beforeId") is not None:
             q = history_queries.parse_trades_query(request.query)
             spec = self.market(q.market)
-            if self.history is None:
-                raise CryptexError(ErrorCode.HISTORY_UNAVAILABLE, "history is not configured (no database)")
-            return json_response(await self._history_call(
-                self.history.trades(spec, q.limit, q.before_trade_id)))
+            return json_response(await self._query_history(
+                lambda h: h.trades(spec, q.limit, q.before_trade_id)))
         spec = self.market(request.query.get("market"))
         limit = _int_param(request.query.get("limit"), "limit", 100, 1, 1000)
         raw = await self.redis.lrange(keys.recent_trades_key(spec.symbol), 0, limit - 1)
@@ -460,11 +458,12 @@ class Api:
         return json_response({"serverTime": int(time.time() * 1000)})
 
     # --- history (dbproc's PostgreSQL tables) ----------------------------------------
-    async def _history_call(self, call: Awaitable[Any]) -> Any:
+    async def _query_history(self, query: Callable[[Any], Awaitable[Any]]) -> Any:
+        """Run `query(reader)`; 503 HISTORY_UNAVAILABLE without a database or while it is away."""
         if self.history is None:
             raise CryptexError(ErrorCode.HISTORY_UNAVAILABLE, "history is not configured (no database)")
         try:
-            return await call
+            return await query(self.history)
         except CryptexError:
             raise
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -475,25 +474,19 @@ class Api:
     async def klines(self, request: web.Request) -> web.Response:
         q = history_queries.parse_klines_query(request.query)
         spec = self.market(q.market)
-        if self.history is None:
-            raise CryptexError(ErrorCode.HISTORY_UNAVAILABLE, "history is not configured (no database)")
-        return json_response(await self._history_call(
-            self.history.klines(spec, q.interval, q.start_ms, q.end_ms, q.limit)))
+        return json_response(await self._query_history(
+            lambda h: h.klines(spec, q.interval, q.start_ms, q.end_ms, q.limit)))
 
     async def orders_history(self, request: web.Request, user_id: str, _: dict[str, Any]) -> web.Response:
         q = history_queries.parse_orders_history_query(request.query)
         market = self.market(q.market).symbol if q.market else None
-        if self.history is None:
-            raise CryptexError(ErrorCode.HISTORY_UNAVAILABLE, "history is not configured (no database)")
-        return json_response(await self._history_call(self.history.orders_history(
+        return json_response(await self._query_history(lambda h: h.orders_history(
             user_id, market, q.start_ms, q.end_ms, q.limit, q.before_order_id)))
 
     async def fills(self, request: web.Request, user_id: str, _: dict[str, Any]) -> web.Response:
         q = history_queries.parse_fills_query(request.query)
         market = self.market(q.market).symbol if q.market else None
-        if self.history is None:
-            raise CryptexError(ErrorCode.HISTORY_UNAVAILABLE, "history is not configured (no database)")
-        return json_response(await self._history_call(self.history.fills(
+        return json_response(await self._query_history(lambda h: h.fills(
             user_id, market, q.start_ms, q.end_ms, q.limit, q.from_trade_id)))
 
     async def openapi(self, _: web.Request) -> web.Response:

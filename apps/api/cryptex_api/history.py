@@ -30,6 +30,7 @@ from cryptex_common.errors import CryptexError, ErrorCode
 from cryptex_common.intervals import CANDLE_INTERVALS_MS
 from cryptex_common.markets import MarketSpec, normalize_symbol
 from cryptex_common.messages import FillRecord, OrderRecord, TradeRecord
+from cryptex_common.money import INT64_MAX
 from cryptex_common.wire import WireFormat
 
 # The interval list and bucket rules are dbproc's (cryptex_dbproc.candles); the API and
@@ -38,7 +39,7 @@ INTERVAL_MS = CANDLE_INTERVALS_MS
 MAX_LIMIT = 1000
 KLINES_DEFAULT_LIMIT = 500
 HISTORY_DEFAULT_LIMIT = 100
-INT64_MAX = 2**63 - 1
+
 _UINT = re.compile(r"^[0-9]{1,19}$")
 
 

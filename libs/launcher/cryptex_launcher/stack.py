@@ -30,16 +30,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout_s: float = 30.0) -> None:
+def wait_for_port(port: int, timeout_s: float = 30.0, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
             return
         time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout_s}s")
 
 
-def _pg_bin(name: str) -> str:
+def pg_bin(name: str) -> str:
+    """A PostgreSQL server binary (Debian keeps them out of PATH)."""
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     if found:
         return found[-1]
@@ -49,7 +50,8 @@ def _pg_bin(name: str) -> str:
     return path
 
 
-def _as_postgres(args: list[str]) -> list[str]:
+def as_postgres(args: list[str]) -> list[str]:
+    """initdb/pg_ctl refuse to run as root: run them as the postgres user then."""
     return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
 
 
@@ -78,22 +80,22 @@ def start_local_postgres(state_dir: Path, port: int) -> Path:
         if os.geteuid() == 0:
             shutil.chown(data, "postgres")
             os.chmod(data, 0o700)
-        subprocess.run(_as_postgres([_pg_bin("initdb"), "-D", str(data), "-U", "postgres",
+        subprocess.run(as_postgres([pg_bin("initdb"), "-D", str(data), "-U", "postgres",
                                      "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True)
     if os.geteuid() == 0:  # the parent must be traversable by the postgres user
         for parent in [state_dir, *state_dir.parents]:
             with contextlib.suppress(PermissionError):
                 os.chmod(parent, os.stat(parent).st_mode | 0o011)
     opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {data}"
-    subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-o", opts, "-l",
+    subprocess.run(as_postgres([pg_bin("pg_ctl"), "-D", str(data), "-o", opts, "-l",
                                  str(data / "log"), "-w", "start"]), check=True, capture_output=True)
-    subprocess.run(_as_postgres([_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
+    subprocess.run(as_postgres([pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
                                  "postgres", "cryptex"]), check=False, capture_output=True)
     return data
 
 
 def stop_local_postgres(data: Path) -> None:
-    subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
+    subprocess.run(as_postgres([pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
                    check=False, capture_output=True)
 
 
