@@ -76,8 +76,12 @@ async def queue_orders(redis: aioredis.Redis, start: int, count: int) -> None:
     for user, asset, lock, _ in orders:
         locks[(user, asset)] = locks.get((user, asset), 0) + lock
     for (user, asset), units in locks.items():
-        await redis.hincrby(keys.balance_key(user), keys.available_field(asset), -units)
-        await redis.hincrby(keys.balance_key(user), keys.locked_field(asset), units)
+        # amounts are decimal strings changed by read-compute-write (no HINCRBY: decision 0009)
+        available, locked = await redis.hmget(keys.balance_key(user), [keys.available_field(asset),
+                                                                        keys.locked_field(asset)])
+        await redis.hset(keys.balance_key(user), mapping={
+            keys.available_field(asset): str(int(available or 0) - units),
+            keys.locked_field(asset): str(int(locked or 0) + units)})
     pipe = redis.pipeline(transaction=False)
     for i, (_user, _asset, _lock, cmd) in zip(range(start, start + count), orders, strict=True):
         locks[(user, asset)] = locks.get((user, asset), 0) + lock

@@ -4,10 +4,17 @@ Invariant, for every asset at every moment (checked by tests and `conservation_r
     sum over users (available + locked) + fee account = deposits - withdrawals
 Every order on a command stream had its funds locked by the same script call that queued it.
 A batch is settled at most once (by sequence) and only by the engine holding the epoch.
+
+Every amount in Redis (balance fields, the fee account, `ledger:totals`) is a canonical
+decimal-integer string, changed only by the scripts here with exact string arithmetic
+(lua/lib_decimal.lua, prepended to each): no amount has an int64 limit. Each script checks
+everything before its first write, so a script that refuses or fails wrote nothing and a
+retry is always safe (docs/decisions/0009-ledger-exact-arithmetic.md).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +25,39 @@ from redis.asyncio import Redis
 from cryptex_common import keys
 
 LUA_DIR = Path(__file__).parent / "lua"
+DECIMAL_PRELUDE = "lib_decimal.lua"
 CLIENT_ORDER_ID_TTL_S = 24 * 3600
 TERMINAL_ORDER_TTL_S = 7 * 24 * 3600
 
+# Fields of a command stream entry written by enqueue_order.lua. `id` and `c` are what the
+# engine decodes; u/a/l are the lock envelope, so an engine that cannot decode `c` can still
+# release the funds the entry locked.
+ENTRY_ORDER_ID = "id"
+ENTRY_USER = "u"
+ENTRY_LOCK_ASSET = "a"
+ENTRY_LOCK_UNITS = "l"
+ENTRY_COMMAND = "c"
+ENTRY_FIELDS = (ENTRY_ORDER_ID, ENTRY_USER, ENTRY_LOCK_ASSET, ENTRY_LOCK_UNITS, ENTRY_COMMAND)
+
 
 def lua_source(name: str) -> str:
+    """One script file as it is (lease.lua and snapshot_set.lua need no prelude)."""
     return (LUA_DIR / name).read_text()
+
+
+def ledger_script_source(name: str) -> str:
+    """A ledger script with the decimal prelude in front: one definition of the arithmetic."""
+    return lua_source(DECIMAL_PRELUDE) + "\n" + lua_source(name)
+
+
+class LedgerScriptError(RuntimeError):
+    """A script refused malformed input ("invalid") or stored data it did not write
+    ("corrupt"). Nothing was written. Callers passing Python ints never cause "invalid"."""
+
+    def __init__(self, status: str, detail: tuple[str, ...]) -> None:
+        super().__init__(f"ledger script refused: {status} {' '.join(detail)}")
+        self.status = status
+        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +71,8 @@ class Enqueued:
 class SettleResult:
     status: str  # "ok" | "duplicate" | "gap" | "fenced" | "negative"
     detail: tuple[str, ...] = ()
+    # on "ok": the users of `notify_users` with a private subscription live at `now_ms`
+    subscribed: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +95,103 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _checked(reply: list[Any]) -> tuple[str, tuple[str, ...]]:
+    """(status, detail) of a script reply; raises LedgerScriptError on invalid/corrupt."""
+    status, detail = _s(reply[0]), tuple(_s(x) for x in reply[1:])
+    if status in ("invalid", "corrupt"):
+        raise LedgerScriptError(status, detail)
+    return status, detail
+
+
+def _units(value: int, name: str) -> str:
+    """A positive int as the canonical decimal string the scripts expect."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    return str(value)
+
+
+def _net_changes(balances: list[BalanceChange]) -> list[tuple[str, str, int]]:
+    """(balance key, field, summed delta) per touched field, zero sums left out."""
+    net: dict[tuple[str, str], int] = {}
+    for ch in balances:
+        if ch.available_delta:
+            k = (keys.balance_key(ch.user_id), keys.available_field(ch.asset))
+            net[k] = net.get(k, 0) + ch.available_delta
+        if ch.locked_delta:
+            k = (keys.balance_key(ch.user_id), keys.locked_field(ch.asset))
+            net[k] = net.get(k, 0) + ch.locked_delta
+    return [(k, f, d) for (k, f), d in net.items() if d]
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """The KEYS and ARGV of one script call: every key the script touches is in `keys`
+    (except `order:<id>` in enqueue_order.lua, whose id the script assigns)."""
+
+    keys: list[str]
+    args: list[Any]
+
+
+def enqueue_call(
+    *, symbol: str, user_id: str, lock_asset: str, lock_units: int, command_json: str,
+    record_tail_json: str, client_order_id: str | None,
+) -> ScriptCall:
+    """enqueue_order.lua's call; see Ledger.enqueue_order."""
+    units = _units(lock_units, "lock_units")
+    coid_key = keys.client_order_key(user_id, client_order_id) if client_order_id else "-"
+    hint = orjson.dumps({"type": "balance", "data": {"assets": [lock_asset]}}).decode()
+    return ScriptCall(
+        keys=[keys.balance_key(user_id), keys.commands_stream(symbol), keys.ORDER_ID_COUNTER,
+              keys.open_orders_key(user_id), coid_key],
+        args=[keys.available_field(lock_asset), keys.locked_field(lock_asset), units, command_json,
+              "1" if client_order_id else "0", CLIENT_ORDER_ID_TTL_S, symbol, user_id,
+              record_tail_json, keys.user_channel(user_id), hint, lock_asset, *ENTRY_FIELDS],
+    )
+
+
+def settle_call(
+    *, symbol: str, epoch: int, first_seq: int, last_seq: int, batch_json: str,
+    balances: list[BalanceChange], orders: list[OrderWrite], notify_users: Collection[str] = (),
+    now_ms: int = 0,
+) -> ScriptCall:
+    """settle_batch.lua's call: one KEYS entry per changed balance field, two per order."""
+    changes = _net_changes(balances)
+    users = list(dict.fromkeys(notify_users))
+    script_keys = [keys.engine_epoch_key(symbol), keys.engine_lease_key(symbol),
+                   keys.settled_seq_key(symbol), keys.events_stream(symbol), keys.PRIVATE_SUBSCRIBERS]
+    args: list[Any] = [str(epoch), str(first_seq), str(last_seq), batch_json,
+                       TERMINAL_ORDER_TTL_S, str(now_ms), len(changes)]
+    for key, field, delta in changes:
+        script_keys.append(key)
+        args += [field, str(delta)]
+    args.append(len(orders))
+    for o in orders:
+        script_keys += [keys.order_key(o.order_id), keys.open_orders_key(o.user_id)]
+        args += [o.order_id, o.record_json, "1" if o.terminal else "0"]
+    args += [len(users), *users]
+    return ScriptCall(script_keys, args)
+
+
+def move_call(
+    *, kind: str, user_id: str, asset: str, units: int, tx_id: str, record: dict[str, Any]
+) -> ScriptCall:
+    """move_funds.lua's call; see Ledger.move_funds."""
+    if kind not in ("deposit", "withdraw"):
+        raise ValueError("kind must be deposit or withdraw")
+    amount = _units(units, "units")
+    totals_field = f"{asset}:{'deposits' if kind == 'deposit' else 'withdrawals'}"
+    return ScriptCall(
+        keys=[keys.tx_key(tx_id), keys.balance_key(user_id), keys.LEDGER_TOTALS],
+        args=[kind, keys.available_field(asset), amount, totals_field, orjson.dumps(record).decode()],
+    )
+
+
 class Ledger:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._enqueue = redis.register_script(lua_source("enqueue_order.lua"))
-        self._settle = redis.register_script(lua_source("settle_batch.lua"))
-        self._move = redis.register_script(lua_source("move_funds.lua"))
+        self._enqueue = redis.register_script(ledger_script_source("enqueue_order.lua"))
+        self._settle = redis.register_script(ledger_script_source("settle_batch.lua"))
+        self._move = redis.register_script(ledger_script_source("move_funds.lua"))
 
     async def enqueue_order(
         self,
@@ -80,38 +207,18 @@ class Ledger:
         """Lock `lock_units` of `lock_asset` and queue the order, or change nothing.
 
         `record_tail_json` is the OrderRecord JSON without its opening brace and without
-        orderId/createdMs/updatedMs, which the script fills in.
+        orderId/createdMs/updatedMs, which the script fills in. The stream entry carries
+        ENTRY_FIELDS: order id, user id, lock asset, locked units and the command JSON.
+        Status "ok" | "dup" | "insufficient"; raises LedgerScriptError on corrupt data.
         """
-        if lock_units <= 0:
-            raise ValueError("an order must lock a positive amount")
-        coid_key = keys.client_order_key(user_id, client_order_id) if client_order_id else "-"
-        reply = await self._enqueue(
-            keys=[
-                keys.balance_key(user_id),
-                keys.commands_stream(symbol),
-                keys.ORDER_ID_COUNTER,
-                keys.open_orders_key(user_id),
-                coid_key,
-            ],
-            args=[
-                keys.available_field(lock_asset),
-                keys.locked_field(lock_asset),
-                str(lock_units),
-                command_json,
-                "1" if client_order_id else "0",
-                CLIENT_ORDER_ID_TTL_S,
-                symbol,
-                user_id,
-                record_tail_json,
-                keys.user_channel(user_id),
-                orjson.dumps({"type": "balance", "data": {"assets": [lock_asset]}}).decode(),
-            ],
-        )
-        status = _s(reply[0])
+        call = enqueue_call(symbol=symbol, user_id=user_id, lock_asset=lock_asset,
+                            lock_units=lock_units, command_json=command_json,
+                            record_tail_json=record_tail_json, client_order_id=client_order_id)
+        status, detail = _checked(await self._enqueue(keys=call.keys, args=call.args))
         if status == "ok":
-            return Enqueued("ok", int(_s(reply[1])), _s(reply[2]))
+            return Enqueued("ok", int(detail[0]), detail[1])
         if status == "dup":
-            return Enqueued("dup", int(_s(reply[1])))
+            return Enqueued("dup", int(detail[0]))
         return Enqueued(status)
 
     async def settle(
@@ -124,56 +231,34 @@ class Ledger:
         batch_json: str,
         balances: list[BalanceChange],
         orders: list[OrderWrite],
+        notify_users: Collection[str] = (),
+        now_ms: int = 0,
     ) -> SettleResult:
-        """Apply one engine batch. Balance changes for the same user and asset are summed
-        here so the script checks each hash field once."""
-        net: dict[tuple[str, str], int] = {}
-        for ch in balances:
-            if ch.available_delta:
-                k = (keys.balance_key(ch.user_id), keys.available_field(ch.asset))
-                net[k] = net.get(k, 0) + ch.available_delta
-            if ch.locked_delta:
-                k = (keys.balance_key(ch.user_id), keys.locked_field(ch.asset))
-                net[k] = net.get(k, 0) + ch.locked_delta
-        args: list[Any] = [
-            str(epoch),
-            str(first_seq),
-            str(last_seq),
-            batch_json,
-            TERMINAL_ORDER_TTL_S,
-        ]
-        changes = [(k, f, d) for (k, f), d in net.items() if d]
-        args.append(len(changes))
-        for key, field, delta in changes:
-            args += [key, field, str(delta)]
-        args.append(len(orders))
-        for o in orders:
-            args += [o.order_id, o.user_id, o.record_json, "1" if o.terminal else "0"]
-        reply = await self._settle(
-            keys=[
-                keys.engine_epoch_key(symbol),
-                keys.engine_lease_key(symbol),
-                keys.settled_seq_key(symbol),
-                keys.events_stream(symbol),
-            ],
-            args=args,
-        )
-        return SettleResult(_s(reply[0]), tuple(_s(x) for x in reply[1:]))
+        """Apply one engine batch: all of it or, on any status but "ok", nothing.
+
+        Status "ok" | "duplicate" | "gap" | "fenced" | "negative" (detail: key, field);
+        raises LedgerScriptError on malformed or corrupt data. On "ok", `subscribed` holds
+        the users of `notify_users` whose private-subscription expiry is >= `now_ms`.
+        Changes to one user's asset are summed here, so each hash field appears once.
+        """
+        call = settle_call(symbol=symbol, epoch=epoch, first_seq=first_seq, last_seq=last_seq,
+                           batch_json=batch_json, balances=balances, orders=orders,
+                           notify_users=notify_users, now_ms=now_ms)
+        status, detail = _checked(await self._settle(keys=call.keys, args=call.args))
+        if status == "ok":
+            return SettleResult("ok", subscribed=frozenset(detail))
+        return SettleResult(status, detail)
 
     async def move_funds(
         self, *, kind: str, user_id: str, asset: str, units: int, tx_id: str, record: dict[str, Any]
     ) -> tuple[str, dict[str, Any] | None]:
-        """Deposit or withdraw once per txId. Returns (status, stored record on "dup")."""
-        if kind not in ("deposit", "withdraw") or units <= 0:
-            raise ValueError("kind must be deposit/withdraw and units positive")
-        totals_field = f"{asset}:{'deposits' if kind == 'deposit' else 'withdrawals'}"
-        reply = await self._move(
-            keys=[keys.tx_key(tx_id), keys.balance_key(user_id), keys.LEDGER_TOTALS],
-            args=[kind, keys.available_field(asset), str(units), totals_field,
-                  orjson.dumps(record).decode()],
-        )
-        status = _s(reply[0])
-        stored = orjson.loads(_s(reply[1])) if status == "dup" else None
+        """Deposit or withdraw once per txId: all writes or none, so a retry is always safe.
+        Returns ("ok" | "dup" | "insufficient", stored record on "dup"); raises
+        LedgerScriptError on corrupt stored data. No amount or total has a size limit."""
+        call = move_call(kind=kind, user_id=user_id, asset=asset, units=units, tx_id=tx_id,
+                         record=record)
+        status, detail = _checked(await self._move(keys=call.keys, args=call.args))
+        stored = orjson.loads(detail[0]) if status == "dup" else None
         return status, stored
 
     async def balances(self, user_id: str) -> dict[str, dict[str, int]]:

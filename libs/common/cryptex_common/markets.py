@@ -25,8 +25,9 @@ SYMBOL_PATTERN = r"^[A-Z0-9]{2,10}/[A-Z0-9]{2,10}$"
 ASSET_PATTERN = r"^[A-Z0-9]{2,10}$"
 DECIMAL_PATTERN = r"^(0|[1-9][0-9]{0,17})(\.[0-9]{1,18})?$"
 MAX_FEE_BPS = 1000
-# Balances live in Redis hashes (HINCRBY: signed 64-bit), so an asset's internal precision
-# must leave room: 12 decimals still holds 9.2 million whole units in one balance.
+# Balances are exact decimal strings in Redis with no size limit (decision 0009), but one
+# order's amounts and notional must fit int64 (AMOUNT_TOO_LARGE), so an asset's internal
+# precision must leave room: 12 decimals still allows 9.2 million whole units per order.
 MAX_ASSET_DECIMALS = 12
 
 

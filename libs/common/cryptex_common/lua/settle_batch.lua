@@ -1,56 +1,114 @@
--- Apply one engine batch exactly once, only for the engine that owns the market.
--- KEYS: 1 epoch, 2 lease, 3 settled sequence, 4 events stream
+-- Apply one engine batch exactly once, only for the engine that owns the market; all
+-- writes or none.
+-- KEYS: 1 epoch, 2 lease, 3 settled sequence, 4 events stream, 5 private subscribers zset,
+--       then one balance hash per change (n), then per order (m): order hash, open-order set
 -- ARGV: 1 epoch, 2 first seq, 3 last seq, 4 event batch JSON ("" for none),
---       5 order TTL seconds once terminal, 6 n balance changes,
---       then per change: balance hash, field, delta (integer string, may be negative),
---       then n orders, then per order: order id, user id, record JSON, terminal ("1"/"0")
--- Returns {"ok"} | {"duplicate", settled} | {"gap", settled} | {"fenced", epoch}
---       | {"negative", key, field} (nothing written)
+--       5 order TTL seconds once terminal, 6 now ms, 7 n,
+--       then per change: field, delta (canonical integer, may be negative),
+--       then m, then per order: order id, record JSON, terminal ("1"/"0"),
+--       then k, then k user ids to look up in the subscribers zset
+-- Returns {"ok", user ids among the k whose subscriber score >= now ms...}
+--       | {"duplicate", settled} | {"gap", settled} | {"fenced", epoch}
+--       | {"negative", key, field} | {"invalid", argname} | {"corrupt", key, field};
+--       every reply but "ok" wrote nothing. Every check runs before the first write.
+
+-- the counts n, m, k when ARGV and KEYS have the documented shape, else nil
+local function settle_layout()
+  local n = ARGV[7]
+  if not dec_is_natural(n) or #n > 7 then return nil end
+  n = tonumber(n)
+  local m = ARGV[8 + 2 * n]
+  if not dec_is_natural(m) or #m > 7 then return nil end
+  m = tonumber(m)
+  local k = ARGV[9 + 2 * n + 3 * m]
+  if not dec_is_natural(k) or #k > 7 then return nil end
+  k = tonumber(k)
+  if #ARGV ~= 9 + 2 * n + 3 * m + k or #KEYS ~= 5 + n + 2 * m then return nil end
+  return n, m, k
+end
+
+-- per change j: {key, field, new value}; duplicates of one field are summed in order
+local function settle_balances(n)
+  local rows, row_of = {}, {}
+  for j = 1, n do
+    local key, field, delta = KEYS[5 + j], ARGV[6 + 2 * j], ARGV[7 + 2 * j]
+    if not dec_is_canonical(delta) then return nil, {"invalid", "delta " .. j} end
+    local slot = key .. "\0" .. field
+    local row = row_of[slot]
+    if not row then
+      local current = redis.call("HGET", key, field) or "0"
+      if not dec_is_natural(current) then return nil, {"corrupt", key, field} end
+      row = {key, field, current}
+      row_of[slot] = row
+      rows[#rows + 1] = row
+    end
+    row[3] = dec_add(row[3], delta)
+  end
+  for _, row in ipairs(rows) do
+    if dec_is_negative(row[3]) then return nil, {"negative", row[1], row[2]} end
+  end
+  return rows
+end
+
+-- nil when every order write can be applied, else the refusal
+local function settle_orders_refusal(n, m)
+  local base, at = 5 + n, 8 + 2 * n
+  for j = 1, m do
+    local terminal = ARGV[at + 3 * j]
+    if terminal ~= "0" and terminal ~= "1" then return {"invalid", "terminal " .. j} end
+    if not key_type_is(KEYS[base + 2 * j - 1], "hash") then return {"corrupt", KEYS[base + 2 * j - 1], ""} end
+    if not key_type_is(KEYS[base + 2 * j], "zset") then return {"corrupt", KEYS[base + 2 * j], ""} end
+  end
+  return nil
+end
+
+-- the users among the k whose subscription expires at or after now ms
+local function settle_subscribed(n, m, k)
+  local out, at, now_ms = {"ok"}, 9 + 2 * n + 3 * m, tonumber(ARGV[6])
+  for j = 1, k do
+    local score = redis.call("ZSCORE", KEYS[5], ARGV[at + j])
+    if score and tonumber(score) >= now_ms then out[#out + 1] = ARGV[at + j] end
+  end
+  return out
+end
+
+local n, m, k = settle_layout()
+if not n then return {"invalid", "layout"} end
+if not dec_is_positive(ARGV[2]) then return {"invalid", "first seq"} end
+if not dec_is_positive(ARGV[3]) or dec_cmp(ARGV[3], ARGV[2]) < 0 then return {"invalid", "last seq"} end
+if not dec_is_positive(ARGV[5]) or #ARGV[5] > 12 then return {"invalid", "order TTL"} end
+if not dec_is_natural(ARGV[6]) or #ARGV[6] > 15 then return {"invalid", "now ms"} end
+
 local epoch = redis.call("GET", KEYS[1])
 if epoch ~= ARGV[1] or redis.call("GET", KEYS[2]) ~= ARGV[1] then
   return {"fenced", epoch or ""}
 end
-local settled = tonumber(redis.call("GET", KEYS[3]) or "0")
-if tonumber(ARGV[3]) <= settled then return {"duplicate", tostring(settled)} end
-if tonumber(ARGV[2]) ~= settled + 1 then return {"gap", tostring(settled)} end
+local settled = redis.call("GET", KEYS[3]) or "0"
+if not dec_is_natural(settled) then return {"corrupt", KEYS[3], ""} end
+if dec_cmp(ARGV[3], settled) <= 0 then return {"duplicate", settled} end
+if ARGV[2] ~= dec_add(settled, "1") then return {"gap", settled} end
 
--- non-negative integer strings compared exactly, without Lua numbers
-local function ge(a, b)
-  a = string.gsub(a, "^0+(%d)", "%1"); b = string.gsub(b, "^0+(%d)", "%1")
-  if #a ~= #b then return #a > #b end
-  return a >= b
-end
+local rows, refusal = settle_balances(n)
+if not rows then return refusal end
+refusal = settle_orders_refusal(n, m)
+if refusal then return refusal end
+if ARGV[4] ~= "" and not key_type_is(KEYS[4], "stream") then return {"corrupt", KEYS[4], ""} end
+local reply = settle_subscribed(n, m, k)
 
-local n = tonumber(ARGV[6])
-local i = 7
-for _ = 1, n do
-  local delta = ARGV[i + 2]
-  if string.sub(delta, 1, 1) == "-" then
-    local current = redis.call("HGET", ARGV[i], ARGV[i + 1]) or "0"
-    if string.sub(current, 1, 1) == "-" or not ge(current, string.sub(delta, 2)) then
-      return {"negative", ARGV[i], ARGV[i + 1]}
-    end
-  end
-  i = i + 3
+for _, row in ipairs(rows) do
+  redis.call("HSET", row[1], row[2], row[3])
 end
-i = 7
-for _ = 1, n do
-  redis.call("HINCRBY", ARGV[i], ARGV[i + 1], ARGV[i + 2])
-  i = i + 3
-end
-local m = tonumber(ARGV[i])
-i = i + 1
-for _ = 1, m do
-  local key = "order:" .. ARGV[i]
-  redis.call("HSET", key, "r", ARGV[i + 2])
-  if ARGV[i + 3] == "1" then
-    redis.call("ZREM", "open:" .. ARGV[i + 1], ARGV[i])
-    redis.call("EXPIRE", key, ARGV[5])
+local base, at = 5 + n, 8 + 2 * n
+for j = 1, m do
+  local order_key = KEYS[base + 2 * j - 1]
+  redis.call("HSET", order_key, "r", ARGV[at + 3 * j - 1])
+  if ARGV[at + 3 * j] == "1" then
+    redis.call("ZREM", KEYS[base + 2 * j], ARGV[at + 3 * j - 2])
+    redis.call("EXPIRE", order_key, ARGV[5])
   end
-  i = i + 4
 end
 if ARGV[4] ~= "" then
   redis.call("XADD", KEYS[4], "*", "b", ARGV[4])
 end
 redis.call("SET", KEYS[3], ARGV[3])
-return {"ok"}
+return reply
