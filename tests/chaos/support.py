@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import random
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from cryptex_common.ledger import Ledger
 from cryptex_common.markets import MarketSpec, load_markets_yaml, market_tag
 from cryptex_common.registry import register_market
 from cryptex_engine.domain.matching import MatchingEngine
-from cryptex_engine.translate import decode_entry
+from cryptex_engine.translate import read_entry
 from cryptex_launcher.stack import Stack, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,6 +122,18 @@ def replay_cli(redis_url: str, symbol: str, upto_seq: int | None = None, *extra:
     out = subprocess.run(argv, env={"CRYPTEX_REDIS_URL": redis_url, "PATH": "/usr/bin:/bin"},
                          capture_output=True, text=True, timeout=120, check=True).stdout.split()
     return dict(zip(out[::2], out[1::2], strict=False))
+
+
+def engine_proc(url: str, symbol: str, port: int, log_path: str, **env: str) -> subprocess.Popen[bytes]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTEX_")}
+    full.update({**ENGINE_ENV, "CRYPTEX_REDIS_URL": url, "CRYPTEX_OPS_PORT": str(port),
+                 "CRYPTEX_INSTANCE_ID": f"engine-{port}", **env})
+    out = open(log_path, "ab")  # noqa: SIM115
+    try:
+        return subprocess.Popen([sys.executable, "-m", "cryptex_engine", "--market", symbol], env=full,
+                                stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        out.close()
 
 
 def wait_port_free_or_listening(port: int, timeout_s: float = 30.0) -> None:
@@ -229,11 +242,12 @@ class Rebuilt:
 
 async def rebuild(redis: aioredis.Redis, spec: MarketSpec) -> Rebuilt:
     """The market from its command stream alone, keeping what the checks need."""
-    core = MatchingEngine(spec.rules())
+    core = MatchingEngine.empty(spec.rules())
     place_ids: list[int] = []
     fills: list[tuple[int, int, int]] = []
     for stream_id, fields in await stream_entries(redis, keys.commands_stream(spec.symbol)):
-        decoded = decode_entry(stream_id, fields)
+        decoded, error = read_entry(stream_id, fields, spec)
+        assert decoded is not None and error is None, (stream_id, error)
         if decoded.wire.type == "place":
             place_ids.append(int(decoded.order_id))  # type: ignore[arg-type]
         result = core.apply(decoded.command, decoded.ts_ms)

@@ -11,12 +11,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,10 +29,10 @@ from cryptex_launcher.stack import free_port, wait_for_port
 from tests.chaos.support import (
     ADMIN,
     BTC,
-    ENGINE_ENV,
     SOL,
     FlowLog,
     engine_name,
+    engine_proc,
     engine_state,
     funded_users,
     http_json,
@@ -145,18 +142,6 @@ async def _corrupt_snapshot(server: RedisServer) -> None:
 
 
 # --- fencing ---------------------------------------------------------------------------
-def engine_proc(url: str, symbol: str, port: int, log_path: str, **env: str) -> subprocess.Popen[bytes]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTEX_")}
-    full.update({**ENGINE_ENV, "CRYPTEX_REDIS_URL": url, "CRYPTEX_OPS_PORT": str(port),
-                 "CRYPTEX_INSTANCE_ID": f"engine-{port}", **env})
-    out = open(log_path, "ab")  # noqa: SIM115
-    try:
-        return subprocess.Popen([sys.executable, "-m", "cryptex_engine", "--market", symbol], env=full,
-                                stdout=out, stderr=subprocess.STDOUT)
-    finally:
-        out.close()
-
-
 async def metric(port: int, name: str) -> float:
     async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
         text = await r.text()

@@ -35,6 +35,9 @@ SOL = {
     "maxQuantity": "100000", "minNotional": "1", "makerFeeBps": 10, "takerFeeBps": 20,
     "selfTradePrevention": "expire_maker", "state": "open",
 }
+# What a configure carries besides state and fees (issue 11 defect 1): SOL's rules in lots/units.
+SOL_RULES = {"v": 2, "minQuantityLots": 1, "maxQuantityLots": 100_000_000, "minNotionalUnits": 1_000_000,
+             "selfTradePrevention": "expire_maker"}
 
 
 def market(name: str = "sol-usdc", spec: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -148,7 +151,7 @@ async def test_create_registers_market_and_creates_the_engine(
     spec = await registry.get_market(redis_client, "SOL/USDC")
     assert spec is not None and spec.to_wire() == SOL
     assert await commands(redis_client, "SOL/USDC") == [
-        {"type": "configure", "state": "open", "makerFeeBps": 10, "takerFeeBps": 20}]
+        {"type": "configure", "state": "open", "makerFeeBps": 10, "takerFeeBps": 20, **SOL_RULES}]
 
     status = await eventually(lambda: obj(api, MARKETS, "sol-usdc").get("status"))
     assert status["phase"] == "Trading"
@@ -202,8 +205,8 @@ async def test_update_sends_state_and_fees_as_commands_and_patches_resources(
     assert res["requests"] == render.DEFAULT_RESOURCES["requests"]
     await eventually(lambda: obj(api, MARKETS, "sol-usdc")["status"]["phase"] == "Halted")
     assert await commands(redis_client, "SOL/USDC") == [
-        {"type": "configure", "state": "open", "makerFeeBps": 10, "takerFeeBps": 20},
-        {"type": "configure", "state": "halted", "makerFeeBps": 10, "takerFeeBps": 25},
+        {"type": "configure", "state": "open", "makerFeeBps": 10, "takerFeeBps": 20, **SOL_RULES},
+        {"type": "configure", "state": "halted", "makerFeeBps": 10, "takerFeeBps": 25, **SOL_RULES},
     ]
     spec = await registry.get_market(redis_client, "SOL/USDC")
     assert spec is not None and spec.state == "halted" and spec.taker_fee_bps == 25

@@ -170,6 +170,8 @@ class ReferenceBook:
                 return self._reject(p, "INVALID_FIELD")
             if budget is not None and budget <= 0:
                 return self._reject(p, "INVALID_FIELD")
+            if qty is None and budget is not None and budget < rules.min_notional_units:
+                return self._reject(p, "NOTIONAL_TOO_SMALL")
         elif qty is None:
             return self._reject(p, "MISSING_FIELD")
         if qty is not None:

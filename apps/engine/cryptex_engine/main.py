@@ -36,7 +36,9 @@ async def wait_for_market(redis: aioredis.Redis, symbol: str, stop: asyncio.Even
 async def serve(settings: EngineSettings) -> int:
     stop = asyncio.Event()
     runtime.install_stop_signals(stop)
-    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    # the socket timeout must outlast a blocking read (redis-py's default is 5 s)
+    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True,
+                                    socket_timeout=settings.block_ms / 1000 + 5)
     service: EngineService | None = None
 
     async def ready() -> bool:

@@ -1,8 +1,8 @@
 """The engine service: one process per market, a thin shell around the matching core.
 
-Loop: XREADGROUP a batch from MESSAGES:{M} -> core.apply each command -> settle the batch
-(one Lua call: balances, order records, the events:{M} batch, the settled sequence) ->
-XACK -> publish replies and market data (one pipeline).
+Loop: XREAD a batch from MESSAGES:{M} after the engine's own position (its last stream id)
+-> core.apply each command -> settle the batch (one Lua call: balances, order records, the
+events:{M} batch, the settled sequence) -> publish replies and market data (one pipeline).
 
 Invariants:
 - The command stream is the log. State = snapshot (or empty) + every entry after it, in
@@ -11,6 +11,13 @@ Invariants:
   (after a crash the replayed commands up to `settled` are re-matched but not re-settled)
   and refuses an engine whose fencing epoch is stale or whose lease lapsed.
 - Publishing happens after settling: a lost publish loses a notification, never money.
+- Reading never changes what another engine will read: the engine reads by its own position
+  (XREAD), never by consumer-group delivery, so a stale engine reading once more after a
+  takeover hides no entry from the new owner (issue 11 defect 5). The `engine` group is
+  kept only as a position marker (moved with XGROUP SETID ... ENTRIESREAD) for trimming,
+  lag metrics and the operator's drain check.
+- Rules are sequenced: the core starts from `MatchingEngine.empty` (bootstrap rules) or a
+  snapshot's rules, and only configure commands change them (docs/decisions/0010).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from cryptex_common import keys, metrics
+from cryptex_common import keys, metrics, registry
 from cryptex_common.ledger import BalanceChange, Ledger, OrderWrite, lua_source
 from cryptex_common.markets import MarketSpec
 from cryptex_common.messages import FillRecord, OrderRecord, Side
@@ -37,7 +44,7 @@ from cryptex_engine.domain.commands import CommandResult
 from cryptex_engine.domain.matching import MatchingEngine
 from cryptex_engine.domain.ticker import RollingTicker
 from cryptex_engine.settings import EngineSettings
-from cryptex_engine.translate import TERMINAL, BatchOutput, Decoded, Record, Translator, decode_entry
+from cryptex_engine.translate import TERMINAL, BatchOutput, Decoded, Record, Translator, read_entry
 
 log = logging.getLogger("cryptex.engine")
 
@@ -164,16 +171,17 @@ class EngineService:
         self.spec = spec
         self.symbol = spec.symbol
         self.ledger = Ledger(redis)
-        self.core = MatchingEngine(spec.rules())
+        self.core = MatchingEngine.empty(spec.rules())
         self.translator = Translator(spec)
         self.ticker = RollingTicker()
         self.fmt = WireFormat(spec)
         self.stream = keys.commands_stream(self.symbol)
-        self.consumer = settings.instance_id
         self._lease = redis.register_script(lua_source("lease.lua"))
         self.epoch = 0
         self.settled_seq = 0
         self.last_stream_id = "0-0"
+        self.entries_read = 0  # stream entries up to last_stream_id (Redis' entries-read)
+        self._group_at = ""  # the position last written to the engine group
         self.ready = False
         self._ticker_dirty = False
         self._last_top: tuple[Any, ...] = ()
@@ -228,6 +236,17 @@ class EngineService:
         )
 
     # --- recovery --------------------------------------------------------------------
+    async def sequence_rules_if_needed(self) -> None:
+        """A market whose stream never carried its rules (registered before they travelled
+        on it) gets a configure with the registry's current rules appended now: from that
+        entry on, live matching and every replay judge by the same rules. Until it is
+        read, the bootstrap rules hold (docs/decisions/0010)."""
+        if self.core.rules_seq:
+            return
+        if await registry.sequence_current_rules(self.redis, self.symbol):
+            log.warning("market rules were never sequenced; queued a configure from the registry",
+                        extra={"market": self.symbol, "seq": self.core.seq})
+
     async def load_snapshot(self) -> bool:
         """Restore the stored snapshot if it verifies; False (empty state) otherwise."""
         raw = await self.redis.get(keys.snapshot_key(self.symbol))
@@ -292,7 +311,9 @@ class EngineService:
         except Exception as exc:  # BUSYGROUP: it exists
             if "BUSYGROUP" not in str(exc):
                 raise
-        await self.redis.xgroup_setid(self.stream, keys.ENGINE_GROUP, id=self.last_stream_id)
+        self.entries_read = await self._entries_read_at(self.last_stream_id)
+        await self.sync_group()
+        # entries an engine of the consumer-group era left pending: nobody reads them so
         await self._ack_pending_upto(self.last_stream_id)
         log.info(
             "recovered",
@@ -300,6 +321,28 @@ class EngineService:
                    "settled": self.settled_seq,
                    "recovery_ms": round((time.monotonic() - started) * 1000)},
         )
+
+    async def _entries_read_at(self, last_id: str) -> int:
+        """How many entries were ever added up to `last_id` (Redis' entries-read of a
+        reader at that position): all ever added, minus those after it (few: recovery has
+        just read up to the end)."""
+        info = await self.redis.xinfo_stream(self.stream)
+        added = int(info.get("entries-added") or 0)
+        last_generated = info.get("last-generated-id") or "0-0"
+        if id_tuple(last_generated) <= id_tuple(last_id):
+            return added
+        after = await self.redis.xrange(self.stream, min=f"({last_id}", max=last_generated)
+        return added - len(after)
+
+    async def sync_group(self) -> None:
+        """Move the `engine` group to this engine's position (a marker for trimming, lag
+        and the operator's drain check; nothing is read through it). A stale engine
+        moving it back only delays trimming, which also waits for the stored snapshot."""
+        if self.last_stream_id == self._group_at:
+            return
+        await self.redis.xgroup_setid(self.stream, keys.ENGINE_GROUP, self.last_stream_id,
+                                      entries_read=self.entries_read)
+        self._group_at = self.last_stream_id
 
     async def _ack_pending_upto(self, last_id: str) -> None:
         while True:
@@ -319,14 +362,10 @@ class EngineService:
         results: list[tuple[Decoded, CommandResult]] = []
         first_seq = 0
         for stream_id, fields in entries:
-            try:
-                decoded = decode_entry(stream_id, fields)
-            except Exception as exc:
-                # Not a command (never written by Cryptex code): skipped, deterministically.
-                log.error("undecodable command skipped",
-                          extra={"market": self.symbol, "streamId": stream_id, "error": str(exc)})
-                await self.redis.xadd(keys.dead_letter_stream(self.symbol),
-                                      {"source": self.stream, "id": stream_id, "error": str(exc)})
+            decoded, error = read_entry(stream_id, fields, self.spec)
+            if error is not None:
+                await self.dead_letter(stream_id, error, rejected=decoded is not None)
+            if decoded is None:
                 continue
             result = self.core.apply(decoded.command, decoded.ts_ms)
             results.append((decoded, result))
@@ -340,6 +379,7 @@ class EngineService:
                 # settled before a crash: keep the translator's order facts in step only
                 self.translator.add(decoded, result, BatchOutput())
         self.last_stream_id = entries[-1][0]
+        self.entries_read += len(entries)
         t1 = time.perf_counter()
         metrics.ENGINE_MATCH_SECONDS.labels(**self._labels).observe(t1 - t0)
         metrics.ENGINE_BATCH_SIZE.labels(**self._labels).observe(len(entries))
@@ -350,6 +390,22 @@ class EngineService:
             await self._publish(out, results, first_seq, last_seq)
             self._log_commands(results, first_seq)
         self._observe(results)
+
+    async def dead_letter(self, stream_id: str, error: str, rejected: bool) -> None:
+        """Copy an undecodable entry's id and error to the dead-letter stream under the same
+        stream id, so a replay of it adds nothing (XADD refuses an id not above the last)."""
+        if self._dead_lettered_upto and id_tuple(stream_id) <= id_tuple(self._dead_lettered_upto):
+            return
+        log.error("undecodable command" + (": order rejected, lock released" if rejected else " skipped"),
+                  extra={"market": self.symbol, "streamId": stream_id, "error": error})
+        try:
+            await self.redis.xadd(keys.dead_letter_stream(self.symbol),
+                                  {"source": self.stream, "id": stream_id, "error": error,
+                                   "rejected": "1" if rejected else "0"}, id=stream_id)
+        except Exception as exc:
+            if "equal or smaller" not in str(exc):
+                raise
+        self._dead_lettered_upto = stream_id
 
     async def _settle(
         self,
@@ -516,7 +572,7 @@ class EngineService:
         them before the first event (e.g. `rate(cryptex_engine_commands_total)` for
         CryptexEngineNotConsuming, the fenced counter before any fencing)."""
         m = self._labels
-        for kind in ("place", "cancel", "cancel_all", "configure"):  # the command `type`s
+        for kind in ("place", "cancel", "cancel_all", "configure", "unsupported"):  # command `type`s
             metrics.ENGINE_COMMANDS.labels(market=self.symbol, type=kind)
         for side in ("buy", "sell"):
             metrics.ENGINE_BOOK_LEVELS.labels(market=self.symbol, side=side)
@@ -572,6 +628,7 @@ class EngineService:
 
     # --- snapshots -------------------------------------------------------------------
     # Crash-safety state, kept as class defaults (immutable) so __init__ stays as it is.
+    _dead_lettered_upto: str = ""
     _snapshot_task: asyncio.Task[None] | None = None
     _stored_snapshot_id: str | None = None  # lastStreamId of the snapshot in Redis
     _last_trim: float = 0.0
@@ -750,18 +807,17 @@ class EngineService:
         self._private_users = frozenset(members)
 
     async def update_lag(self) -> None:
-        groups = await self.redis.xinfo_groups(self.stream)
-        for g in groups:
-            if g["name"] == keys.ENGINE_GROUP:
-                lag = g.get("lag") or 0
-                metrics.ENGINE_STREAM_LAG.labels(**self._labels).set(lag)
-                age = 0.0
-                if lag:
-                    nxt = await self.redis.xrange(self.stream, min=f"({self.last_stream_id}",
-                                                  count=1)
-                    if nxt:
-                        age = max(0.0, time.time() - int(nxt[0][0].split("-")[0]) / 1000)
-                metrics.ENGINE_STREAM_OLDEST_AGE.labels(**self._labels).set(age)
+        """Entries not yet read (all ever added minus this engine's entries-read) and the
+        age of the oldest of them."""
+        info = await self.redis.xinfo_stream(self.stream)
+        lag = max(0, int(info.get("entries-added") or 0) - self.entries_read)
+        metrics.ENGINE_STREAM_LAG.labels(**self._labels).set(lag)
+        age = 0.0
+        if lag:
+            nxt = await self.redis.xrange(self.stream, min=f"({self.last_stream_id}", count=1)
+            if nxt:
+                age = max(0.0, time.time() - int(nxt[0][0].split("-")[0]) / 1000)
+        metrics.ENGINE_STREAM_OLDEST_AGE.labels(**self._labels).set(age)
         metrics.ENGINE_SNAPSHOT_AGE.labels(**self._labels).set(
             time.monotonic() - self._snapshot_at
         )
@@ -784,6 +840,8 @@ class EngineService:
             self.fail_state_requests()
         # graceful stop: the last batch is settled; snapshot and hand the market over
         stopping = time.monotonic()
+        if self._group_at:
+            await self.sync_group()
         if self.core.seq == self.settled_seq:
             await self.write_snapshot()
         else:  # stopped during the replay of already settled commands: nothing to save
@@ -798,6 +856,7 @@ class EngineService:
         await self.recover(stop)
         if stop.is_set():
             return
+        await self.sequence_rules_if_needed()
         self.ready = True
         last_ticker = last_lag = time.monotonic()
         try:
@@ -805,20 +864,18 @@ class EngineService:
                 if lease.done():  # the lease was lost (or Redis failed): stop owning the market
                     lease.result()
                     raise Fenced(f"lease for {self.symbol} lost")
-                reply = await self.redis.xreadgroup(
-                    keys.ENGINE_GROUP, self.consumer, {self.stream: ">"},
+                reply = await self.redis.xread(
+                    {self.stream: self.last_stream_id},
                     count=self.settings.batch_size, block=self.settings.block_ms,
                 )
                 if reply:
-                    entries = reply[0][1]
-                    await self.process(entries)
-                    await self.redis.xack(self.stream, keys.ENGINE_GROUP,
-                                          *[e[0] for e in entries])
+                    await self.process(reply[0][1])
                 now = time.monotonic()
                 if now - last_ticker >= self.settings.ticker_interval_ms / 1000:
                     await self.publish_ticker(int(time.time() * 1000))
                     last_ticker = now
                 if now - last_lag >= 1.0:
+                    await self.sync_group()
                     await self.update_lag()
                     await self.update_redis_memory()
                     await self.refresh_private_users()

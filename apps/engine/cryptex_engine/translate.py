@@ -11,8 +11,11 @@ its place command until it is terminal, so every OrderRecord written is complete
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+import orjson
+
+from cryptex_common import ledger
 from cryptex_common.markets import MarketSpec
 from cryptex_common.messages import (
     COMMAND_ADAPTER,
@@ -24,6 +27,7 @@ from cryptex_common.messages import (
     OrderType,
     PlaceOrderCommand,
     ReplyType,
+    Side,
     TimeInForce,
 )
 from cryptex_common.wire import fill_dicts
@@ -35,7 +39,15 @@ from cryptex_engine.domain.commands import (
     EngineCommand,
     OrderUpdate,
     PlaceOrder,
+    RejectOrder,
 )
+
+# The lock envelope the enqueue script writes next to `id` and `c` (names defined by the
+# ledger; these fallbacks are the same names, for a ledger module that predates them).
+ENTRY_USER: str = getattr(ledger, "ENTRY_USER", "u")
+ENTRY_LOCK_ASSET: str = getattr(ledger, "ENTRY_LOCK_ASSET", "a")
+ENTRY_LOCK_UNITS: str = getattr(ledger, "ENTRY_LOCK_UNITS", "l")
+REASON_UNSUPPORTED = "UNSUPPORTED_COMMAND"  # an order whose command this engine cannot read
 
 
 @dataclass(slots=True)
@@ -59,12 +71,32 @@ class OrderMeta:
 
 
 @dataclass(slots=True)
+class Unreadable:
+    """What an undecodable order entry still tells (its envelope, and whatever of `c` is
+    plain JSON of the right type): enough to close its record and answer its sender."""
+
+    user_id: str
+    side: Side
+    order_type: OrderType
+    time_in_force: TimeInForce
+    price_ticks: int | None
+    quantity_lots: int | None
+    reply_to: str | None
+    request_id: str | None
+    correlation_id: str | None
+    type: Literal["unsupported"] = "unsupported"
+
+
+Wire = PlaceOrderCommand | CancelOrderCommand | CancelAllCommand | ConfigureMarketCommand | Unreadable
+
+
+@dataclass(slots=True)
 class Decoded:
     """One stream entry, decoded."""
 
     stream_id: str
     ts_ms: int
-    wire: PlaceOrderCommand | CancelOrderCommand | CancelAllCommand | ConfigureMarketCommand
+    wire: Wire
     command: EngineCommand
     order_id: int | None = None
 
@@ -98,9 +130,68 @@ def decode_entry(stream_id: str, fields: dict[str, str]) -> Decoded:
         return Decoded(stream_id, ts_ms, wire, CancelOrder(wire.order_id, wire.user_id))
     if isinstance(wire, CancelAllCommand):
         return Decoded(stream_id, ts_ms, wire, CancelAll(wire.user_id))
-    return Decoded(
-        stream_id, ts_ms, wire, Configure(wire.state, wire.maker_fee_bps, wire.taker_fee_bps)
+    return Decoded(stream_id, ts_ms, wire, Configure(
+        wire.state, wire.maker_fee_bps, wire.taker_fee_bps, wire.min_quantity_lots,
+        wire.max_quantity_lots, wire.min_notional_units, wire.self_trade_prevention))
+
+
+def _json_object(raw: str) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _pick(doc: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
+    """doc[name] if it has the right type (an int, or a str/StrEnum value), else default."""
+    value = doc.get(name)
+    if kind is int:
+        return value if type(value) is int else default
+    if isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            return default
+    return default
+
+
+def reject_unreadable(stream_id: str, fields: dict[str, str], spec: MarketSpec) -> Decoded | None:
+    """The rejection of an entry whose `c` cannot be decoded, when it carries an order id
+    and a lock envelope (the enqueue script writes both); None otherwise (nothing was
+    locked by it that the engine could know). Pure: a replay decides exactly the same."""
+    try:
+        order_id = int(fields["id"])
+        user_id = fields[ENTRY_USER]
+        asset = fields[ENTRY_LOCK_ASSET]
+        units = int(fields[ENTRY_LOCK_UNITS])
+    except (KeyError, ValueError, TypeError):
+        return None
+    if not user_id or not asset or units < 0:
+        return None
+    doc = _json_object(fields.get("c") or "")
+    side = Side.BUY if asset == spec.quote_asset else Side.SELL  # what it locked says
+    wire = Unreadable(
+        user_id=user_id, side=side,
+        order_type=_pick(doc, "orderType", OrderType, OrderType.LIMIT),
+        time_in_force=_pick(doc, "timeInForce", TimeInForce, TimeInForce.GTC),
+        price_ticks=_pick(doc, "priceTicks", int), quantity_lots=_pick(doc, "quantityLots", int),
+        reply_to=_pick(doc, "replyTo", str), request_id=_pick(doc, "requestId", str),
+        correlation_id=_pick(doc, "correlationId", str),
     )
+    command = RejectOrder(order_id, user_id, side, asset, units, REASON_UNSUPPORTED)
+    return Decoded(stream_id, stream_ts_ms(stream_id), wire, command, order_id)
+
+
+def read_entry(stream_id: str, fields: dict[str, str], spec: MarketSpec) -> tuple[Decoded | None, str | None]:
+    """(decoded command or None, why it could not be decoded or None). The one rule the
+    engine and every replay share: an undecodable entry is an error to dead-letter; if it
+    carries an order id and a lock envelope it is also a RejectOrder taking a sequence
+    number, otherwise it is skipped and takes none."""
+    try:
+        return decode_entry(stream_id, fields), None
+    except Exception as exc:
+        return reject_unreadable(stream_id, fields, spec), f"{type(exc).__name__}: {exc}"
 
 
 Record = dict[str, Any]  # a message model as its camelCase dict (see the module docstring)
@@ -157,6 +248,12 @@ class Translator:
             self.meta[d.order_id] = OrderMeta(
                 wire.order_type, wire.time_in_force, wire.post_only, wire.price_ticks,
                 wire.quantity_lots, wire.quote_budget_units, wire.client_order_id, d.ts_ms,
+            )
+        elif isinstance(wire, Unreadable):
+            assert d.order_id is not None
+            self.meta[d.order_id] = OrderMeta(
+                wire.order_type, wire.time_in_force, False, wire.price_ticks, wire.quantity_lots,
+                None, None, d.ts_ms,
             )
         symbol = self.spec.symbol
         trades = []
@@ -242,6 +339,11 @@ _REJECT_MESSAGES = {
     "MARKET_NOT_OPEN": "market does not accept this order in its current state",
     "ORDER_NOT_FOUND": "order not found or not open",
     "INSUFFICIENT_FUNDS": "locked funds do not cover the order",
+    "QUANTITY_TOO_SMALL": "quantity is below the market's minimum in force",
+    "QUANTITY_TOO_LARGE": "quantity is above the market's maximum in force",
+    "NOTIONAL_TOO_SMALL": "order value is below the market's minimum in force",
+    REASON_UNSUPPORTED: "the engine cannot read this command (unknown format or version); "
+                        "nothing was executed and the funds were released",
 }
 
 

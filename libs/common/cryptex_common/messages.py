@@ -6,8 +6,15 @@ units. Public messages (pub/sub channels read by wsgateway, REST bodies) carry d
 strings; `cryptex_common.wire` converts.
 
 A command's stream entry has the fields `c` (the command JSON below) and, for a new order,
-`id` (the order id assigned by the enqueue script). The command's timestamp is the stream
-entry id's millisecond part, so a replay sees the same time.
+`id` (the order id assigned by the enqueue script) plus the lock envelope the script wrote
+(user, asset, units: cryptex_common.ledger.ENTRY_*), so an engine that cannot decode `c`
+can still release the lock. The command's timestamp is the stream entry id's millisecond
+part, so a replay sees the same time.
+
+Commands are versioned: `v` in the command JSON, absent = 1. A writer uses the lowest
+version that expresses its command (an order stays v1, readable by older engines); a
+configure carrying market rules is v2. An engine refuses (dead-letters, and for an order
+rejects and unlocks) a version above COMMAND_VERSION. See docs/decisions/0010 and 0011.
 """
 
 from __future__ import annotations
@@ -15,9 +22,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, TypeAdapter, model_serializer
 
-from cryptex_common.markets import MarketState, SelfTradePrevention
+from cryptex_common.markets import MarketSpec, MarketState, SelfTradePrevention
 
 
 class Side(StrEnum):
@@ -55,7 +62,24 @@ class _Msg(BaseModel):
 
 
 # --- commands (API/operator -> engine) --------------------------------------------------
-class PlaceOrderCommand(_Msg):
+COMMAND_VERSION = 2  # the newest command format this code reads and writes
+
+
+class _Command(_Msg):
+    """`v`: the command format version; validation refuses one newer than COMMAND_VERSION.
+    Version 1 is written by omission, so v1 commands stay byte-identical to the old format."""
+
+    v: int = Field(default=1, ge=1, le=COMMAND_VERSION)
+
+    @model_serializer(mode="wrap")
+    def _omit_v1(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        data: dict[str, object] = handler(self)
+        if data.get("v") == 1:
+            del data["v"]
+        return data
+
+
+class PlaceOrderCommand(_Command):
     type: Literal["place"] = "place"
     user_id: str = Field(alias="userId")
     side: Side
@@ -74,7 +98,7 @@ class PlaceOrderCommand(_Msg):
     correlation_id: str | None = Field(alias="correlationId", default=None)
 
 
-class CancelOrderCommand(_Msg):
+class CancelOrderCommand(_Command):
     type: Literal["cancel"] = "cancel"
     user_id: str = Field(alias="userId")
     order_id: int = Field(alias="orderId")
@@ -83,7 +107,7 @@ class CancelOrderCommand(_Msg):
     correlation_id: str | None = Field(alias="correlationId", default=None)
 
 
-class CancelAllCommand(_Msg):
+class CancelAllCommand(_Command):
     type: Literal["cancel_all"] = "cancel_all"
     user_id: str = Field(alias="userId")
     reply_to: str | None = Field(alias="replyTo", default=None)
@@ -91,13 +115,29 @@ class CancelAllCommand(_Msg):
     correlation_id: str | None = Field(alias="correlationId", default=None)
 
 
-class ConfigureMarketCommand(_Msg):
-    """State and fee changes, sequenced with the orders (written by registry.register)."""
+class ConfigureMarketCommand(_Command):
+    """Every mutable market rule, sequenced with the orders (written by
+    registry.register_market whenever one changes). The rule fields are integers in the
+    engine's units (lots, quote smallest units). A v1 configure (written before the rules
+    travelled here) has none of them: it changes state and fees and keeps the rules in force.
+    """
 
     type: Literal["configure"] = "configure"
     state: MarketState
-    maker_fee_bps: int = Field(alias="makerFeeBps")
-    taker_fee_bps: int = Field(alias="takerFeeBps")
+    maker_fee_bps: int = Field(alias="makerFeeBps", ge=0)
+    taker_fee_bps: int = Field(alias="takerFeeBps", ge=0)
+    min_quantity_lots: int | None = Field(alias="minQuantityLots", default=None, ge=1)
+    max_quantity_lots: int | None = Field(alias="maxQuantityLots", default=None, ge=1)
+    min_notional_units: int | None = Field(alias="minNotionalUnits", default=None, ge=0)
+    self_trade_prevention: SelfTradePrevention | None = Field(alias="selfTradePrevention", default=None)
+
+    @classmethod
+    def for_spec(cls, spec: MarketSpec) -> ConfigureMarketCommand:
+        """The v2 configure that puts `spec`'s state, fees and rules in force."""
+        rules = spec.rules()
+        return cls(v=2, state=spec.state, makerFeeBps=spec.maker_fee_bps, takerFeeBps=spec.taker_fee_bps,
+                   minQuantityLots=rules.min_quantity_lots, maxQuantityLots=rules.max_quantity_lots,
+                   minNotionalUnits=rules.min_notional_units, selfTradePrevention=spec.self_trade_prevention)
 
 
 Command = Annotated[

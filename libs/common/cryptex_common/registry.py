@@ -1,15 +1,22 @@
 """The registry of live markets in Redis (`markets` hash + `markets:changed` channel).
 
 Written by the local launcher from markets.yaml and by the operator from Market resources.
-A change of state or fees also goes onto the market's command stream as a `configure`
-command, so the engine applies it in sequence and a replay sees it at the same place.
-Symbol, assets and grid are immutable once registered.
+Every change of a mutable field (state, fees, minQuantity, maxQuantity, minNotional,
+selfTradePrevention) also goes onto the market's command stream as a `configure` carrying
+all of them, in the same transaction as the hash write: the engine applies the rules at
+that command's sequence number, and every replay sees them at the same place (see
+docs/decisions/0010-sequenced-market-rules.md). The hash is what the API pre-checks with;
+the sequenced configure is what the engine judges by. Symbol, assets and grid are
+immutable once registered.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from cryptex_common import keys
 from cryptex_common.markets import MarketSpec
@@ -18,6 +25,11 @@ from cryptex_common.messages import ConfigureMarketCommand
 IMMUTABLE_FIELDS = (
     "symbol", "base_asset", "base_decimals", "quote_asset", "quote_decimals", "tick_size",
     "lot_size",
+)
+# What a `configure` carries: everything else may change after registration.
+MUTABLE_FIELDS = (
+    "state", "maker_fee_bps", "taker_fee_bps", "min_quantity", "max_quantity", "min_notional",
+    "self_trade_prevention",
 )
 
 
@@ -39,27 +51,60 @@ async def get_market(redis: Redis, symbol: str) -> MarketSpec | None:
     return MarketSpec.model_validate_json(raw) if raw else None
 
 
+def configure_fields(spec: MarketSpec) -> dict[str, str]:
+    """The stream entry of the configure that puts `spec`'s mutable fields in force."""
+    return {"c": ConfigureMarketCommand.for_spec(spec).model_dump_json(by_alias=True)}
+
+
+def _mutable(spec: MarketSpec) -> tuple[Any, ...]:
+    return tuple(getattr(spec, f) for f in MUTABLE_FIELDS)
+
+
 async def register_market(redis: Redis, spec: MarketSpec) -> bool:
-    """Create or update a market. Returns True when anything changed. Idempotent."""
-    old = await get_market(redis, spec.symbol)
-    if old is not None:
-        changed = [f for f in IMMUTABLE_FIELDS if getattr(old, f) != getattr(spec, f)]
-        if changed:
-            raise ImmutableFieldChanged(f"{spec.symbol}: immutable fields changed: {changed}")
-        if old == spec:
-            return False
-    needs_configure = old is None or (old.state, old.maker_fee_bps, old.taker_fee_bps) != (
-        spec.state, spec.maker_fee_bps, spec.taker_fee_bps
-    )
+    """Create or update a market. Returns True when anything changed. Idempotent.
+
+    Read, compare and write are one optimistic transaction (WATCH on the registry hash), so
+    two concurrent writers can never leave the stream's last configure disagreeing with
+    the hash."""
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.MARKETS_HASH, spec.symbol, spec.model_dump_json(by_alias=True))
-        if needs_configure:
-            command = ConfigureMarketCommand(
-                state=spec.state,
-                makerFeeBps=spec.maker_fee_bps,
-                takerFeeBps=spec.taker_fee_bps,
-            )
-            pipe.xadd(keys.commands_stream(spec.symbol), {"c": command.model_dump_json(by_alias=True)})
-        pipe.publish(keys.MARKETS_CHANGED_CHANNEL, orjson.dumps({"symbol": spec.symbol}))
-        await pipe.execute()
-    return True
+        while True:
+            try:
+                await pipe.watch(keys.MARKETS_HASH)
+                raw = await pipe.hget(keys.MARKETS_HASH, spec.symbol)
+                old = MarketSpec.model_validate_json(raw) if raw else None
+                if old is not None:
+                    changed = [f for f in IMMUTABLE_FIELDS if getattr(old, f) != getattr(spec, f)]
+                    if changed:
+                        raise ImmutableFieldChanged(f"{spec.symbol}: immutable fields changed: {changed}")
+                    if old == spec:
+                        return False
+                pipe.multi()
+                pipe.hset(keys.MARKETS_HASH, spec.symbol, spec.model_dump_json(by_alias=True))
+                if old is None or _mutable(old) != _mutable(spec):
+                    pipe.xadd(keys.commands_stream(spec.symbol), configure_fields(spec))
+                pipe.publish(keys.MARKETS_CHANGED_CHANNEL, orjson.dumps({"symbol": spec.symbol}))
+                await pipe.execute()
+                return True
+            except WatchError:
+                continue
+
+
+async def sequence_current_rules(redis: Redis, symbol: str) -> bool:
+    """Append a configure with the registry's current state, fees and rules, atomically
+    with reading them (WATCH). For a market whose stream has never carried its rules (it
+    was registered before they travelled on the stream): from this entry on, live matching
+    and every replay judge by the same rules. False when the market is not registered."""
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(keys.MARKETS_HASH)
+                raw = await pipe.hget(keys.MARKETS_HASH, symbol)
+                if not raw:
+                    return False
+                spec = MarketSpec.model_validate_json(raw)
+                pipe.multi()
+                pipe.xadd(keys.commands_stream(symbol), configure_fields(spec))
+                await pipe.execute()
+                return True
+            except WatchError:
+                continue

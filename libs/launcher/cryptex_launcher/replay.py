@@ -6,6 +6,11 @@ From an empty state replay needs the whole stream. Once the engine has trimmed t
 (XTRIM MINID, never past its stored snapshot), replay starts from that snapshot instead
 (verified by its checksum) and says so; a sequence older than the snapshot cannot be rebuilt
 any more (see docs/durability.md).
+
+It judges exactly as the engine does: from an empty state with the bootstrap rules, then
+by the rules each configure on the stream puts in force (never the registry's current
+rules: the registry only names the market's assets and grid), and an undecodable entry is
+rejected in sequence or skipped by the engine's own rule (`translate.read_entry`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from cryptex_common import keys, registry
 from cryptex_common.markets import normalize_symbol
 from cryptex_engine.domain.matching import MatchingEngine
 from cryptex_engine.service import decode_snapshot, gc_paused, stream_gap_after
-from cryptex_engine.translate import decode_entry
+from cryptex_engine.translate import read_entry
 
 
 class ReplayError(SystemExit):
@@ -36,7 +41,7 @@ async def replay_market(redis_url: str, market: str, upto_seq: int | None = None
         spec = await registry.get_market(redis, symbol)
         if spec is None:
             raise ReplayError(f"unknown market {symbol}")
-        core = MatchingEngine(spec.rules())
+        core = MatchingEngine.empty(spec.rules())
         last_id, commands, source = "0-0", 0, "stream"
         trimmed = await stream_gap_after(redis, stream, "0-0")
         if use_snapshot or (use_snapshot is None and trimmed):
@@ -61,10 +66,9 @@ async def replay_market(redis_url: str, market: str, upto_seq: int | None = None
                 if upto_seq is not None and core.seq >= upto_seq:
                     break
                 last_id = stream_id
-                try:
-                    decoded = decode_entry(stream_id, fields)
-                except Exception:
-                    continue  # the engine skips undecodable entries the same way
+                decoded, _ = read_entry(stream_id, fields, spec)
+                if decoded is None:
+                    continue  # undecodable, no lock envelope: the engine skips it too
                 core.apply(decoded.command, decoded.ts_ms)
                 commands += 1
         if upto_seq is not None and core.seq < upto_seq:

@@ -42,12 +42,32 @@ class CancelAll:
 
 @dataclass(slots=True)
 class Configure:
+    """State, fees and (when given) the mutable rules, in force from this command's seq.
+    A rule left None keeps its value (a configure written before rules travelled)."""
+
     state: MarketState
     maker_fee_bps: int
     taker_fee_bps: int
+    min_quantity_lots: int | None = None
+    max_quantity_lots: int | None = None
+    min_notional_units: int | None = None
+    default_stp: SelfTradePrevention | None = None
 
 
-EngineCommand = PlaceOrder | CancelOrder | CancelAll | Configure
+@dataclass(slots=True)
+class RejectOrder:
+    """An order the engine cannot read (an undecodable or too new command) whose entry
+    carries its id and lock envelope: rejected in sequence, its locked units released."""
+
+    order_id: int
+    user_id: str
+    side: Side
+    lock_asset: str
+    locked_units: int
+    reason: str
+
+
+EngineCommand = PlaceOrder | CancelOrder | CancelAll | Configure | RejectOrder
 
 
 @dataclass(slots=True)

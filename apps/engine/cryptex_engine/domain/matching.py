@@ -19,7 +19,12 @@ Invariants (each has a test in tests/engine):
   all users and the fee account is exactly 0;
 - fees are ceil(received * bps / 10000), in the received asset (buyer: base, seller: quote),
   credited to `FEE_ACCOUNT`;
-- halted and closed markets change nothing (every command but Configure is rejected).
+- halted and closed markets change nothing (every command but Configure is rejected);
+- the mutable rules (min/max quantity, min notional, default STP) change only by a
+  Configure, at its seq; `snapshot()` (hence `state_hash()`) holds the rules in force. A
+  core built by `empty()` (the state before a stream's first command) holds
+  `bootstrap_rules`, which no registry value decides: replaying a stream never depends on
+  what the registry says today (docs/decisions/0010-sequenced-market-rules.md).
 
 Decisions beyond the brief (see the engine's report / docs):
 - post_only is only valid on a GTC limit order (else INVALID_FIELD);
@@ -32,6 +37,7 @@ Decisions beyond the brief (see the engine's report / docs):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from typing import Any
@@ -51,9 +57,13 @@ from cryptex_engine.domain.commands import (
     Fill,
     OrderUpdate,
     PlaceOrder,
+    RejectOrder,
 )
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2  # 2: + "rules" (the mutable rules in force) and "rules_seq"
+SNAPSHOT_FORMATS_READ = (1, 2)  # 1: no rules stored: restored with bootstrap rules
+RULE_FIELDS = ("min_quantity_lots", "max_quantity_lots", "min_notional_units", "default_stp")
+MAX_LOTS = 2**63 - 1  # bootstrap maxQuantity: no limit an int64 ledger could reach
 SNAPSHOT_ORDER_FIELDS = (
     "order_id",
     "user_id",
@@ -94,6 +104,14 @@ def fee_units(received_units: int, bps: int) -> int:
     return -((-received_units * bps) // 10000)
 
 
+def bootstrap_rules(rules: MarketRules) -> MarketRules:
+    """`rules` with the mutable rules replaced by fixed values (min 1 lot, no maximum, no
+    minimum notional, expire_maker): what a market's core holds before its stream's first
+    configure carrying rules. Only the immutable grid comes from `rules`."""
+    return dataclasses.replace(rules, min_quantity_lots=1, max_quantity_lots=MAX_LOTS,
+                               min_notional_units=0, default_stp=STP_MAKER)
+
+
 def _add_delta(deltas: dict[tuple[str, str], list[int]], user_id: str, asset: str, available: int, locked: int) -> None:
     entry = deltas.get((user_id, asset))
     if entry is None:
@@ -118,6 +136,7 @@ class MatchingEngine:
         "last_trade_id",
         "maker_fee_bps",
         "rules",
+        "rules_seq",
         "seq",
         "state",
         "taker_fee_bps",
@@ -125,6 +144,7 @@ class MatchingEngine:
 
     def __init__(self, rules: MarketRules) -> None:
         self.rules = rules
+        self.rules_seq = 0  # the seq of the Configure that set the rules (0: never)
         self.state = MarketState.HALTED  # until the first Configure
         self.maker_fee_bps = 0
         self.taker_fee_bps = 0
@@ -135,6 +155,11 @@ class MatchingEngine:
         self._quote_asset = rules.quote_asset
         self._base_units_per_lot = rules.base_units_per_lot
         self._quote_units_per_tick_lot = rules.quote_units_per_tick_lot
+
+    @classmethod
+    def empty(cls, rules: MarketRules) -> MatchingEngine:
+        """The core before a stream's first command: halted, with `bootstrap_rules`."""
+        return cls(bootstrap_rules(rules))
 
     # --- the one entry point ---------------------------------------------------------------
     def apply(self, cmd: EngineCommand, ts_ms: int) -> CommandResult:
@@ -152,6 +177,9 @@ class MatchingEngine:
         if type(cmd) is Configure:
             self.seq += 1
             return self._configure(cmd, ts_ms)
+        if type(cmd) is RejectOrder:
+            self.seq += 1
+            return self._reject_unreadable(cmd, ts_ms)
         raise TypeError(f"not an engine command: {type(cmd).__name__}")
 
     # --- read-only views -------------------------------------------------------------------
@@ -172,10 +200,30 @@ class MatchingEngine:
 
     # --- configure -------------------------------------------------------------------------
     def _configure(self, cmd: Configure, ts_ms: int) -> CommandResult:
+        """State, fees and the rules given, all or nothing: a configure no MarketSpec could
+        produce (min > max, a negative value) is rejected and changes nothing."""
+        given = {f: getattr(cmd, f) for f in RULE_FIELDS if getattr(cmd, f) is not None}
+        rules = dataclasses.replace(self.rules, **given) if given else self.rules
+        if given and not (1 <= rules.min_quantity_lots <= rules.max_quantity_lots
+                          and rules.min_notional_units >= 0):
+            return CommandResult(self.seq, ts_ms, False, ErrorCode.INVALID_FIELD.value)
+        if cmd.maker_fee_bps < 0 or cmd.taker_fee_bps < 0:
+            return CommandResult(self.seq, ts_ms, False, ErrorCode.INVALID_FIELD.value)
         self.state = MarketState(cmd.state)
         self.maker_fee_bps = int(cmd.maker_fee_bps)
         self.taker_fee_bps = int(cmd.taker_fee_bps)
+        if given:
+            self.rules = dataclasses.replace(rules, default_stp=SelfTradePrevention(rules.default_stp))
+            self.rules_seq = self.seq
         return CommandResult(self.seq, ts_ms, True)
+
+    def _reject_unreadable(self, cmd: RejectOrder, ts_ms: int) -> CommandResult:
+        """Close the order the API opened and give back exactly what its entry says was
+        locked (any state: releasing a lock is never refused)."""
+        update = OrderUpdate(cmd.order_id, cmd.user_id, cmd.side, REJECTED, 0, 0, 0, cmd.reason)
+        units = cmd.locked_units
+        deltas = [BalanceDelta(cmd.user_id, cmd.lock_asset, units, -units)] if units > 0 else []
+        return CommandResult(self.seq, ts_ms, False, cmd.reason, update, [update], [], deltas)
 
     # --- cancels ---------------------------------------------------------------------------
     def _cancel_gate(self) -> str | None:
@@ -348,6 +396,8 @@ class MatchingEngine:
                     return ErrorCode.INVALID_FIELD.value
             if budget is not None and budget <= 0:
                 return ErrorCode.INVALID_FIELD.value
+            if qty is None and budget is not None and budget < rules.min_notional_units:
+                return ErrorCode.NOTIONAL_TOO_SMALL.value  # (the API's check on quoteQuantity)
         elif qty is None:
             return ErrorCode.MISSING_FIELD.value
         if qty is not None:
@@ -781,6 +831,13 @@ class MatchingEngine:
             "state": self.state.value,
             "maker_fee_bps": self.maker_fee_bps,
             "taker_fee_bps": self.taker_fee_bps,
+            "rules": {
+                "min_quantity_lots": self.rules.min_quantity_lots,
+                "max_quantity_lots": self.rules.max_quantity_lots,
+                "min_notional_units": self.rules.min_notional_units,
+                "default_stp": self.rules.default_stp.value,
+            },
+            "rules_seq": self.rules_seq,
             "order_fields": list(SNAPSHOT_ORDER_FIELDS),
             "orders": [
                 [
@@ -801,13 +858,24 @@ class MatchingEngine:
 
     @classmethod
     def restore(cls, rules: MarketRules, snapshot: dict[str, Any]) -> MatchingEngine:
-        if snapshot.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError(f"unknown snapshot format {snapshot.get('format')!r}")
+        """`rules` supplies the immutable grid only: the mutable rules come from the
+        snapshot (format 1, written before they were stored: `bootstrap_rules`)."""
+        fmt = snapshot.get("format")
+        if fmt not in SNAPSHOT_FORMATS_READ:
+            raise ValueError(f"unknown snapshot format {fmt!r}")
         if snapshot["symbol"] != rules.symbol:
             raise ValueError(f"snapshot is for {snapshot['symbol']}, not {rules.symbol}")
         if list(snapshot["order_fields"]) != list(SNAPSHOT_ORDER_FIELDS):
             raise ValueError("snapshot order fields do not match this engine")
-        engine = cls(rules)
+        engine = cls.empty(rules)
+        if fmt >= 2:
+            stored = snapshot["rules"]
+            engine.rules = dataclasses.replace(
+                engine.rules, min_quantity_lots=int(stored["min_quantity_lots"]),
+                max_quantity_lots=int(stored["max_quantity_lots"]),
+                min_notional_units=int(stored["min_notional_units"]),
+                default_stp=SelfTradePrevention(stored["default_stp"]))
+            engine.rules_seq = int(snapshot["rules_seq"])
         engine.seq = int(snapshot["seq"])
         engine.last_trade_id = int(snapshot["last_trade_id"])
         engine.state = MarketState(snapshot["state"])
