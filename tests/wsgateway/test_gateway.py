@@ -94,8 +94,9 @@ async def test_oversized_frame_is_closed_with_reason(
 ) -> None:
     async with session.ws_connect(gw.ws_url) as bystander, session.ws_connect(gw.ws_url) as ws:
         await ws.send_str('{"method":"PING","id":1,"pad":"' + "x" * 5000 + '"}')
+        assert (await recv(ws))["error"]["code"] == "FRAME_TOO_BIG"
         msg = await ws.receive(timeout=3)
-        assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1008
+        assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1009
         assert "frame over 2048 bytes" in msg.extra
         await ping_ok(bystander)
 
@@ -103,23 +104,29 @@ async def test_oversized_frame_is_closed_with_reason(
 async def test_auth_errors_and_success(
     gw: GatewayUnderTest, session: aiohttp.ClientSession, redis_client: aioredis.Redis
 ) -> None:
+    """A failed AUTH closes the socket (1008): each case on its own socket (more in
+    test_hostile.py)."""
     key, secret = await create_user(redis_client, "7")
+    for params, code in [
+        ({**auth_params(key, secret), "signature": "00" * 32}, "BAD_SIGNATURE"),
+        (auth_params(key, "not-the-secret"), "BAD_SIGNATURE"),
+        (auth_params(key, secret, ts=int(time.time() * 1000) - 60_000), "STALE_TIMESTAMP"),
+        (auth_params("nobody", secret), "UNAUTHORIZED"),
+        ({"apiKey": key}, "BAD_REQUEST"),
+    ]:
+        async with session.ws_connect(gw.ws_url) as ws:
+            assert (await request(ws, "AUTH", params, 1))["error"]["code"] == code
+            assert (await ws.receive(timeout=3)).type == aiohttp.WSMsgType.CLOSE
+            assert ws.close_code == 1008
     async with session.ws_connect(gw.ws_url) as ws:
-        bad = {**auth_params(key, secret), "signature": "00" * 32}
-        assert (await request(ws, "AUTH", bad, 1))["error"]["code"] == "BAD_SIGNATURE"
-        wrong_secret = auth_params(key, "not-the-secret")
-        assert (await request(ws, "AUTH", wrong_secret, 2))["error"]["code"] == "BAD_SIGNATURE"
-        stale = auth_params(key, secret, ts=int(time.time() * 1000) - 60_000)
-        assert (await request(ws, "AUTH", stale, 3))["error"]["code"] == "STALE_TIMESTAMP"
-        unknown = auth_params("nobody", secret)
-        assert (await request(ws, "AUTH", unknown, 4))["error"]["code"] == "UNAUTHORIZED"
-        assert (await request(ws, "AUTH", {"apiKey": key}, 5))["error"]["code"] == "BAD_REQUEST"
         good = auth_params(key, secret)
         assert await request(ws, "AUTH", good, 6) == {"id": 6, "result": {"userId": "7"}}
     async with session.ws_connect(gw.ws_url) as ws2:
         reply = await request(ws2, "AUTH", good, 7)  # the same signature again
         assert reply["error"]["code"] == "REPLAYED_REQUEST"
-        assert (await request(ws2, "SUBSCRIBE", ["user.fills"], 8))["error"]["code"] == "UNAUTHORIZED"
+        assert (await ws2.receive(timeout=3)).type == aiohttp.WSMsgType.CLOSE
+    async with session.ws_connect(gw.ws_url) as ws3:
+        assert (await request(ws3, "SUBSCRIBE", ["user.fills"], 8))["error"]["code"] == "UNAUTHORIZED"
 
 
 async def test_depth_snapshot_then_diffs_with_checksums(

@@ -3,10 +3,9 @@
 One pub/sub connection per process subscribes, once each, to every market's `depth@`,
 `trades@`, `ticker@` and `bookTicker@` channels, to `markets:changed`, and to `user@<id>`
 while at least one local socket follows that user's private streams (such users are also
-registered in `keys.PRIVATE_SUBSCRIBERS` with an expiry, refreshed every 20 s: engines publish
-`user@<id>` only for registered users). Each upstream message
-is decoded once, turned into at most a few outgoing frames, each encoded once, and queued on
-every subscribed socket (`fanout.Hub`).
+registered in `keys.PRIVATE_SUBSCRIBERS`: engines publish `user@<id>` only for registered
+users). Each upstream message is decoded once, turned into at most a few outgoing frames,
+each encoded once, and queued on every subscribed socket (`fanout.Hub`).
 
 Invariants:
 - a private topic (`user.orders#<id>`) is only ever subscribed by a socket authenticated as
@@ -16,6 +15,19 @@ Invariants:
   no update that does not continue the previous one is ever forwarded (`book.DepthTracker`);
 - a reply to a SUBSCRIBE is queued before the stream's first data message, and a stream's
   Redis subscription is in place before the reply is sent;
+- before a SUBSCRIBE naming a private stream is acknowledged, (a) the user is in
+  `keys.PRIVATE_SUBSCRIBERS` with an expiry at least REGISTRATION_TTL_MS ahead of Redis's
+  clock (the ZADD has returned) and (b) Redis has confirmed this process's subscription to
+  `user@<id>` (its "subscribe" reply came back on the pub/sub connection, not merely sent), so
+  every event an engine settles after the acknowledgement reaches the socket;
+- a followed user's registration never lapses while Redis answers: it is renewed every
+  REGISTRATION_REFRESH_S (retried every second after a failure, and at once after a pub/sub
+  reconnect), with REGISTRATION_TTL_MS = 6 refresh intervals of margin; expiries only grow
+  (ZADD GT, Redis's clock), so no gateway, whatever its clock, shortens another's; gateways
+  never remove a registration, they let it expire (another gateway may follow the same user);
+- no client input raises out of a socket's handler: a bad request gets an error reply; a
+  failed AUTH, a binary frame or an oversized frame gets the error reply, then a close frame
+  (1008, 1003, 1009); an unexpected error is logged and closes the socket with 1011;
 - a socket that falls behind is closed with code 1008 and a reason; others never wait for it.
 """
 
@@ -45,6 +57,7 @@ from cryptex_wsgateway.book import DepthTracker
 from cryptex_wsgateway.fanout import Connection, Hub
 from cryptex_wsgateway.klines import KlineBuilder
 from cryptex_wsgateway.protocol import (
+    AuthParams,
     ProtocolError,
     Request,
     TokenBucket,
@@ -71,10 +84,26 @@ from cryptex_wsgateway.subscriptions import (
 
 log = logging.getLogger(__name__)
 SERVICE = "wsgateway"
-CLOSE_POLICY = 1008  # slow consumer, flood, oversized frame
+CLOSE_POLICY = 1008  # slow consumer, flood, failed AUTH
 CLOSE_GOING_AWAY = 1001
-PRIVATE_REGISTRATION_TTL_S = 60
-PRIVATE_REFRESH_EVERY_S = 20
+CLOSE_UNSUPPORTED = 1003  # binary frame
+CLOSE_TOO_BIG = 1009  # frame over max_frame_bytes
+CLOSE_INTERNAL = 1011
+REGISTRATION_REFRESH_S = 10.0
+REGISTRATION_TTL_MS = 60_000  # 6 refreshes: a registration outlives 5 failed ones in a row
+SUBSCRIBE_CONFIRM_S = 5.0  # how long a private SUBSCRIBE waits for Redis's confirmation
+# KEYS[1] the private-subscribers ZSET; ARGV[1] ttl ms, ARGV[2..] user ids. Expiries come from
+# Redis's clock and only grow (GT); expired members are removed. Returns the expiry written.
+REGISTER_LUA = """
+local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expiry = string.format("%d", now + tonumber(ARGV[1]))
+for i = 2, #ARGV do
+  redis.call("ZADD", KEYS[1], "GT", expiry, ARGV[i])
+end
+redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", "(" .. string.format("%d", now))
+return expiry
+"""
 
 
 class RequestFailed(Exception):
@@ -112,6 +141,9 @@ class Gateway:
         self._resyncing: set[str] = set()
         self._balance_dirty: dict[str, set[str]] = {}
         self.followed_users: set[str] = set()
+        # channel -> resolved once Redis confirmed this connection's SUBSCRIBE to it
+        self._confirmed: dict[bytes, asyncio.Future[None]] = {}
+        self._register_script = redis.register_script(REGISTER_LUA)
         self._sent = {t: metrics.WS_MESSAGES_SENT.labels(t) for t in _STREAM_TYPES}
         self._delay = {t: metrics.WS_FANOUT_DELAY.labels(t) for t in _STREAM_TYPES}
         for t in _STREAM_TYPES:  # zero series before the first subscription / error
@@ -132,6 +164,7 @@ class Gateway:
                 await asyncio.sleep(1.0)
         self._spawn(self._listen())
         self._spawn(self._timers())
+        self._spawn(self._keep_registered())
 
     async def stop(self) -> None:
         """Close every socket with a close frame (1001), then stop background work."""
@@ -217,45 +250,65 @@ class Gateway:
 
     # --- upstream -----------------------------------------------------------------------
     async def _listen(self) -> None:
-        """Read the pub/sub connection forever; on a Redis error reconnect and resync."""
+        """Read the pub/sub connection forever; on a Redis error reconnect and resync.
+        Redis's "subscribe" replies resolve `_confirmed` (see `_confirmation`)."""
         while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.redis.pubsub()
             try:
-                await pubsub.subscribe(*self.routes)
+                channels = list(self.routes)
+                await pubsub.subscribe(*channels)
                 self.pubsub = pubsub
+                added = [c for c in self.routes if c not in set(channels)]  # while subscribing
+                if added:
+                    await pubsub.subscribe(*added)
                 for m in self.trackers:
                     self._start_resync(m)
                 self.ready = True
+                self._spawn(self._register_followed())
                 async for msg in pubsub.listen():
-                    if msg["type"] != "message":
-                        continue
-                    handler = self.routes.get(msg["channel"])
-                    if handler is None:
-                        continue
-                    try:
-                        handler(msg["data"])
-                    except Exception:
-                        log.exception("bad upstream message", extra={"channel": msg["channel"]})
+                    self._on_pubsub(msg)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 metrics.REDIS_ERRORS.labels(SERVICE).inc()
                 log.warning("pub/sub connection lost, reconnecting", extra={"error": str(exc)})
                 self.pubsub = None
+                # confirmations were for the lost connection; the next one confirms afresh
+                self._confirmed = {c: f for c, f in self._confirmed.items() if not f.done()}
                 for tracker in self.trackers.values():
                     tracker.reset()  # updates may have been lost while disconnected
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
                 await asyncio.sleep(0.5)
 
+    def _on_pubsub(self, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        if kind == "subscribe":
+            fut = self._confirmation(msg["channel"])
+            if not fut.done():
+                fut.set_result(None)
+            return
+        if kind != "message":
+            return
+        handler = self.routes.get(msg["channel"])
+        if handler is None:
+            return
+        try:
+            handler(msg["data"])
+        except Exception:
+            log.exception("bad upstream message", extra={"channel": msg["channel"]})
+
+    def _confirmation(self, channel: bytes) -> asyncio.Future[None]:
+        """Resolved when Redis has confirmed the current connection's subscription."""
+        fut = self._confirmed.get(channel)
+        if fut is None:
+            fut = self._confirmed[channel] = asyncio.get_running_loop().create_future()
+        return fut
+
     async def _timers(self) -> None:
-        """Close candles whose bucket ended; close idle sockets; re-register private users."""
-        ticks = 0
+        """Close candles whose bucket ended; close idle sockets."""
         while True:
             await asyncio.sleep(1.0)
-            ticks += 1
-            if ticks % PRIVATE_REFRESH_EVERY_S == 0:
-                self._spawn(self._refresh_users())
             now_ms = _now_ms()
             for market, builders in self.klines.items():
                 for b in builders:
@@ -398,34 +451,56 @@ class Gateway:
             self._balance_dirty.pop(user_id, None)
 
     async def _follow_user(self, user_id: str) -> None:
-        """Subscribe `user@<id>` while any local socket follows that user's streams."""
+        """Make private events of `user_id` reach this process, before a private SUBSCRIBE
+        is acknowledged: registered (ZADD returned) and `user@<id>` confirmed by Redis.
+        Raises RedisError/OSError, or TimeoutError when Redis does not confirm in time."""
         channel = keys.user_channel(user_id).encode()
-        needed = any(self.subs.subscribers(private_topic(s, user_id)) for s in PRIVATE_STREAMS)
-        if needed and channel not in self.routes:
+        confirmed = self._confirmation(channel)
+        if channel not in self.routes:
             self.routes[channel] = lambda raw: self._on_user(user_id, raw)
             self.followed_users.add(user_id)
-            await self._announce_users([user_id])
-            if self.pubsub is not None:
+            if self.pubsub is not None:  # else `_listen` subscribes it when it reconnects
                 await self.pubsub.subscribe(channel)
-        elif not needed and channel in self.routes:
-            del self.routes[channel]
-            self.followed_users.discard(user_id)  # its registration expires by itself
-            if self.pubsub is not None:
-                await self.pubsub.unsubscribe(channel)
+        await self._register([user_id])
+        await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_CONFIRM_S)
 
-    async def _announce_users(self, user_ids: list[str]) -> None:
+    async def _unfollow_if_unused(self, user_id: str) -> None:
+        """Drop `user@<id>` once no local socket follows the user. Its registration is left
+        to expire: another gateway may follow the same user."""
+        channel = keys.user_channel(user_id).encode()
+        if channel not in self.routes or self._follows(user_id):
+            return
+        del self.routes[channel]
+        self.followed_users.discard(user_id)
+        self._confirmed.pop(channel, None)
+        if self.pubsub is not None:
+            await self.pubsub.unsubscribe(channel)
+
+    def _follows(self, user_id: str) -> bool:
+        return any(self.subs.subscribers(private_topic(s, user_id)) for s in PRIVATE_STREAMS)
+
+    async def _register(self, user_ids: list[str]) -> None:
         """Tell the engines these users have live private subscriptions (keys.PRIVATE_SUBSCRIBERS,
-        score = expiry ms): engines publish `user@<id>` only for registered users."""
+        score = expiry ms by Redis's clock): engines publish `user@<id>` only for them."""
         if user_ids:
-            expiry = _now_ms() + int(PRIVATE_REGISTRATION_TTL_S * 1000)
-            await self.redis.zadd(keys.PRIVATE_SUBSCRIBERS, dict.fromkeys(user_ids, expiry))
+            await self._register_script(
+                keys=[keys.PRIVATE_SUBSCRIBERS], args=[REGISTRATION_TTL_MS, *user_ids])
 
-    async def _refresh_users(self) -> None:
+    async def _register_followed(self) -> bool:
         try:
-            await self._announce_users(sorted(self.followed_users))
-            await self.redis.zremrangebyscore(keys.PRIVATE_SUBSCRIBERS, "-inf", _now_ms())
-        except (RedisError, OSError):
+            await self._register(sorted(self.followed_users))
+            return True
+        except (RedisError, OSError) as exc:
             metrics.REDIS_ERRORS.labels(SERVICE).inc()
+            log.warning("private subscribers not renewed", extra={"error": str(exc)})
+            return False
+
+    async def _keep_registered(self) -> None:
+        """Renew every followed user's registration each REGISTRATION_REFRESH_S; after a
+        failure, retry every second (the TTL leaves 5 more intervals of margin)."""
+        while True:
+            ok = await self._register_followed()
+            await asyncio.sleep(REGISTRATION_REFRESH_S if ok else 1.0)
 
     # --- sockets ------------------------------------------------------------------------
     async def ws_handler(self, request: web.Request) -> web.StreamResponse:
@@ -446,14 +521,21 @@ class Gateway:
         refused = 0
         try:
             async for msg in ws:
+                # CLOSE, or ERROR: aiohttp's reader already sent a close frame with its code
+                # (1009 far over the size limit, 1007 invalid UTF-8, 1002 protocol error)
                 if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                     break
                 if conn.closing:
                     continue
                 now = time.monotonic()
                 conn.last_seen = now
+                if msg.type == WSMsgType.BINARY:
+                    await self._refuse(conn, "BAD_FRAME", "binary frames are not accepted: send JSON text",
+                                       CLOSE_UNSUPPORTED, "binary frame")
+                    break
                 if len(msg.data) > s.max_frame_bytes:
-                    await self._close(conn, CLOSE_POLICY, f"frame over {s.max_frame_bytes} bytes")
+                    why = f"frame over {s.max_frame_bytes} bytes"
+                    await self._refuse(conn, "FRAME_TOO_BIG", why, CLOSE_TOO_BIG, why)
                     break
                 if not bucket.allow(now):
                     refused += 1
@@ -466,9 +548,16 @@ class Gateway:
                     ))
                     continue
                 await self._handle(conn, msg.data)
+                if conn.closing:
+                    break
         finally:
             await self._forget(conn)
         return ws
+
+    async def _refuse(self, conn: Connection, code: str, message: str, close: int, reason: str) -> None:
+        """An error reply (id null), then a close frame: the reply is written first."""
+        self._reply(conn, error_reply(None, code, message))
+        await self._close(conn, close, reason)
 
     async def _forget(self, conn: Connection) -> None:
         conn.closing = True
@@ -479,36 +568,48 @@ class Gateway:
             metrics.WS_SUBSCRIPTIONS.labels(_stream_type(topic)).dec()
         if conn.user_id is not None:
             with contextlib.suppress(RedisError, OSError):
-                await self._follow_user(conn.user_id)
+                await self._unfollow_if_unused(conn.user_id)
 
     def _reply(self, conn: Connection, payload: bytes) -> None:
         self.hub.send(conn, encode_text_frame(payload))
 
     async def _handle(self, conn: Connection, data: str | bytes) -> None:
+        """Exactly one reply per request; a failed AUTH then closes the socket (1008)."""
         try:
             req = parse_request(data)
         except ProtocolError as exc:
             self._reply(conn, error_reply(exc.request_id, exc.code, exc.message))
+            if exc.close is not None:
+                await self._close(conn, exc.close, f"auth failed: {exc.code}")
             return
-        result: Any = None
         try:
-            if req.method == "SUBSCRIBE":
-                await self._subscribe(conn, req)
-                return
-            if req.method == "UNSUBSCRIBE":
-                await self._unsubscribe(conn, req)
-            elif req.method == "LIST_SUBSCRIPTIONS":
-                result = sorted(stream_of_topic(t) for t in self.subs.topics_of(conn))
-            elif req.method == "AUTH":
-                result = await self._auth(conn, req)
-            else:
-                result = "pong"
-            self._reply(conn, reply(req.id, result))
+            await self._dispatch(conn, req)
         except RequestFailed as exc:
             self._reply(conn, error_reply(req.id, exc.code, exc.message))
+            if req.method == "AUTH":
+                await self._close(conn, CLOSE_POLICY, f"auth failed: {exc.code}")
         except (RedisError, OSError):
             metrics.REDIS_ERRORS.labels(SERVICE).inc()
             self._reply(conn, error_reply(req.id, "UNAVAILABLE", "try again shortly"))
+        except Exception:  # a bug: logged once, and the socket closed properly
+            log.exception("request failed", extra={"conn": conn.id, "method": req.method})
+            self._reply(conn, error_reply(req.id, "INTERNAL", "internal error"))
+            await self._close(conn, CLOSE_INTERNAL, "internal error")
+
+    async def _dispatch(self, conn: Connection, req: Request) -> None:
+        result: Any = None
+        if req.method == "SUBSCRIBE":
+            await self._subscribe(conn, req)
+            return
+        if req.method == "UNSUBSCRIBE":
+            await self._unsubscribe(conn, req)
+        elif req.method == "LIST_SUBSCRIPTIONS":
+            result = sorted(stream_of_topic(t) for t in self.subs.topics_of(conn))
+        elif req.method == "AUTH":
+            result = await self._auth(conn, req.params)
+        else:
+            result = "pong"
+        self._reply(conn, reply(req.id, result))
 
     def _parse_streams(self, conn: Connection, names: list[str]) -> list[tuple[Stream, str]]:
         out = []
@@ -526,6 +627,8 @@ class Gateway:
         return out
 
     async def _subscribe(self, conn: Connection, req: Request) -> None:
+        """All or nothing. A private stream is acknowledged only once `_follow_user` has
+        returned; if it fails, the topics just added are removed again."""
         parsed = self._parse_streams(conn, req.params)
         try:
             new = set(self.subs.add(conn, [t for _, t in parsed], self.settings.max_streams))
@@ -534,7 +637,14 @@ class Gateway:
         for topic in new:
             metrics.WS_SUBSCRIPTIONS.labels(_stream_type(topic)).inc()
         if conn.user_id is not None and any(s.private for s, _ in parsed):
-            await self._follow_user(conn.user_id)
+            try:
+                await self._follow_user(conn.user_id)
+            except (RedisError, OSError, TimeoutError):
+                for topic in self.subs.remove(conn, new):
+                    metrics.WS_SUBSCRIPTIONS.labels(_stream_type(topic)).dec()
+                with contextlib.suppress(RedisError, OSError):
+                    await self._unfollow_if_unused(conn.user_id)
+                raise RequestFailed("UNAVAILABLE", "private streams unavailable; try again shortly") from None
         self._reply(conn, reply(req.id, None))
         for stream, topic in parsed:
             if topic in new:
@@ -569,17 +679,13 @@ class Gateway:
         for topic in self.subs.remove(conn, [t for _, t in parsed]):
             metrics.WS_SUBSCRIPTIONS.labels(_stream_type(topic)).dec()
         if conn.user_id is not None:
-            await self._follow_user(conn.user_id)
+            await self._unfollow_if_unused(conn.user_id)
 
-    async def _auth(self, conn: Connection, req: Request) -> dict[str, str]:
-        p = req.params
-        api_key, ts, signature = p["apiKey"], p["timestamp"], p["signature"]
-        if isinstance(ts, str) and ts.isdigit():
-            ts = int(ts)
-        if not isinstance(api_key, str) or not isinstance(signature, str) or not isinstance(ts, int):
-            raise RequestFailed("BAD_REQUEST", "apiKey and signature are strings, timestamp ms")
+    async def _auth(self, conn: Connection, p: AuthParams) -> dict[str, str]:
+        """Checks in order: fresh timestamp, known key, signature, not replayed, same user."""
+        api_key, ts, signature = p.api_key, p.timestamp, p.signature
         if not timestamp_fresh(ts, _now_ms()):
-            raise RequestFailed("STALE_TIMESTAMP", "timestamp is outside the +/-5 s window")
+            raise RequestFailed("STALE_TIMESTAMP", "params.timestamp is outside the +/-5 s window of the server clock")
         user_id = await self.redis.get(keys.api_key_key(api_key))
         if user_id is None:
             raise RequestFailed("UNAUTHORIZED", "unknown API key")

@@ -6,8 +6,14 @@ Replies: `{"id": ID, "result": R}` or `{"id": ID, "error": {"code": C, "message"
 Data: `{"stream": S, "data": D}`.
 
 Invariants:
-- every request that can be read as a JSON object gets exactly one reply carrying its id
-  (or `null` when the id is unusable); a parse failure replies with id `null`;
+- every request that can be read as a JSON object gets exactly one reply carrying its id; a
+  parse failure or an unusable id (not an integer nor a string of at most 64 characters)
+  gets an error with id `null`;
+- error messages name the field at fault and never echo more than a few characters of a
+  client's value;
+- AUTH params reach the gateway as an `AuthParams` of checked types and sizes (printable
+  ASCII key, non-negative integer timestamp, 64 hex characters), so nothing downstream
+  (Redis keys, int(), hmac.compare_digest) can raise on them;
 - `encode_text_frame` produces one complete, unmasked, final RFC 6455 text frame, so the
   same bytes can be written to every socket (server frames are never masked).
 """
@@ -21,43 +27,60 @@ import orjson
 
 METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "AUTH", "PING")
 MAX_PARAMS = 100
+MAX_ID_CHARS = 64
+MAX_API_KEY_CHARS = 128
+MAX_TIMESTAMP_DIGITS = 15  # ms since the epoch has 13 digits until the year 2286
+SIGNATURE_HEX_CHARS = 64  # hex HMAC-SHA256
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 class ProtocolError(ValueError):
-    def __init__(self, code: str, message: str, request_id: object = None) -> None:
+    """A request refused before any I/O. `close` is the WebSocket close code to send after
+    the error reply (None: the socket stays open)."""
+
+    def __init__(self, code: str, message: str, request_id: object = None,
+                 close: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.close = close
+
+
+@dataclass(frozen=True, slots=True)
+class AuthParams:
+    api_key: str  # 1..128 printable ASCII characters
+    timestamp: int  # ms since the epoch, >= 0
+    signature: str  # 64 hex characters
 
 
 @dataclass(frozen=True, slots=True)
 class Request:
     method: str
-    params: Any
+    params: Any  # list[str] for (UN)SUBSCRIBE, AuthParams for AUTH, unchecked otherwise
     id: int | str | None
 
 
-def _usable_id(raw: object) -> int | str | None:
-    if isinstance(raw, bool):
-        return None
-    if isinstance(raw, int) or (isinstance(raw, str) and len(raw) <= 64):
-        return raw
-    return None
-
-
 def parse_request(text: str | bytes) -> Request:
+    """The request in one client frame, or ProtocolError naming what is wrong. Never echoes
+    more than a few characters of a client's value back."""
     try:
         doc = orjson.loads(text)
     except orjson.JSONDecodeError:
         raise ProtocolError("INVALID_JSON", "message is not valid JSON") from None
     if not isinstance(doc, dict):
         raise ProtocolError("BAD_REQUEST", "message must be a JSON object")
-    request_id = _usable_id(doc.get("id"))
+    raw_id = doc.get("id")
+    if raw_id is not None and not _usable_id(raw_id):
+        raise ProtocolError(
+            "BAD_REQUEST", f"id must be an integer or a string of at most {MAX_ID_CHARS} characters"
+        )
+    request_id: int | str | None = raw_id
     method = doc.get("method")
     if not isinstance(method, str) or method.upper() not in METHODS:
+        shown = f"{method[:20]!r}" if isinstance(method, str) else "missing or not a string"
         raise ProtocolError(
-            "UNKNOWN_METHOD", f"unknown method {method!r}; use one of {', '.join(METHODS)}",
+            "UNKNOWN_METHOD", f"method {shown} is unknown; use one of {', '.join(METHODS)}",
             request_id,
         )
     method = method.upper()
@@ -71,13 +94,39 @@ def parse_request(text: str | bytes) -> Request:
                 "BAD_REQUEST", f"params must be a list of 1 to {MAX_PARAMS} stream names",
                 request_id,
             )
-    elif method == "AUTH" and not (
-        isinstance(params, dict) and all(k in params for k in ("apiKey", "timestamp", "signature"))
-    ):
-        raise ProtocolError(
-            "BAD_REQUEST", "params must be {apiKey, timestamp, signature}", request_id
-        )
+    elif method == "AUTH":
+        params = parse_auth_params(params, request_id)
     return Request(method, params, request_id)
+
+
+def _usable_id(raw: object) -> bool:
+    if isinstance(raw, bool):
+        return False
+    return isinstance(raw, int) or (isinstance(raw, str) and len(raw) <= MAX_ID_CHARS)
+
+
+def parse_auth_params(params: object, request_id: object = None) -> AuthParams:
+    """AUTH's params checked field by field; a failure closes the socket (1008)."""
+    def bad(message: str) -> ProtocolError:
+        return ProtocolError("BAD_REQUEST", message, request_id, close=1008)
+
+    if not isinstance(params, dict):
+        raise bad("params must be an object {apiKey, timestamp, signature}")
+    for name in ("apiKey", "timestamp", "signature"):
+        if name not in params:
+            raise bad(f"params.{name} is missing")
+    api_key, ts, signature = params["apiKey"], params["timestamp"], params["signature"]
+    if not (isinstance(api_key, str) and 0 < len(api_key) <= MAX_API_KEY_CHARS
+            and api_key.isascii() and api_key.isprintable()):
+        raise bad(f"params.apiKey must be a string of 1 to {MAX_API_KEY_CHARS} printable ASCII characters")
+    if isinstance(ts, str) and 0 < len(ts) <= MAX_TIMESTAMP_DIGITS and ts.isascii() and ts.isdigit():
+        ts = int(ts)
+    if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
+        raise bad("params.timestamp must be ms since the epoch: a non-negative integer or a string of digits")
+    if not (isinstance(signature, str) and len(signature) == SIGNATURE_HEX_CHARS
+            and all(c in _HEX for c in signature)):
+        raise bad(f"params.signature must be {SIGNATURE_HEX_CHARS} hex characters (HMAC-SHA256)")
+    return AuthParams(api_key, ts, signature.lower())
 
 
 def reply(request_id: object, result: object) -> bytes:

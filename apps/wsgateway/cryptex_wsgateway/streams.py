@@ -67,7 +67,7 @@ class Stream:
 def parse_stream(raw: object, known_markets: Collection[str]) -> Stream:
     """The canonical stream for a client's name, or StreamError(UNKNOWN_STREAM|UNKNOWN_MARKET)."""
     if not isinstance(raw, str) or not raw.strip() or len(raw) > 64:
-        raise StreamError("UNKNOWN_STREAM", f"stream must be a short string, got {raw!r}")
+        raise StreamError("UNKNOWN_STREAM", "a stream name is a string of 1 to 64 characters")
     text = raw.strip()
     lowered = text.lower()
     if lowered in PRIVATE_STREAMS:
