@@ -191,7 +191,7 @@ BAD_ORDERS = [
     ({"quantity": "0"}, 400, "INVALID_FIELD", "quantity"),
     ({"quantity": "100001"}, 422, "QUANTITY_TOO_LARGE", "quantity"),
     ({"quantity": "0.001", "price": "1"}, 422, "NOTIONAL_TOO_SMALL", "quantity"),
-    ({"price": "9" * 40}, 400, "INVALID_FIELD", "price"),
+    ({"price": "9" * 40}, 400, "AMOUNT_TOO_LARGE", "price"),
     ({"market": "DOGE/USDC"}, 400, "UNKNOWN_MARKET", "market"),
     ({"kind": "hold"}, 400, "INVALID_FIELD", "kind"),
     ({"type": "stop"}, 400, "INVALID_FIELD", "type"),

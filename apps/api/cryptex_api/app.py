@@ -6,6 +6,13 @@ the funds check happen before or inside the one atomic enqueue call); every erro
 `{"code", "message"[, "field"]}` with the status from cryptex_common.errors; every
 accepted order gets an id, answered 200 with its result or 202 when the engine's reply
 does not arrive within `reply_timeout_ms` (the order can then be looked up).
+
+Hostile traffic: public reads use their own small Redis pool with a bounded wait
+(`public_redis`), so they can never take the connections signed orders and admin calls use
+(`redis`); unauthenticated and admin routes are limited per client address; headers and
+query values are parsed by cryptex_api.params (whole-string, ASCII, bounded); a request
+body must arrive within `body_timeout_s`. The connection cap and the header-read timeout
+are in cryptex_api.serving; /metrics is served on the ops port only (main.py).
 """
 
 from __future__ import annotations
@@ -27,11 +34,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cryptex_api import history as history_queries
+from cryptex_api import params
 from cryptex_api.openapi import OPENAPI
-from cryptex_api.orders import market_field, validate_order
+from cryptex_api.orders import CLIENT_ORDER_ID, market_field, validate_order
 from cryptex_api.ratelimit import TokenBuckets
 from cryptex_api.replies import ReplyWaiter
 from cryptex_api.settings import ApiSettings
+from cryptex_api.transfers import validate_transfer
 from cryptex_common import auth, keys, metrics, registry, runtime
 from cryptex_common.errors import CryptexError, ErrorCode
 from cryptex_common.ledger import Ledger
@@ -45,7 +54,7 @@ from cryptex_common.messages import (
     OrderStatus,
     ReplyType,
 )
-from cryptex_common.money import parse_decimal, parse_json, to_units
+from cryptex_common.money import format_units, parse_json, to_steps
 from cryptex_common.wire import WireFormat
 
 log = logging.getLogger("cryptex.api")
@@ -70,9 +79,11 @@ def error_response(err: CryptexError, headers: dict[str, str] | None = None) -> 
 class Api:
     """Holds the dependencies the handlers share; one per process."""
 
-    def __init__(self, settings: ApiSettings, redis: Redis, history: Any = None) -> None:
+    def __init__(self, settings: ApiSettings, redis: Redis, history: Any = None,
+                 public_redis: Redis | None = None) -> None:
         self.settings = settings
-        self.redis = redis
+        self.redis = redis  # orders, cancels, balances, admin: authenticated callers only
+        self.public_redis = public_redis or redis  # public reads: never crowd out the above
         self.ledger = Ledger(redis)
         self.replies = ReplyWaiter(redis, settings.instance_id)
         self.markets: dict[str, MarketSpec] = {}
@@ -80,6 +91,9 @@ class Api:
         self.asset_decimals: dict[str, int] = {}
         self.api_keys: dict[str, tuple[str, str]] = {}  # apiKey -> (userId, secret)
         self.buckets = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst)
+        self.public_ips = TokenBuckets(settings.public_rate_limit_per_s, settings.public_rate_limit_burst)
+        self.admin_ips = TokenBuckets(settings.admin_rate_limit_per_s, settings.admin_rate_limit_burst)
+        self.key_misses = TokenBuckets(settings.public_rate_limit_per_s, settings.public_rate_limit_burst)
         self.history = history
         self._markets_task: asyncio.Task[None] | None = None
 
@@ -114,12 +128,13 @@ class Api:
             except Exception:
                 log.exception("reloading markets failed")
 
-    def market(self, raw: str | None) -> MarketSpec:
-        if raw is None or not raw.strip():
+    def market(self, raw: object) -> MarketSpec:
+        text = params.market_text(raw)
+        if text is None:
             raise CryptexError(ErrorCode.MISSING_FIELD, "market is required", "market")
-        spec = self.markets.get(normalize_symbol(raw))
+        spec = self.markets.get(normalize_symbol(text))
         if spec is None:
-            raise CryptexError(ErrorCode.UNKNOWN_MARKET, f"unknown market: {raw}", "market")
+            raise CryptexError(ErrorCode.UNKNOWN_MARKET, f"unknown market: {text}", "market")
         return spec
 
     async def start(self) -> None:
@@ -137,55 +152,71 @@ class Api:
         return self.replies.healthy
 
     # --- auth ------------------------------------------------------------------------
+    def limit_address(self, request: web.Request, buckets: TokenBuckets) -> None:
+        """Per client address limit for unauthenticated and admin routes (429)."""
+        wait_s = buckets.take(request.remote or "unknown")
+        if wait_s > 0:
+            raise RateLimited(wait_s, "rate limit exceeded for this client address")
+
     async def authenticate(self, request: web.Request, body: bytes) -> str:
-        api_key = request.headers.get("X-CX-KEY")
-        ts_raw = request.headers.get("X-CX-TS")
-        signature = request.headers.get("X-CX-SIGN")
-        if not api_key or not ts_raw or not signature:
-            raise CryptexError(ErrorCode.UNAUTHORIZED,
-                               "X-CX-KEY, X-CX-TS and X-CX-SIGN headers are required")
-        if not ts_raw.isdigit():
-            raise CryptexError(ErrorCode.STALE_TIMESTAMP, "X-CX-TS must be milliseconds since the epoch")
-        if not auth.timestamp_fresh(int(ts_raw), int(time.time() * 1000)):
-            raise CryptexError(ErrorCode.STALE_TIMESTAMP, "X-CX-TS is outside the 5 s window")
-        user = self.api_keys.get(api_key)
-        if user is None:
-            user_id = await self.redis.get(keys.api_key_key(api_key))
-            secret = await self.redis.hget(keys.user_key(_s(user_id)), "apiSecret") if user_id else None
-            if not user_id or not secret:
-                raise CryptexError(ErrorCode.UNAUTHORIZED, "unknown API key")
-            user = (_s(user_id), _s(secret))
-            self.api_keys[api_key] = user
+        signed = params.signed_headers(request.headers)
+        if not auth.timestamp_fresh(signed.ts_ms, int(time.time() * 1000)):
+            raise CryptexError(ErrorCode.STALE_TIMESTAMP, "X-CX-TS is outside the 5 s window", "X-CX-TS")
+        user = self.api_keys.get(signed.api_key) or await self.lookup_key(request, signed.api_key)
         user_id, secret = user
-        if not auth.signature_matches(secret, ts_raw, request.method, request.raw_path, body, signature):
-            raise CryptexError(ErrorCode.BAD_SIGNATURE, "X-CX-SIGN does not match the request")
-        fresh = await self.redis.set(keys.signature_key(signature), 1, nx=True,
+        if not auth.signature_matches(secret, signed.ts_text, request.method, request.raw_path, body,
+                                      signed.signature):
+            raise CryptexError(ErrorCode.BAD_SIGNATURE, "X-CX-SIGN does not match the request", "X-CX-SIGN")
+        fresh = await self.redis.set(keys.signature_key(signed.signature), 1, nx=True,
                                      px=2 * auth.TIMESTAMP_WINDOW_MS)
         if not fresh:
-            raise CryptexError(ErrorCode.REPLAYED_REQUEST, "this signed request was already used")
-        wait_s = self.buckets.take(api_key)
+            raise CryptexError(ErrorCode.REPLAYED_REQUEST, "this signed request was already used", "X-CX-SIGN")
+        wait_s = self.buckets.take(signed.api_key)
         if wait_s > 0:
             raise RateLimited(wait_s)
         return user_id
 
+    async def lookup_key(self, request: web.Request, api_key: str) -> tuple[str, str]:
+        """An API key not yet cached. Unknown keys count against the caller's address
+        (`key_misses`, the public rate): an address past it is answered 429 without a
+        lookup, so random keys cannot keep the order pool busy."""
+        address = request.remote or "unknown"
+        wait_s = self.key_misses.waiting(address)
+        if wait_s > 0:
+            raise RateLimited(wait_s, "too many unknown API keys from this client address")
+        user_id = await self.redis.get(keys.api_key_key(api_key))
+        secret = await self.redis.hget(keys.user_key(_s(user_id)), "apiSecret") if user_id else None
+        if not user_id or not secret:
+            self.key_misses.take(address)
+            raise CryptexError(ErrorCode.UNAUTHORIZED, "unknown API key", "X-CX-KEY")
+        user = (_s(user_id), _s(secret))
+        self.api_keys[api_key] = user
+        return user
+
     def check_admin(self, request: web.Request) -> None:
+        self.limit_address(request, self.admin_ips)
         token = self.settings.admin_token
-        given = request.headers.get("Authorization", "")
         if not token:
             raise CryptexError(ErrorCode.FORBIDDEN, "admin routes are disabled (CRYPTEX_ADMIN_TOKEN unset)")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise CryptexError(ErrorCode.UNAUTHORIZED, "admin bearer token required")
+        given = params.bearer_token(request.headers)
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise CryptexError(ErrorCode.UNAUTHORIZED, "admin bearer token required", "Authorization")
 
     # --- helpers -----------------------------------------------------------------------
+    async def read_body(self, request: web.Request) -> bytes:
+        """The whole body, or 408 when it does not arrive within body_timeout_s."""
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                return await request.read()
+        except TimeoutError:
+            raise CryptexError(ErrorCode.REQUEST_TIMEOUT, "request body not received in time", "body") from None
+
     async def read_json(self, request: web.Request, body: bytes) -> dict[str, Any]:
         if not body:
             return {}
-        try:
-            doc = parse_json(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CryptexError(ErrorCode.INVALID_JSON, f"body is not valid JSON: {exc}") from None
+        doc = parse_json(body)
         if not isinstance(doc, dict):
-            raise CryptexError(ErrorCode.INVALID_JSON, "body must be a JSON object")
+            raise CryptexError(ErrorCode.INVALID_JSON, "body must be a JSON object", "body")
         return doc
 
     async def load_order(self, order_id: int) -> tuple[OrderRecord | None, str | None]:
@@ -223,7 +254,9 @@ class Api:
         if not raw:
             return []
         tick, lot = Decimal(spec.tick_size), Decimal(spec.lot_size)
-        return [(int(Decimal(p) / tick), int(Decimal(q) / lot)) for p, q in orjson.loads(raw)["asks"]]
+        return [(to_steps(Decimal(p), tick, "price", ErrorCode.OFF_TICK),
+                 to_steps(Decimal(q), lot, "quantity", ErrorCode.OFF_LOT))
+                for p, q in orjson.loads(raw)["asks"]]
 
     # --- private routes ------------------------------------------------------------------
     async def place_order(self, request: web.Request, user_id: str, body: dict[str, Any]) -> web.Response:
@@ -294,18 +327,15 @@ class Api:
         body["fills"] = [fmt.fill(f) for f in reply.fills]
         return json_response(body)
 
-    async def resolve_order(self, user_id: str, params: dict[str, Any]) -> OrderRecord:
-        order_id, coid = params.get("orderId"), params.get("clientOrderId")
-        if order_id is None and coid is None:
-            raise CryptexError(ErrorCode.MISSING_FIELD, "orderId or clientOrderId is required", "orderId")
+    async def resolve_order(self, user_id: str, query: Any) -> OrderRecord:
+        ref = params.order_ref(query, CLIENT_ORDER_ID)
+        order_id = ref.order_id
         if order_id is None:
-            found = await self.redis.get(keys.client_order_key(user_id, str(coid)))
+            found = await self.redis.get(keys.client_order_key(user_id, str(ref.client_order_id)))
             if not found:
                 raise CryptexError(ErrorCode.ORDER_NOT_FOUND, "no order with this clientOrderId", "clientOrderId")
-            order_id = _s(found)
-        if not str(order_id).isdigit() or len(str(order_id)) > 18:
-            raise CryptexError(ErrorCode.INVALID_FIELD, "orderId must be a positive integer", "orderId")
-        rec, owner = await self.load_order(int(order_id))
+            order_id = int(_s(found))
+        rec, owner = await self.load_order(order_id)
         if rec is None or owner != user_id:  # another user's order is "not found" to you
             raise CryptexError(ErrorCode.ORDER_NOT_FOUND, f"order {order_id} not found", "orderId")
         return rec
@@ -330,7 +360,7 @@ class Api:
 
     async def cancel_all(self, request: web.Request, user_id: str, body: dict[str, Any]) -> web.Response:
         raw = request.query.get("market") or body.get("market")
-        specs = [self.market(raw)] if raw else list(self.markets.values())
+        specs = [self.market(raw)] if raw is not None else list(self.markets.values())
         waits = []
         for spec in specs:
             self.check_state(spec, cancelling=True)
@@ -370,8 +400,6 @@ class Api:
 
     async def balances(self, request: web.Request, user_id: str, _: dict[str, Any]) -> web.Response:
         held = await self.ledger.balances(user_id)
-        from cryptex_common.money import format_units
-
         out = []
         for asset in sorted(held):
             dec = self.asset_decimals.get(asset, 0)
@@ -393,20 +421,11 @@ class Api:
 
     async def move_funds(self, request: web.Request, kind: str) -> web.Response:
         self.check_admin(request)
-        body = await self.read_json(request, await request.read())
-        for f in ("userId", "asset", "amount", "txId"):
-            if body.get(f) in (None, ""):
-                raise CryptexError(ErrorCode.MISSING_FIELD, f"{f} is required", f)
-        user_id, asset, tx_id = str(body["userId"]), str(body["asset"]).upper(), str(body["txId"])
-        if len(tx_id) > 128:
-            raise CryptexError(ErrorCode.INVALID_FIELD, "txId is at most 128 characters", "txId")
-        if asset not in self.asset_decimals:
-            raise CryptexError(ErrorCode.INVALID_FIELD, f"unknown asset {asset}", "asset")
+        body = await self.read_json(request, await self.read_body(request))
+        move = validate_transfer(body, self.asset_decimals)
+        user_id, asset, tx_id, units = move.user_id, move.asset, move.tx_id, move.units
         if not await self.redis.exists(keys.user_key(user_id)):
             raise CryptexError(ErrorCode.NOT_FOUND, f"user {user_id} not found", "userId")
-        units = to_units(parse_decimal(body["amount"], "amount"), self.asset_decimals[asset], "amount")
-        if units <= 0:
-            raise CryptexError(ErrorCode.INVALID_FIELD, "amount must be greater than zero", "amount")
         record = {"txId": tx_id, "kind": kind, "userId": user_id, "asset": asset, "units": str(units)}
         status, stored = await self.ledger.move_funds(kind=kind, user_id=user_id, asset=asset,
                                                      units=units, tx_id=tx_id, record=record)
@@ -418,14 +437,14 @@ class Api:
             return json_response({**body, "duplicate": True})
         return json_response({**body, "duplicate": False})
 
-    # --- public ----------------------------------------------------------------------
+    # --- public (per-address limit and the public Redis pool: see public()) -----------
     async def list_markets(self, _: web.Request) -> web.Response:
         return json_response([s.to_wire() for s in sorted(self.markets.values(), key=lambda s: s.symbol)])
 
     async def depth(self, request: web.Request) -> web.Response:
         spec = self.market(request.query.get("market"))
-        limit = _int_param(request.query.get("limit"), "limit", 100, 1, 200)
-        raw = await self.redis.get(keys.depth_key(spec.symbol))
+        limit = params.int_param(request.query, "limit", 100, 1, 200)
+        raw = await self.public_redis.get(keys.depth_key(spec.symbol))
         book: dict[str, Any] = orjson.loads(raw) if raw else {"market": spec.symbol, "lastUpdateId": 0,
                                                "bids": [], "asks": [], "ts": 0}
         book["bids"], book["asks"] = book["bids"][:limit], book["asks"][:limit]
@@ -439,18 +458,18 @@ class Api:
             return json_response(await self._query_history(
                 lambda h: h.trades(spec, q.limit, q.before_trade_id)))
         spec = self.market(request.query.get("market"))
-        limit = _int_param(request.query.get("limit"), "limit", 100, 1, 1000)
-        raw = await self.redis.lrange(keys.recent_trades_key(spec.symbol), 0, limit - 1)
+        limit = params.int_param(request.query, "limit", 100, 1, 1000)
+        raw = await self.public_redis.lrange(keys.recent_trades_key(spec.symbol), 0, limit - 1)
         return json_response([orjson.loads(t) for t in raw])
 
     async def ticker(self, request: web.Request) -> web.Response:
         spec = self.market(request.query.get("market"))
-        raw = await self.redis.get(keys.ticker_key(spec.symbol))
+        raw = await self.public_redis.get(keys.ticker_key(spec.symbol))
         return json_response(orjson.loads(raw) if raw else {"market": spec.symbol, "count": 0})
 
     async def tickers(self, _: web.Request) -> web.Response:
         symbols = sorted(self.markets)
-        raws = await self.redis.mget([keys.ticker_key(s) for s in symbols]) if symbols else []
+        raws = await self.public_redis.mget([keys.ticker_key(s) for s in symbols]) if symbols else []
         return json_response([orjson.loads(r) if r else {"market": s, "count": 0}
                               for s, r in zip(symbols, raws, strict=True)])
 
@@ -494,57 +513,72 @@ class Api:
 
 
 class RateLimited(Exception):
-    def __init__(self, retry_after_s: float) -> None:
+    def __init__(self, retry_after_s: float, message: str = "rate limit exceeded for this API key") -> None:
         self.retry_after_s = retry_after_s
-
-
-def _int_param(raw: str | None, field: str, default: int, lo: int, hi: int) -> int:
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
-        raise CryptexError(ErrorCode.INVALID_FIELD, f"{field} must be an integer in [{lo}, {hi}]", field)
-    return int(raw)
+        self.message = message
 
 
 def private(api: Api, handler: Callable[[web.Request, str, dict[str, Any]], Awaitable[web.Response]],
             wants_body: bool = True) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
+        raw = await api.read_body(request)
         user_id = await api.authenticate(request, raw)
         body = await api.read_json(request, raw) if wants_body else {}
         return await handler(request, user_id, body)
     return wrapped
 
 
+def public(api: Api, handler: Handler) -> Handler:
+    """An unauthenticated route: limited per client address before any work."""
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        api.limit_address(request, api.public_ips)
+        return await handler(request)
+    return wrapped
+
+
+def _retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, int(seconds + 0.999)))}
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's response, or the error response for what it raised."""
+    try:
+        return await handler(request)
+    except CryptexError as err:
+        return error_response(err)
+    except RateLimited as rl:
+        return error_response(CryptexError(ErrorCode.RATE_LIMITED, rl.message), _retry_after(rl.retry_after_s))
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(CryptexError(ErrorCode.BODY_TOO_LARGE, "request body is too large", "body"))
+    except web.HTTPNotFound:
+        return error_response(CryptexError(ErrorCode.NOT_FOUND, f"no route {request.rel_url.raw_path[:200]}"))
+    except web.HTTPMethodNotAllowed as exc:
+        allow = ", ".join(sorted(exc.allowed_methods))
+        return json_response({"code": "METHOD_NOT_ALLOWED", "message": f"{request.method} not allowed; use {allow}"},
+                             405, {"Allow": allow})
+    except (RedisError, OSError) as exc:  # Redis away or its pool busy: nothing was queued
+        metrics.REDIS_ERRORS.labels(service="api").inc()
+        log.warning("redis unavailable", extra={"path": request.path, "error": repr(exc)})
+        return error_response(CryptexError(
+            ErrorCode.ENGINE_UNAVAILABLE,
+            "order store unavailable or busy; retry (with the same clientOrderId to stay idempotent)"),
+            _retry_after(1))
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path})
+        return error_response(CryptexError(ErrorCode.INTERNAL, "internal error"))
+
+
 @web.middleware
 async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
-    request["correlation_id"] = request.headers.get("X-Request-Id") or secrets.token_hex(8)
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     try:
-        response = await handler(request)
+        request["correlation_id"] = params.request_id(request.headers) or secrets.token_hex(8)
     except CryptexError as err:
-        response = error_response(err)
-    except RateLimited as rl:
-        response = error_response(
-            CryptexError(ErrorCode.RATE_LIMITED, "rate limit exceeded for this API key"),
-            {"Retry-After": str(max(1, int(rl.retry_after_s + 0.999)))},
-        )
-    except web.HTTPRequestEntityTooLarge:
-        response = error_response(CryptexError(ErrorCode.BODY_TOO_LARGE, "request body is too large"))
-    except web.HTTPNotFound:
-        response = error_response(CryptexError(ErrorCode.NOT_FOUND, f"no route {request.path}"))
-    except web.HTTPMethodNotAllowed:
-        response = json_response({"code": "METHOD_NOT_ALLOWED", "message": f"{request.method} not allowed"}, 405)
-    except (RedisError, OSError) as exc:  # Redis away: nothing was queued; say so, don't crash
-        metrics.REDIS_ERRORS.labels(service="api").inc()
-        log.warning("redis unavailable", extra={"path": request.path, "error": repr(exc)})
-        response = error_response(CryptexError(
-            ErrorCode.ENGINE_UNAVAILABLE,
-            "order store unavailable; retry with the same clientOrderId to stay idempotent"))
-    except Exception:
-        log.exception("unhandled error", extra={"path": request.path})
-        response = error_response(CryptexError(ErrorCode.INTERNAL, "internal error"))
+        request["correlation_id"] = secrets.token_hex(8)
+        response: web.StreamResponse = error_response(err)
+    else:
+        response = await _answer(request, handler)
     response.headers["X-Request-Id"] = request["correlation_id"]
     metrics.HTTP_REQUESTS.labels(route=route, method=request.method, status=str(response.status)).inc()
     metrics.HTTP_LATENCY.labels(route=route, method=request.method).observe(time.perf_counter() - started)
@@ -566,20 +600,16 @@ def create_app(api: Api) -> web.Application:
     r.add_get(f"{PREFIX}/balances", private(api, api.balances, wants_body=False))
     r.add_get(f"{PREFIX}/orders/history", private(api, api.orders_history, wants_body=False))
     r.add_get(f"{PREFIX}/fills", private(api, api.fills, wants_body=False))
-    r.add_get(f"{PREFIX}/klines", api.klines)
     r.add_post(f"{PREFIX}/admin/users", api.create_user)
     r.add_post(f"{PREFIX}/admin/deposit", lambda req: api.move_funds(req, "deposit"))
     r.add_post(f"{PREFIX}/admin/withdraw", lambda req: api.move_funds(req, "withdraw"))
-    r.add_get(f"{PREFIX}/markets", api.list_markets)
-    r.add_get(f"{PREFIX}/depth", api.depth)
-    r.add_get(f"{PREFIX}/trades", api.trades)
-    r.add_get(f"{PREFIX}/ticker", api.ticker)
-    r.add_get(f"{PREFIX}/tickers", api.tickers)
-    r.add_get(f"{PREFIX}/time", api.server_time)
-    r.add_get(f"{PREFIX}/openapi.json", api.openapi)
-    runtime.add_ops_routes(app, api.ready)
+    for path, handler in (("klines", api.klines), ("markets", api.list_markets), ("depth", api.depth),
+                          ("trades", api.trades), ("ticker", api.ticker), ("tickers", api.tickers),
+                          ("time", api.server_time), ("openapi.json", api.openapi)):
+        r.add_get(f"{PREFIX}/{path}", public(api, handler))
+    runtime.add_ops_routes(app, api.ready, with_metrics=False)  # /metrics: the ops port only
     if STATIC_DIR.is_dir():  # the browser trading page (plain modules, no build step)
-        r.add_get("/", _index)
+        r.add_get("/", public(api, _index))
         r.add_static("/static/", STATIC_DIR)
 
     async def on_startup(_: web.Application) -> None:

@@ -40,7 +40,7 @@ MAX_LIMIT = 1000
 KLINES_DEFAULT_LIMIT = 500
 HISTORY_DEFAULT_LIMIT = 100
 
-_UINT = re.compile(r"^[0-9]{1,19}$")
+_UINT = re.compile(r"[0-9]{1,19}")  # fullmatch only
 
 
 # --- query parsing (pure) -------------------------------------------------------------------
@@ -86,7 +86,7 @@ def _uint(query: Mapping[str, str], name: str) -> int | None:
     raw = query.get(name)
     if raw is None:
         return None
-    if not _UINT.match(raw) or int(raw) > INT64_MAX:
+    if not _UINT.fullmatch(raw) or int(raw) > INT64_MAX:
         raise _invalid(name, "must be a non-negative integer")
     return int(raw)
 

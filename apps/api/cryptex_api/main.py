@@ -1,4 +1,9 @@
-"""Composition root of the API: settings -> Redis -> Api -> aiohttp, graceful on SIGTERM."""
+"""Composition root of the API: settings -> Redis pools -> Api -> aiohttp, graceful on SIGTERM.
+
+Two listening sockets: the API port (REST, the web page, /healthz, /readyz) behind a
+connection cap and a header-read timeout, and the ops port (/healthz, /readyz, /metrics),
+which no public route or ingress exposes.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from cryptex_api.app import Api, create_app
+from cryptex_api.serving import CappedTCPSite
 from cryptex_api.settings import ApiSettings
 from cryptex_common import runtime
 from cryptex_common.logs import configure_logging
@@ -33,24 +39,35 @@ async def open_history(settings: ApiSettings) -> Any:
     return HistoryReader(pool)
 
 
+def redis_pool(url: str, connections: int, wait_s: float) -> aioredis.Redis:
+    """A client over a pool that waits at most `wait_s` for a free connection, then raises
+    (answered 503): a busy pool never grows past `connections`."""
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=connections, timeout=wait_s)
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+
+
 async def serve(settings: ApiSettings) -> None:
     stop = asyncio.Event()
     runtime.install_stop_signals(stop)
-    redis = aioredis.Redis.from_url(settings.redis_url, max_connections=256)
+    redis = redis_pool(settings.redis_url, settings.redis_order_connections, settings.redis_order_wait_s)
+    public_redis = redis_pool(settings.redis_url, settings.redis_public_connections, settings.redis_public_wait_s)
     history = await open_history(settings)
-    api = Api(settings, redis, history)
-    app = create_app(api)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout_s)
+    api = Api(settings, redis, history, public_redis)
+    runner = web.AppRunner(create_app(api), access_log=None, shutdown_timeout=settings.shutdown_timeout_s,
+                           keepalive_timeout=settings.header_timeout_s)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+    site = CappedTCPSite(runner, settings.host, settings.port, max_connections=settings.max_connections)
     await site.start()
+    ops = await runtime.start_ops_server(settings.ops_host, settings.ops_port, api.ready)
     log.info("api listening", extra={"host": settings.host, "port": settings.port})
     await stop.wait()
     log.info("api stopping: no new requests, finishing in-flight ones")
     await runner.cleanup()  # stops accepting, waits for handlers up to shutdown_timeout
+    await ops.cleanup()
     if history is not None:
         await history.pool.close()
     await redis.aclose()
+    await public_redis.aclose()
 
 
 def main() -> None:

@@ -8,6 +8,11 @@ Rules (each error names the field and the rule; nothing is ever rounded):
 - market: no `price`; a sell takes `quantity`; a buy takes exactly one of `quantity` or
   `quoteQuantity`; a market buy by quantity locks an estimate from the visible book plus a
   collar (`MARKET_BUY_COLLAR_BPS`), which also caps what it may spend;
+- bounds: every amount's text is at most MAX_AMOUNT_CHARS long; a price is at most
+  `max_price_ticks(spec)`, so price x maxQuantity in quote units fits in a signed 64-bit
+  integer and so does every order's notional, fill total and fee (what orjson, Redis
+  integers and the engine's snapshots hold exactly); a quoteQuantity or a market-buy
+  estimate above INT64_MAX units is refused (AMOUNT_TOO_LARGE, naming the field);
 - funds locked: limit buy = price x quantity (quote), sell = quantity (base), market buy
   = quoteQuantity or the estimate (quote). Fees are taken from what is received, so no
   fee is locked.
@@ -22,14 +27,14 @@ from decimal import Decimal
 from cryptex_common.errors import CryptexError, ErrorCode
 from cryptex_common.markets import MarketSpec, SelfTradePrevention
 from cryptex_common.messages import OrderType, PlaceOrderCommand, Side, TimeInForce
-from cryptex_common.money import INT64_MAX, parse_decimal, to_steps, to_units
+from cryptex_common.money import INT64_MAX, format_steps, parse_decimal, to_steps, to_units
 
 MARKET_BUY_COLLAR_BPS = 500  # a market buy by quantity may pay up to 5% over the book estimate
 ALLOWED_FIELDS = frozenset({
     "kind", "side", "type", "price", "quantity", "quoteQuantity", "market", "timeInForce",
     "postOnly", "clientOrderId", "selfTradePrevention",
 })
-CLIENT_ORDER_ID = re.compile(r"^[A-Za-z0-9_\-:.]{1,36}$")
+CLIENT_ORDER_ID = re.compile(r"[A-Za-z0-9_\-:.]{1,36}")  # fullmatch only
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +124,7 @@ def validate_order(
                                     {s.value: s.value for s in SelfTradePrevention}, None)
                               ) if stp_raw is not None else None
     coid = body.get("clientOrderId")
-    if coid is not None and (not isinstance(coid, str) or not CLIENT_ORDER_ID.match(coid)):
+    if coid is not None and (not isinstance(coid, str) or not CLIENT_ORDER_ID.fullmatch(coid)):
         raise CryptexError(
             ErrorCode.INVALID_FIELD,
             "clientOrderId must be 1-36 characters of letters, digits, _ - : .",
@@ -140,6 +145,9 @@ def validate_order(
         price_ticks = _positive(
             to_steps(price, Decimal(spec.tick_size), "price", ErrorCode.OFF_TICK), "price"
         )
+        if price_ticks > max_price_ticks(spec):
+            top = format_steps(max_price_ticks(spec), Decimal(spec.tick_size))
+            raise CryptexError(ErrorCode.AMOUNT_TOO_LARGE, f"price must be at most {top}", "price")
         quantity_lots = _quantity_lots(body, spec)
         notional = rules.notional_units(price_ticks, quantity_lots)
         if notional > INT64_MAX:
@@ -209,4 +217,17 @@ def market_buy_estimate(quantity_lots: int, asks: list[tuple[int, int]], spec: M
             break
     if left:  # beyond the visible book: price the rest at the worst visible level
         cost += rules.notional_units(asks[-1][0], left)
-    return -(-cost * (10_000 + MARKET_BUY_COLLAR_BPS) // 10_000)
+    budget_units = -(-cost * (10_000 + MARKET_BUY_COLLAR_BPS) // 10_000)
+    if budget_units > INT64_MAX:
+        raise CryptexError(ErrorCode.AMOUNT_TOO_LARGE, "quantity costs too much to buy at market",
+                           "quantity")
+    return budget_units
+
+
+
+def max_price_ticks(spec: MarketSpec) -> int:
+    """The highest price (in ticks) such that price x maxQuantity, in quote smallest units,
+    fits in a signed 64-bit integer. For SOL/USDC (tick 0.01, lot 0.001, maxQuantity
+    100000, USDC 6 decimals) that is 92233720.36 USDC."""
+    rules = spec.rules()
+    return INT64_MAX // (rules.max_quantity_lots * rules.quote_units_per_tick_lot)

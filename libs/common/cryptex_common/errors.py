@@ -16,6 +16,7 @@ class ErrorCode(StrEnum):
     MISSING_FIELD = "MISSING_FIELD"
     UNKNOWN_FIELD = "UNKNOWN_FIELD"
     BODY_TOO_LARGE = "BODY_TOO_LARGE"
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
     UNKNOWN_MARKET = "UNKNOWN_MARKET"
     UNAUTHORIZED = "UNAUTHORIZED"
     BAD_SIGNATURE = "BAD_SIGNATURE"
@@ -50,6 +51,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.MISSING_FIELD: 400,
     ErrorCode.UNKNOWN_FIELD: 400,
     ErrorCode.BODY_TOO_LARGE: 413,
+    ErrorCode.REQUEST_TIMEOUT: 408,
     ErrorCode.UNKNOWN_MARKET: 400,
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.BAD_SIGNATURE: 401,
@@ -92,7 +94,10 @@ class CryptexError(Exception):
         return HTTP_STATUS[self.code]
 
     def to_wire(self) -> dict[str, str]:
-        body = {"code": self.code.value, "message": self.message}
+        # a message may quote input: lone surrogates (undecodable bytes) become "?" so the
+        # error itself always encodes
+        message = self.message.encode("utf-8", "replace").decode("utf-8")
+        body = {"code": self.code.value, "message": message}
         if self.field:
             body["field"] = self.field
         return body

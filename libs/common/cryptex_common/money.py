@@ -1,20 +1,31 @@
 """Exact conversion between wire decimals and the integers used inside.
 
-Rules: a value is a JSON number or a decimal string; it is parsed with `decimal.Decimal`
-(never float); NaN, infinities, exponents, signs, empty strings and booleans are refused;
-a value off its grid is refused, never rounded. Every error names the field.
+Rules: a value is a JSON number or a decimal string of at most `MAX_AMOUNT_CHARS`
+characters; the whole string must be plain digits with an optional fraction (no sign,
+exponent, spaces or trailing newline). NaN, infinities, booleans and empty strings are
+refused. Grid checks use exact rational arithmetic (`fractions.Fraction`), never a Decimal
+context, so a value off its grid is refused, never rounded, whatever its length. An amount
+whose integer form exceeds `INT64_MAX` (what orjson, Redis integers and the engine's
+snapshots hold exactly) is refused. Every error names the field.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
+from fractions import Fraction
 
 from cryptex_common.errors import CryptexError, ErrorCode
 
-# Plain decimal: digits, optional fraction. No sign, no exponent, no spaces.
-_PLAIN_DECIMAL = re.compile(r"^[0-9]{1,30}(\.[0-9]{1,30})?$")
+# Plain decimal: digits, optional fraction. No sign, no exponent, no spaces. fullmatch only.
+_PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 INT64_MAX = 2**63 - 1
+# Longest amount text accepted: far above any real amount (19 integer digits + 18
+# decimals), short enough that parsing it costs nothing.
+MAX_AMOUNT_CHARS = 64
+# JSON bodies are flat objects; anything deeper than this is refused before it is walked.
+MAX_JSON_DEPTH = 32
 
 
 def parse_decimal(value: object, field: str) -> Decimal:
@@ -30,26 +41,27 @@ def parse_decimal(value: object, field: str) -> Decimal:
         text = value
     else:
         raise CryptexError(ErrorCode.INVALID_FIELD, f"{field} must be a decimal number", field)
+    if len(text) > MAX_AMOUNT_CHARS:
+        raise CryptexError(
+            ErrorCode.INVALID_FIELD, f"{field} is longer than {MAX_AMOUNT_CHARS} characters", field
+        )
     if text.startswith("-"):
         raise CryptexError(ErrorCode.INVALID_FIELD, f"{field} must not be negative", field)
-    if not _PLAIN_DECIMAL.match(text):
+    if not _PLAIN_DECIMAL.fullmatch(text):
         raise CryptexError(
             ErrorCode.INVALID_FIELD,
             f"{field} must be a plain decimal like \"12.5\" (no sign, exponent, NaN or Infinity)",
             field,
         )
-    try:
-        return Decimal(text)
-    except InvalidOperation as exc:  # pragma: no cover - the regex already guarantees this
-        raise CryptexError(ErrorCode.INVALID_FIELD, f"{field} is not a number", field) from exc
+    return Decimal(text)  # exact: the constructor never rounds
 
 
 def to_steps(value: Decimal, step: Decimal, field: str, code: ErrorCode) -> int:
     """`value / step` as an exact integer, or an error naming the grid."""
-    steps = value / step
-    if steps != steps.to_integral_value():
+    steps = Fraction(value) / Fraction(step)
+    if steps.denominator != 1:
         raise CryptexError(code, f"{field} {value} is not a multiple of {step}", field)
-    result = int(steps)
+    result = steps.numerator
     if result > INT64_MAX:
         raise CryptexError(ErrorCode.AMOUNT_TOO_LARGE, f"{field} is too large", field)
     return result
@@ -84,9 +96,38 @@ def _refuse_constant(name: str) -> object:
     raise ValueError(f"{name} is not allowed")
 
 
+def _int_or_text(text: str) -> int | str:
+    """JSON integers stay ints when short; a longer one stays text, so the field's own
+    check refuses it by name (int() of 5,000 digits would raise outside any field)."""
+    return int(text) if len(text) <= MAX_AMOUNT_CHARS else text
+
+
+def _depth_exceeds(doc: object, limit: int) -> bool:
+    stack: list[tuple[object, int]] = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > limit:
+                return True
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def parse_json(text: str | bytes) -> object:
     """JSON where numbers with a fraction or exponent stay as their exact source text and
-    NaN/Infinity are refused, so no float ever touches an amount."""
-    import json
-
-    return json.loads(text, parse_float=str, parse_constant=_refuse_constant)
+    NaN/Infinity are refused, so no float ever touches an amount. Refuses (INVALID_JSON,
+    field "body") bad UTF-8, bad syntax, and nesting deeper than MAX_JSON_DEPTH."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")  # strict: JSON bodies are UTF-8, never sniffed
+        doc = json.loads(text, parse_float=str, parse_int=_int_or_text,
+                         parse_constant=_refuse_constant)
+    except RecursionError:
+        raise CryptexError(ErrorCode.INVALID_JSON, "body is nested too deeply", "body") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CryptexError(ErrorCode.INVALID_JSON, f"body is not valid JSON: {exc}", "body") from None
+    if _depth_exceeds(doc, MAX_JSON_DEPTH):
+        raise CryptexError(ErrorCode.INVALID_JSON,
+                           f"body is nested deeper than {MAX_JSON_DEPTH} levels", "body")
+    return doc

@@ -32,7 +32,9 @@ async def metrics_handler(_: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def add_ops_routes(app: web.Application, ready: ReadyCheck) -> None:
+def add_ops_routes(app: web.Application, ready: ReadyCheck, with_metrics: bool = True) -> None:
+    """/healthz and /readyz, and /metrics unless `with_metrics` is False (a public port
+    must not serve /metrics: it belongs on the ops port only)."""
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -45,7 +47,8 @@ def add_ops_routes(app: web.Application, ready: ReadyCheck) -> None:
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_handler)
+    if with_metrics:
+        app.router.add_get("/metrics", metrics_handler)
 
 
 async def start_ops_server(host: str, port: int, ready: ReadyCheck) -> web.AppRunner:
