@@ -205,3 +205,41 @@ async def test_the_engine_judges_orders_by_its_sequenced_rules(
     assert (again.core.seq, again.core.state_hash()) == live
     rep = await replay_market(redis_srv.url, SOL)
     assert (rep["seq"], rep["stateHash"]) == live
+
+
+async def test_private_updates_reach_a_user_who_subscribed_just_before_the_batch(
+        redis: aioredis.Redis, redis_srv: RedisServer) -> None:
+    """issue 11 defect 7 (engine side): which users get `user@<id>` updates is decided inside
+    the settle script at settle time, not by a list the engine refreshed once a second: a
+    user who subscribed a moment before the batch gets its order update; a user without a
+    live subscription gets nothing published."""
+    spec = sol_spec()
+    await register_market(redis, spec)
+    for user in ("carol", "dave"):
+        await fund(redis, user, "USDC", 10_000_000)
+    service = EngineService(settings(redis_srv.url), redis, spec)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    pubsub = redis.pubsub()
+    try:
+        while not service.ready:
+            assert not task.done(), task.exception()
+            await asyncio.sleep(0.02)
+        await pubsub.subscribe(keys.user_channel("carol"), keys.user_channel("dave"))
+        await asyncio.sleep(1.2)  # past any once-a-second refresh of a subscriber list
+        await redis.zadd(keys.PRIVATE_SUBSCRIBERS, {"carol": int(time.time() * 1000) + 60_000})
+        await redis.zadd(keys.PRIVATE_SUBSCRIBERS, {"dave": int(time.time() * 1000) - 1})  # lapsed
+        for user in ("carol", "dave"):
+            await enqueue_raw(redis, user, "USDC", 1_000_000, place_json(user, 10, 10000, 1_000_000))
+        got: list[tuple[str, str]] = []
+        deadline = time.monotonic() + 0.8
+        while time.monotonic() < deadline:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
+            if msg:
+                got.append((msg["channel"], orjson.loads(msg["data"])["type"]))
+        assert (keys.user_channel("carol"), "order") in got, got
+        assert all(channel != keys.user_channel("dave") for channel, _ in got), got
+    finally:
+        await pubsub.aclose()
+        stop.set()
+        await task

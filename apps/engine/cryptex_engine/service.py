@@ -36,6 +36,7 @@ import orjson
 from redis.asyncio import Redis
 
 from cryptex_common import keys, metrics, registry
+from cryptex_common.keys import FEE_ACCOUNT
 from cryptex_common.ledger import BalanceChange, Ledger, OrderWrite, lua_source
 from cryptex_common.markets import MarketSpec
 from cryptex_common.messages import FillRecord, OrderRecord, Side
@@ -188,7 +189,6 @@ class EngineService:
         self._snapshot_seq = 0
         self._snapshot_at = time.monotonic()
         self._labels = {"market": self.symbol}
-        self._private_users: frozenset[str] = frozenset()
         self._init_metrics()
 
     # --- ownership -------------------------------------------------------------------
@@ -385,9 +385,9 @@ class EngineService:
         metrics.ENGINE_BATCH_SIZE.labels(**self._labels).observe(len(entries))
         if first_seq:
             last_seq = self.core.seq
-            await self._settle(out, results, first_seq, last_seq)
+            subscribed = await self._settle(out, results, first_seq, last_seq)
             metrics.ENGINE_SETTLE_SECONDS.labels(**self._labels).observe(time.perf_counter() - t1)
-            await self._publish(out, results, first_seq, last_seq)
+            await self._publish(out, results, first_seq, last_seq, subscribed)
             self._log_commands(results, first_seq)
         self._observe(results)
 
@@ -413,7 +413,10 @@ class EngineService:
         results: list[tuple[Decoded, CommandResult]],
         first_seq: int,
         last_seq: int,
-    ) -> None:
+    ) -> frozenset[str]:
+        """Settle the batch; returns the users it touched who hold a live private
+        subscription at settle time (checked inside the settle script, so a user who
+        subscribed just before is never missed)."""
         balances = [
             BalanceChange(d.user_id, d.asset, d.available, d.locked)
             for decoded, r in results if r.seq >= first_seq for d in r.balance_deltas
@@ -424,9 +427,11 @@ class EngineService:
         ]
         ts_ms = results[-1][0].ts_ms
         batch_json = orjson.dumps(self.translator.batch(out, first_seq, last_seq, ts_ms)).decode()
+        notify = self._touched_users(out, results, first_seq) if self.settings.publish_user_updates else ()
         res = await self.ledger.settle(
             symbol=self.symbol, epoch=self.epoch, first_seq=first_seq, last_seq=last_seq,
             batch_json=batch_json, balances=balances, orders=orders,
+            notify_users=notify, now_ms=int(time.time() * 1000),
         )
         if res.status == "fenced":
             metrics.ENGINE_FENCED.labels(**self._labels).inc()
@@ -437,6 +442,23 @@ class EngineService:
             # A gap or a negative balance is a bug: stop before anything else is written.
             raise RuntimeError(f"settle failed: {res.status} {res.detail}")
         self.settled_seq = last_seq
+        return res.subscribed
+
+    @staticmethod
+    def _touched_users(out: BatchOutput, results: list[tuple[Decoded, CommandResult]],
+                       first_seq: int) -> list[str]:
+        """Every user whose orders, fills or balances the unsettled part of the batch changed
+        (the fee account is nobody's socket)."""
+        users: dict[str, None] = {rec["userId"]: None for rec in out.orders.values()}
+        for t in out.trades:
+            users[t["buyUserId"]] = None
+            users[t["sellUserId"]] = None
+        for _, r in results:
+            if r.seq >= first_seq:
+                for d in r.balance_deltas:
+                    users[d.user_id] = None
+        users.pop(FEE_ACCOUNT, None)
+        return list(users)
 
     # --- market data -----------------------------------------------------------------
     async def _publish(
@@ -445,6 +467,7 @@ class EngineService:
         results: list[tuple[Decoded, CommandResult]],
         first_seq: int,
         last_seq: int,
+        subscribed: frozenset[str] = frozenset(),
     ) -> None:
         fmt = self.fmt
         now_ms = results[-1][0].ts_ms
@@ -491,18 +514,15 @@ class EngineService:
             recent = keys.recent_trades_key(self.symbol)
             pipe.lpush(recent, *[orjson.dumps(p) for p in public])
             pipe.ltrim(recent, 0, self.settings.recent_trades - 1)
-        if self.settings.publish_user_updates:
-            self._publish_user_updates(pipe, out, results, first_seq)
+        if subscribed:
+            self._publish_user_updates(pipe, out, results, first_seq, subscribed)
         await pipe.execute()
 
     def _publish_user_updates(
         self, pipe: Any, out: BatchOutput, results: list[tuple[Decoded, CommandResult]],
-        first_seq: int,
+        first_seq: int, wanted: frozenset[str],
     ) -> None:
         fmt = self.fmt
-        wanted = self._private_users
-        if not wanted:
-            return
         for rec in out.orders.values():
             if rec["userId"] in wanted:
                 pipe.publish(keys.user_channel(rec["userId"]), orjson.dumps(
@@ -802,10 +822,6 @@ class EngineService:
             log.info("streams trimmed", extra={"market": self.symbol, **removed})
         return removed
 
-    async def refresh_private_users(self) -> None:
-        members = await self.redis.zrangebyscore(keys.PRIVATE_SUBSCRIBERS, int(time.time() * 1000), "+inf")
-        self._private_users = frozenset(members)
-
     async def update_lag(self) -> None:
         """Entries not yet read (all ever added minus this engine's entries-read) and the
         age of the oldest of them."""
@@ -852,7 +868,6 @@ class EngineService:
             "snapshot_ms": round((time.monotonic() - stopping) * 1000)})
 
     async def _run_owned(self, stop: asyncio.Event, lease: asyncio.Task[None]) -> None:
-        await self.refresh_private_users()
         await self.recover(stop)
         if stop.is_set():
             return
@@ -878,7 +893,6 @@ class EngineService:
                     await self.sync_group()
                     await self.update_lag()
                     await self.update_redis_memory()
-                    await self.refresh_private_users()
                     last_lag = now
                 self.serve_state_requests()
                 if self._snapshot_task is not None and self._snapshot_task.done():
