@@ -243,3 +243,25 @@ async def test_private_updates_reach_a_user_who_subscribed_just_before_the_batch
         await pubsub.aclose()
         stop.set()
         await task
+
+
+async def test_the_enqueue_scripts_envelope_is_what_the_engine_releases(
+        redis: aioredis.Redis, redis_srv: RedisServer) -> None:
+    """issue 11 defect 6, through the real enqueue script: a command of a newer version
+    queued by Ledger.enqueue_order is rejected and exactly its lock released."""
+    spec = sol_spec()
+    await register_market(redis, spec)
+    await fund(redis, "erin", "SOL", 5_000_000_000)
+    tail = orjson.dumps({"userId": "erin", "market": SOL, "side": "sell", "orderType": "limit",
+                         "timeInForce": "GTC", "postOnly": False, "priceTicks": 10000,
+                         "quantityLots": 2000, "status": "new"}).decode()[1:]
+    enq = await Ledger(redis).enqueue_order(
+        symbol=SOL, user_id="erin", lock_asset="SOL", lock_units=2_000_000_000,
+        command_json=orjson.dumps({"v": 3, "type": "place", "userId": "erin", "side": "sell"}).decode(),
+        record_tail_json=tail, client_order_id=None)
+    assert enq.status == "ok" and enq.order_id is not None
+    assert await balance(redis, "erin", "SOL") == (3_000_000_000, 2_000_000_000)
+    await run_until_settled(redis, redis_srv.url, spec)
+    rec = await record(redis, enq.order_id)
+    assert (rec["status"], rec["reason"], rec["side"]) == ("rejected", "UNSUPPORTED_COMMAND", "sell")
+    assert await balance(redis, "erin", "SOL") == (5_000_000_000, 0)
