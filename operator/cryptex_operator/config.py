@@ -29,5 +29,7 @@ class OperatorSettings(ServiceSettings):
     # Status is refreshed at most once per interval, and only written when it changed.
     status_interval_s: float = Field(default=15.0, gt=0)
     drain_poll_s: float = Field(default=10.0, gt=0)
+    # Within one drain attempt, how long to wait for the engine to settle a state change.
+    drain_wait_s: float = Field(default=3.0, ge=0)
     # Dev and tests only: talk to this API server URL instead of the in-cluster config.
     k8s_server: str = ""

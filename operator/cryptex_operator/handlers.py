@@ -3,8 +3,10 @@ and exchange.py.
 
 - create / update / resume: register the market in Redis (state and fee changes reach the
   engine as a `configure` command), create or patch its engine Deployment, write status;
-- delete (finalizer cryptex.io/market-drain): cancel-only, wait until the book is empty,
-  closed, wait until the engine processed every command, then remove the Deployment;
+- delete (finalizer cryptex.io/market-drain): cancel-only; once the engine settled every
+  queued command and the book is empty, closed; once `closed` is settled too and the book
+  is still empty, remove the Deployment; orders resting in a closed market send it back to
+  cancel-only (exchange.drain_step has the rule);
 - a timer refreshes the status (engine availability, last sequence) at most once per
   interval, and writes only what changed.
 
@@ -135,27 +137,23 @@ async def drain(
     spec: kopf.Spec, namespace: str, meta: kopf.Meta, status: kopf.Status,
     patch: kopf.Patch, memo: kopf.Memo, **_: Any,
 ) -> None:
+    """Remove the engine only once `exchange.drain_step` reports the market drained (closed,
+    empty book, every command settled); until then report Draining and retry."""
     cfg: OperatorSettings = memo.cfg
     symbol = spec.get("symbol", "")
     try:
         render.market_spec(dict(spec))
     except ValidationError:  # never registered, never had an engine
         return
-    skip = meta.get("annotations", {}).get(SKIP_DRAIN_ANNOTATION) == "true"
-    await exchange.begin_drain(memo.redis, symbol)
-    state = await exchange.drain_state(memo.redis, symbol)
-    if not skip and not state.book_empty:
-        patch.status.update(render.changed(dict(status), {
-            "phase": "Draining", "message": f"cancel-only: {state.describe()}"}))
-        raise kopf.TemporaryError(f"{symbol} draining: {state.describe()}",
-                                  delay=cfg.drain_poll_s)
-    await exchange.set_state(memo.redis, symbol, MarketState.CLOSED)
-    state = await exchange.drain_state(memo.redis, symbol)
-    if not skip and state.commands_pending:
-        patch.status.update(render.changed(dict(status), {
-            "phase": "Draining", "message": f"closing: {state.describe()}"}))
-        raise kopf.TemporaryError(f"{symbol} closing: {state.describe()}",
-                                  delay=cfg.drain_poll_s)
+    if meta.get("annotations", {}).get(SKIP_DRAIN_ANNOTATION) == "true":
+        await exchange.set_state(memo.redis, symbol, MarketState.CLOSED)  # orders may stay locked
+    else:
+        state = await exchange.drain_step(memo.redis, symbol, cfg.drain_wait_s)
+        if not state.done:
+            patch.status.update(render.changed(dict(status), {
+                "phase": "Draining", "message": f"draining: {state.describe()}"}))
+            raise kopf.TemporaryError(f"{symbol} draining: {state.describe()}",
+                                      delay=cfg.drain_poll_s)
     # The engine has applied `closed`; SIGTERM lets it take its final snapshot.
     engine = render.deployment_name(symbol)
     await asyncio.to_thread(k8s.delete_deployment, memo.apps, namespace, engine)

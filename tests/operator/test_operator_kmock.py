@@ -21,7 +21,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from cryptex_common import keys, registry
-from cryptex_common.messages import COMMAND_ADAPTER
+from cryptex_common.ledger import Ledger
+from cryptex_common.messages import COMMAND_ADAPTER, CancelOrderCommand, OrderRecord, PlaceOrderCommand
+from cryptex_engine.service import EngineService
+from cryptex_engine.settings import EngineSettings
 from cryptex_operator import handlers, render  # noqa: F401  (registers the handlers)
 from cryptex_operator.config import OperatorSettings
 from tests.support.servers import RedisServer
@@ -84,6 +87,7 @@ async def api(kmock: Any, redis_srv: RedisServer, redis_client: aioredis.Redis,
         "CRYPTEX_ENGINE_ENV_SECRET": "cryptex-connections",
         "CRYPTEX_RELEASE": "cryptex",
         "CRYPTEX_DRAIN_POLL_S": "0.1",
+        "CRYPTEX_DRAIN_WAIT_S": "0.3",
     }.items():
         monkeypatch.setenv(name, value)
     # The operator runs in its own thread and event loop, as in production: kopf stops only
@@ -120,6 +124,11 @@ async def patch(api: Any, name: str, body: dict[str, Any]) -> None:
     headers = {"Content-Type": "application/merge-patch+json"}
     async with api.patch(url, json=body, headers=headers) as r:
         assert r.status == 200, await r.text()
+
+
+async def delete(api: Any, name: str = "sol-usdc") -> None:
+    async with api.delete(f"/apis/cryptex.io/v1alpha1/namespaces/{NS}/markets/{name}") as r:
+        assert r.status == 200
 
 
 async def commands(redis: aioredis.Redis, symbol: str) -> list[dict[str, Any]]:
@@ -213,36 +222,42 @@ async def test_update_sends_state_and_fees_as_commands_and_patches_resources(
     kubernetes_validate.validate(obj(api, DEPLOYMENTS, "engine-sol-usdc"), "1.31", strict=True)
 
 
+async def settle_everything(redis: aioredis.Redis, symbol: str) -> None:
+    """What the engine does, played by the test: settle every entry of the command stream."""
+    info = await redis.xinfo_stream(keys.commands_stream(symbol))
+    await redis.set(keys.settled_seq_key(symbol), info["entries-added"])
+
+
 async def test_delete_drains_then_closes_then_removes_the_engine(
         api: Any, redis_client: aioredis.Redis) -> None:
     symbol = "SOL/USDC"
-    stream = keys.commands_stream(symbol)
     await create(api, market())
     await eventually(lambda: alive(api, DEPLOYMENTS, "engine-sol-usdc"))
-    # The engine's side, played by the test: a consumer group and a book with orders.
-    await redis_client.xgroup_create(stream, keys.ENGINE_GROUP, id="$", mkstream=True)
+    # The engine's side, played by the test: everything settled, a book with orders.
+    await settle_everything(redis_client, symbol)
     book = {"lastUpdateId": 7, "bids": [["20.00", "1.5"]], "asks": [["21.00", "2"]]}
     await redis_client.set(keys.depth_key(symbol), orjson.dumps(book))
 
-    async with api.delete(f"/apis/cryptex.io/v1alpha1/namespaces/{NS}/markets/sol-usdc") as r:
-        assert r.status == 200
+    await delete(api)
     await eventually(lambda: obj(api, MARKETS, "sol-usdc")["status"]["phase"] == "Draining")
     spec = await registry.get_market(redis_client, symbol)
     assert spec is not None and spec.state == "cancelOnly"
+    await eventually(lambda: "1 commands not yet processed" in obj(api, MARKETS, "sol-usdc")["status"]["message"])
+    await settle_everything(redis_client, symbol)  # the engine applies cancelOnly
+    await eventually(lambda: "cancelOnly: 1 bid and 1 ask levels resting, 0 commands"
+                     in obj(api, MARKETS, "sol-usdc")["status"]["message"])
     await asyncio.sleep(0.5)  # several drain polls: the book still has orders
     assert alive(api, MARKETS, "sol-usdc") and alive(api, DEPLOYMENTS, "engine-sol-usdc")
-    assert "cancel-only" in obj(api, MARKETS, "sol-usdc")["status"]["message"]
 
-    # The users cancel; the book empties. The engine has not yet read `closed`: still waiting.
+    # The users cancel; the book empties. The engine has not yet settled `closed`: still waiting.
     await redis_client.set(keys.depth_key(symbol), orjson.dumps({"bids": [], "asks": []}))
-    await eventually(lambda: "closing" in obj(api, MARKETS, "sol-usdc")["status"]["message"])
+    await eventually(lambda: "closed: 0 bid and 0 ask levels resting, 1 commands"
+                     in obj(api, MARKETS, "sol-usdc")["status"]["message"])
     assert alive(api, DEPLOYMENTS, "engine-sol-usdc")
-    assert [c["state"] for c in await commands(redis_client, symbol)] == [
-        "open", "cancelOnly", "closed"]
+    assert [c["state"] for c in await commands(redis_client, symbol)] == ["open", "cancelOnly", "closed"]
 
-    # The engine reads and acknowledges everything: the operator removes it and the Market.
-    entries = await redis_client.xreadgroup(keys.ENGINE_GROUP, "engine-0", {stream: ">"})
-    await redis_client.xack(stream, keys.ENGINE_GROUP, *[eid for eid, _ in entries[0][1]])
+    # The engine settles `closed` and the book is still empty: engine and Market removed.
+    await settle_everything(redis_client, symbol)
     await eventually(lambda: not alive(api, DEPLOYMENTS, "engine-sol-usdc"))
     await eventually(lambda: not alive(api, MARKETS, "sol-usdc"))
     spec = await registry.get_market(redis_client, symbol)
@@ -284,3 +299,127 @@ async def test_invalid_grid_is_a_permanent_failure(api: Any) -> None:
     assert status["conditions"][0]["reason"] == "InvalidSpec"
     assert "lotSize" in status["message"]
     assert not alive(api, DEPLOYMENTS, "engine-sol-usdc")
+
+
+# --- the drain against a real engine (issue 11 defect 3) ------------------------------------
+class Engine:
+    """The market's engine, in process on the test's Redis: started and stopped at will, as
+    the Deployment's pod would be (a restart, a slow start)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.task: asyncio.Task[None] | None = None
+        self.stop_flag = asyncio.Event()
+
+    async def start(self) -> None:
+        self.redis = aioredis.Redis.from_url(self.url, decode_responses=True)
+        spec = await registry.get_market(self.redis, "SOL/USDC")
+        assert spec is not None
+        cfg = EngineSettings(redis_url=self.url, market="SOL/USDC", lease_ttl_ms=2000, block_ms=20,
+                             snapshot_every_commands=0, snapshot_every_s=0, trim_every_s=0)
+        self.service = EngineService(cfg, self.redis, spec)
+        self.stop_flag = asyncio.Event()
+        self.task = asyncio.create_task(self.service.run(self.stop_flag))
+        await eventually(lambda: self.service.ready)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.stop_flag.set()
+            await self.task
+            self.task = None
+            await self.redis.aclose()
+
+
+@pytest.fixture
+async def engine(redis_srv: RedisServer) -> AsyncIterator[Engine]:
+    e = Engine(redis_srv.url)
+    yield e
+    await e.stop()
+
+
+async def queue_buy(redis: aioredis.Redis, user: str, price_ticks: int, lots: int = 1000) -> int:
+    """A limit buy through the real enqueue script (funds locked), as the API queues it."""
+    units = price_ticks * lots * 10  # SOL/USDC: tick 0.01 USDC x lot 0.001 SOL = 10 units
+    status, _ = await Ledger(redis).move_funds(kind="deposit", user_id=user, asset="USDC", units=units,
+                                               tx_id=f"seed-{user}-{price_ticks}", record={})
+    assert status == "ok"
+    command = PlaceOrderCommand(userId=user, side="buy", orderType="limit", priceTicks=price_ticks,
+                                quantityLots=lots, lockedUnits=units)
+    tail = orjson.dumps(OrderRecord(
+        orderId=0, userId=user, market="SOL/USDC", side="buy", orderType="limit", timeInForce="GTC",
+        postOnly=False, priceTicks=price_ticks, quantityLots=lots, status="new", createdMs=0, updatedMs=0,
+    ).model_dump(by_alias=True, mode="json", exclude={"order_id", "created_ms", "updated_ms"}))
+    enq = await Ledger(redis).enqueue_order(
+        symbol="SOL/USDC", user_id=user, lock_asset="USDC", lock_units=units,
+        command_json=command.model_dump_json(by_alias=True), record_tail_json=tail.decode()[1:],
+        client_order_id=None)
+    assert enq.status == "ok" and enq.order_id is not None
+    return enq.order_id
+
+
+async def cancel(redis: aioredis.Redis, user: str, order_id: int) -> None:
+    """What the API's DELETE /order queues."""
+    cmd = CancelOrderCommand(userId=user, orderId=order_id)
+    await redis.xadd(keys.commands_stream("SOL/USDC"), {"c": cmd.model_dump_json(by_alias=True)})
+
+
+async def usdc_locked(redis: aioredis.Redis, user: str) -> int:
+    return (await Ledger(redis).balances(user)).get("USDC", {}).get("locked", 0)
+
+
+async def test_orders_queued_before_cancel_only_never_rest_in_a_closed_market(
+        api: Any, redis_client: aioredis.Redis, engine: Engine) -> None:
+    """issue 11 defect 3: the drain decided "book empty" from the depth key and ignored the
+    commands still queued: orders queued before cancelOnly rested after `closed` with their
+    funds locked, and every cancel was refused. Here the engine is down while the Market is
+    deleted (a restart), with two buys queued."""
+    await create(api, market())
+    await eventually(lambda: alive(api, DEPLOYMENTS, "engine-sol-usdc"))
+    await engine.start()  # processes the registration, then goes away for a while
+    await engine.stop()
+    orders = [await queue_buy(redis_client, "u1", 1000), await queue_buy(redis_client, "u1", 990)]
+    assert await usdc_locked(redis_client, "u1") > 0
+
+    await delete(api)
+    await asyncio.sleep(0.5)  # several drain polls with the engine away
+    spec = await registry.get_market(redis_client, "SOL/USDC")
+    assert spec is not None and spec.state == "cancelOnly"  # not closed: commands are pending
+    assert alive(api, DEPLOYMENTS, "engine-sol-usdc")
+
+    await engine.start()  # the orders rest (they were queued while open); cancelOnly follows
+    await eventually(lambda: "2 bid" in obj(api, MARKETS, "sol-usdc")["status"]["message"])
+    spec = await registry.get_market(redis_client, "SOL/USDC")
+    assert spec is not None and spec.state == "cancelOnly"  # cancels are still accepted
+    for oid in orders:
+        await cancel(redis_client, "u1", oid)
+
+    await eventually(lambda: not alive(api, DEPLOYMENTS, "engine-sol-usdc"))
+    await eventually(lambda: not alive(api, MARKETS, "sol-usdc"))
+    spec = await registry.get_market(redis_client, "SOL/USDC")
+    assert spec is not None and spec.state == "closed"
+    assert engine.service.core.open_orders_count() == 0
+    assert await usdc_locked(redis_client, "u1") == 0  # every lock released
+
+
+async def test_a_closed_market_with_resting_orders_goes_back_to_cancel_only(
+        api: Any, redis_client: aioredis.Redis, engine: Engine) -> None:
+    """issue 11 defect 3, the rule after closing: when, with every command processed, orders
+    still rest in a closed market (closed by a spec edit, or an order that slipped in), the
+    drain moves it back to cancelOnly so they can be cancelled, and closes again once empty."""
+    await create(api, market())
+    await eventually(lambda: alive(api, DEPLOYMENTS, "engine-sol-usdc"))
+    await engine.start()
+    oid = await queue_buy(redis_client, "u2", 1000)
+    await eventually(lambda: engine.service.core.open_orders_count() == 1)
+    await patch(api, "sol-usdc", {"metadata": {"generation": 2}, "spec": {"state": "closed"}})
+    await eventually(lambda: obj(api, MARKETS, "sol-usdc")["status"]["phase"] == "Closed")
+
+    await delete(api)
+    await eventually(lambda: "1 bid" in obj(api, MARKETS, "sol-usdc")["status"]["message"])
+    await eventually(lambda: engine.service.core.state == "cancelOnly")
+    await cancel(redis_client, "u2", oid)
+    await eventually(lambda: not alive(api, MARKETS, "sol-usdc"))
+    assert engine.service.core.open_orders_count() == 0
+    assert await usdc_locked(redis_client, "u2") == 0
+    spec = await registry.get_market(redis_client, "SOL/USDC")
+    assert spec is not None and spec.state == "closed"

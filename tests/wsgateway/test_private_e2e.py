@@ -28,7 +28,7 @@ from tests.wsgateway.conftest import auth_params
 
 pytestmark = pytest.mark.slow
 M = "SOL/USDC"
-ROUNDS = 15
+ROUNDS = 30
 
 
 @pytest.fixture(scope="module")
