@@ -740,4 +740,5 @@ def _request_id(data: str | bytes) -> object:
     except orjson.JSONDecodeError:
         return None
     rid = doc.get("id") if isinstance(doc, dict) else None
-    return rid if isinstance(rid, int | str) and not isinstance(rid, bool) else None
+    usable = (isinstance(rid, int) and not isinstance(rid, bool)) or (isinstance(rid, str) and len(rid) <= 64)
+    return rid if usable else None
