@@ -92,6 +92,14 @@ async def collect(ws: aiohttp.ClientWebSocketResponse, sink: list[dict[str, Any]
         sink.append(orjson.loads(msg.data))
 
 
+async def wait_acks(sink: list[dict[str, Any]]) -> None:
+    """Until the AUTH (id 1) and SUBSCRIBE (id 2) replies are in `sink` (a reader fills it)."""
+    deadline = time.monotonic() + 5
+    while {m.get("id") for m in sink if "result" in m} != {1, 2}:
+        assert time.monotonic() < deadline, sink
+        await asyncio.sleep(0.01)
+
+
 async def test_book_trades_ticker_and_private_streams_match_the_engine(stack: Any) -> None:
     st, _srv = stack
     api = f"http://127.0.0.1:{st.api_port}"
@@ -122,7 +130,8 @@ async def test_book_trades_ticker_and_private_streams_match_the_engine(stack: An
         readers = [asyncio.create_task(collect(book_ws, book_msgs))] + [
             asyncio.create_task(collect(ws, sink)) for ws, sink in zip(private, priv_msgs, strict=True)
         ]
-        await asyncio.sleep(1.5)  # engines pick up the private subscribers once a second
+        for sink in priv_msgs:  # once acknowledged, every later private event arrives (issue 11 defect 7)
+            await wait_acks(sink)
 
         # Random order flow.
         placed: list[set[str]] = [set(), set()]
