@@ -17,10 +17,14 @@ from tests.support.servers import redis_server
 
 
 @contextlib.contextmanager
-def api_stack(**env: str) -> Iterator[Stack]:
-    """A fresh Redis, the markets of markets.yaml, the API and one engine per market."""
+def api_stack(database_url: str | None = None, **env: str) -> Iterator[Stack]:
+    """A fresh Redis, the markets of markets.yaml, the API and one engine per market; with
+    `database_url`, dbproc too (it creates the history tables) and history enabled."""
     with redis_server() as redis:
-        stack = make_stack(redis.url, extra_env={"CRYPTEX_HISTORY_ENABLED": "false", **env})
+        if database_url:
+            stack = make_stack(redis.url, database_url, with_dbproc=True, extra_env=env)
+        else:
+            stack = make_stack(redis.url, extra_env={"CRYPTEX_HISTORY_ENABLED": "false", **env})
         asyncio.run(register_all(redis.url, stack))
         stack.start_all()
         try:
