@@ -5,12 +5,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
+
+from cryptex_launcher.stack import (
+    Stack,
+    StartError,
+    port_in_use,
+    start_local_postgres,
+    start_local_redis,
+    stop_local_postgres,
+    stop_process,
+    wait_redis_loaded,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -24,87 +40,187 @@ def _markets_file() -> Path:
 
 
 async def register_markets(redis_url: str, path: Path) -> list:
-    import redis.asyncio as aioredis
-
     from cryptex_common.markets import load_markets_yaml
-    from cryptex_common.registry import register_market
 
     specs = load_markets_yaml(path.read_text())
+    await register_specs(redis_url, specs)
+    return specs
+
+
+async def register_specs(redis_url: str, specs: list) -> None:
+    import redis.asyncio as aioredis
+
+    from cryptex_common.registry import register_market
+
     redis = aioredis.Redis.from_url(redis_url)
     try:
         for spec in specs:
             await register_market(redis, spec)
     finally:
         await redis.aclose()
-    return specs
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    from cryptex_launcher.stack import (
-        Stack,
-        start_local_postgres,
-        start_local_redis,
-        stop_local_postgres,
-    )
+class _Signals:
+    """SIGINT/SIGTERM: while starting, interrupt the start (everything started is stopped);
+    once up, ask the supervision loop to stop."""
 
-    state = _state_dir()
-    state.mkdir(parents=True, exist_ok=True)
-    redis_proc = pg_dir = None
+    def __init__(self) -> None:
+        self.stopping = False
+        self.interrupt = True
+
+    def __call__(self, *_: object) -> None:
+        self.stopping = True
+        if self.interrupt:
+            self.interrupt = False
+            raise KeyboardInterrupt
+
+
+@dataclass
+class _Up:
+    """What `up` runs: the stack, and its own Redis/PostgreSQL when no URL is configured."""
+
+    stack: Stack
+    state: Path
+    redis_port: int | None
+    pg_port: int | None
+    timeout_s: float
+    redis_proc: subprocess.Popen[bytes] | None = None
+    pg_dir: Path | None = None
+
+
+def _plan_up(args: argparse.Namespace) -> _Up:
+    from cryptex_common.markets import load_markets_yaml
+
+    specs = load_markets_yaml(_markets_file().read_text())
+    redis_port = pg_port = None
     redis_url = os.environ.get("CRYPTEX_REDIS_URL")
     if not redis_url:
-        port = int(os.environ.get("CRYPTEX_LOCAL_REDIS_PORT", "6390"))
-        redis_proc = start_local_redis(state, port)
-        redis_url = f"redis://127.0.0.1:{port}/0"
+        redis_port = int(os.environ.get("CRYPTEX_LOCAL_REDIS_PORT", "6390"))
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
     database_url = os.environ.get("CRYPTEX_DATABASE_URL")
     if not database_url:
-        port = int(os.environ.get("CRYPTEX_LOCAL_PG_PORT", "5442"))
-        try:
-            pg_dir = start_local_postgres(state, port)
-            database_url = f"postgresql://postgres@127.0.0.1:{port}/cryptex"
-        except Exception as exc:  # the order path runs without it; history routes need it
-            print(f"warning: local PostgreSQL not started ({exc}); history disabled", file=sys.stderr)
-            database_url = f"postgresql://postgres@127.0.0.1:{port}/cryptex"
-    specs = asyncio.run(register_markets(redis_url, _markets_file()))
+        pg_port = int(os.environ.get("CRYPTEX_LOCAL_PG_PORT", "5442"))
+        database_url = f"postgresql://postgres@127.0.0.1:{pg_port}/cryptex"
     stack = Stack(
-        redis_url=redis_url, database_url=database_url, markets=specs, state_dir=state,
+        redis_url=redis_url, database_url=database_url, markets=specs, state_dir=_state_dir(),
         admin_token=os.environ.get("CRYPTEX_ADMIN_TOKEN", "dev-admin-token"),
         api_port=int(os.environ.get("CRYPTEX_API_PORT", "8080")),
         ws_port=int(os.environ.get("CRYPTEX_WS_PORT", "8081")),
         with_demo=not args.no_demo,
     )
     stack.plan()
-    stopping = False
+    timeout_s = float(os.environ.get("CRYPTEX_START_TIMEOUT_S", "300"))
+    return _Up(stack, stack.state_dir, redis_port, pg_port, timeout_s)
 
-    def on_signal(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+def _taken_ports(up: _Up) -> list[str]:
+    """One line per port the stack needs that something already holds."""
+    wanted: dict[str, int] = {}
+    if up.redis_port:
+        wanted["Redis, CRYPTEX_LOCAL_REDIS_PORT"] = up.redis_port
+    if up.pg_port:
+        wanted["PostgreSQL, CRYPTEX_LOCAL_PG_PORT"] = up.pg_port
+    env_names = {"api": "API, CRYPTEX_API_PORT", "wsgateway": "WebSocket gateway, CRYPTEX_WS_PORT"}
+    for name, port in up.stack.fixed_ports().items():
+        wanted[env_names.get(name, name)] = port
+    return [f"error: port {port} ({label}) is already in use: another `./cryptex up` or server holds it"
+            for label, port in wanted.items() if port_in_use(port)]
+
+
+def _lock_state_dir(state: Path) -> IO[str] | None:
+    """Hold <state>/up.lock for as long as `up` runs: one `up` per state dir."""
+    state.mkdir(parents=True, exist_ok=True)
+    lock = open(state / "up.lock", "a+")  # noqa: SIM115 - held until exit
     try:
-        stack.start_all()
-        print(f"Cryptex is up: API http://127.0.0.1:{stack.api_port}  "
-              f"WebSocket ws://127.0.0.1:{stack.ws_port}/ws  Redis {redis_url}")
-        print(f"services: {', '.join(stack.services)}; logs in {state / 'logs'}; Ctrl-C stops all")
-        print(f"admin token: {stack.admin_token}")
-        while not stopping:
-            for name, svc in stack.services.items():
-                if svc.process and svc.process.poll() is not None and not stopping:
-                    print(f"{name} exited with {svc.process.returncode}; restarting", file=sys.stderr)
-                    time.sleep(min(5, 0.5 * (svc.restarts + 1)))
-                    svc.restarts += 1
-                    stack.start(name)
-            time.sleep(0.5)
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        return None
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Refuse at once (starting nothing) when a port is taken; otherwise start Redis (waiting
+    until it has loaded its data), PostgreSQL, the markets and every service. On any start-up
+    failure or Ctrl-C everything started is stopped."""
+    up = _plan_up(args)
+    taken = _taken_ports(up)
+    if taken:
+        print("\n".join(taken), file=sys.stderr)
+        print("cryptex up: nothing started; stop what holds these ports or set the variables above",
+              file=sys.stderr)
+        return 1
+    lock = _lock_state_dir(up.state)
+    if lock is None:
+        print(f"error: another `./cryptex up` uses {up.state} ({up.state / 'up.lock'}); nothing started",
+              file=sys.stderr)
+        return 1
+    signals = _Signals()
+    signal.signal(signal.SIGINT, signals)
+    signal.signal(signal.SIGTERM, signals)
+    try:
+        _start(up)
+        signals.interrupt = False
+        _supervise(up, signals)
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted while starting", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if not isinstance(exc, StartError):
+            traceback.print_exc()
+        print(f"error: cryptex up failed: {exc}", file=sys.stderr)
+        return 1
     finally:
-        print("stopping...")
-        codes = stack.stop_all()
-        print("exit codes: " + ", ".join(f"{k}={v}" for k, v in codes.items()))
-        if redis_proc is not None:
-            redis_proc.terminate()
-            redis_proc.wait(10)
-        if pg_dir is not None:
-            stop_local_postgres(pg_dir)
-    return 0
+        signals.interrupt = False
+        _stop(up)
+        lock.close()
+
+
+def _start(up: _Up) -> None:
+    if up.redis_port:
+        began = time.monotonic()
+        print(f"starting Redis on port {up.redis_port} (data in {up.state / 'redis'})", flush=True)
+        up.redis_proc = start_local_redis(up.state, up.redis_port, up.timeout_s)
+        print(f"Redis ready after {time.monotonic() - began:.1f}s", flush=True)
+    else:
+        wait_redis_loaded(up.stack.redis_url, up.timeout_s)
+    if up.pg_port:
+        print(f"starting PostgreSQL on port {up.pg_port} (data in {up.state / 'pg'})", flush=True)
+        up.pg_dir = start_local_postgres(up.state, up.pg_port, up.timeout_s)
+    asyncio.run(register_specs(up.stack.redis_url, up.stack.markets))
+    up.stack.start_all()
+
+
+def _supervise(up: _Up, signals: _Signals) -> None:
+    stack = up.stack
+    print(f"Cryptex is up: API http://127.0.0.1:{stack.api_port}  "
+          f"WebSocket ws://127.0.0.1:{stack.ws_port}/ws  Redis {stack.redis_url}", flush=True)
+    print(f"services: {', '.join(stack.services)}; logs in {up.state / 'logs'}; Ctrl-C stops all")
+    print(f"admin token: {stack.admin_token}", flush=True)
+    while not signals.stopping:
+        for name, svc in stack.services.items():
+            if svc.process and svc.process.poll() is not None and not signals.stopping:
+                print(f"{name} exited with {svc.process.returncode}; restarting", file=sys.stderr)
+                time.sleep(min(5, 0.5 * (svc.restarts + 1)))
+                svc.restarts += 1
+                stack.start(name)
+        time.sleep(0.5)
+
+
+def _stop(up: _Up) -> None:
+    """Services first (the engines write their last snapshot to Redis), then the servers."""
+    print("stopping...", flush=True)
+    if any(svc.process for svc in up.stack.services.values()):
+        codes = up.stack.stop_all()
+        print("exit codes: " + ", ".join(f"{k}={v}" for k, v in codes.items()), flush=True)
+    if up.redis_proc is not None:
+        stop_process(up.redis_proc)
+    if up.pg_dir is not None:
+        stop_local_postgres(up.pg_dir)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
