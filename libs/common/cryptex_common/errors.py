@@ -39,6 +39,9 @@ class ErrorCode(StrEnum):
     MARKET_NOT_OPEN = "MARKET_NOT_OPEN"
     MARKET_HALTED = "MARKET_HALTED"
     ENGINE_UNAVAILABLE = "ENGINE_UNAVAILABLE"
+    # the engine could not read the queued command (a newer command version during a
+    # rolling upgrade): the order was rejected in sequence and its lock released
+    UNSUPPORTED_COMMAND = "UNSUPPORTED_COMMAND"
     HISTORY_UNAVAILABLE = "HISTORY_UNAVAILABLE"
     RATE_LIMITED = "RATE_LIMITED"
     INTERNAL = "INTERNAL"
@@ -74,6 +77,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.MARKET_NOT_OPEN: 422,
     ErrorCode.MARKET_HALTED: 503,
     ErrorCode.ENGINE_UNAVAILABLE: 503,
+    ErrorCode.UNSUPPORTED_COMMAND: 503,
     ErrorCode.HISTORY_UNAVAILABLE: 503,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.INTERNAL: 500,
