@@ -1,7 +1,9 @@
 """HTTP round trip: signed POST /api/v1/order, waiting for the engine's reply, at 1, 8 and
-64 concurrent clients. Prints orders/s and p50/p99/max latency per level.
+64 concurrent clients. Prints orders/s, p50/p99/max latency and the CPU each server
+process spent per order (utime+stime from /proc/<pid>/stat over the level / orders), per
+level. CPU per order is steadier than wall time on a shared machine.
 
-    .venv/bin/python bench/bench_http.py [--seconds 10] [--levels 1 8 64]
+    .venv/bin/python bench/bench_http.py [--seconds 10] [--levels 1 8 64] [--api-workers N]
 
 Starts its own Redis, the API and the SOL/USDC engine as real processes (the launcher's
 Stack). The load generator is Python/aiohttp on the same 2-core machine, so it competes
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import shutil
 import sys
@@ -28,13 +31,22 @@ from cryptex_common.registry import register_market  # noqa: E402
 from cryptex_launcher.stack import Stack, free_port  # noqa: E402
 from tests.support.servers import redis_server  # noqa: E402
 
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of one process (and its finished children), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / TICKS_PER_S
+
 
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))] * 1000
 
 
-async def level(admin: CryptexClient, clients: int, seconds: float) -> str:
+async def level(admin: CryptexClient, clients: int, seconds: float, pids: dict[str, list[int]]) -> str:
     users = [await admin.new_funded_user({"SOL": "100000000", "USDC": "100000000000"},
                                          tx_prefix=f"{clients}-{i}-") for i in range(max(2, clients))]
     latencies: list[float] = []
@@ -53,17 +65,33 @@ async def level(admin: CryptexClient, clients: int, seconds: float) -> str:
             latencies.append(time.perf_counter() - started)
             statuses[r.status] = statuses.get(r.status, 0) + 1
 
+    cpu_before = {name: sum(cpu_s(p) for p in ps) for name, ps in pids.items()}
     started = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(clients)))
     elapsed = time.perf_counter() - started
+    cpu_used = {name: sum(cpu_s(p) for p in ps) - cpu_before[name] for name, ps in pids.items()}
     for u in users:
         await u.cancel_all("SOL/USDC")
     return (f"clients={clients:3d} orders={len(latencies):6d} orders/s={len(latencies) / elapsed:7,.0f} "
             f"p50={pct(latencies, 0.5):6.2f}ms p99={pct(latencies, 0.99):6.2f}ms "
-            f"max={max(latencies) * 1000:7.2f}ms statuses={statuses}")
+            f"max={max(latencies) * 1000:7.2f}ms statuses={statuses} cpu/order: "
+            + " ".join(f"{name}={used / len(latencies) * 1e6:.0f}us" for name, used in cpu_used.items()))
 
 
-async def run(seconds: float, levels: list[int]) -> None:
+def server_pids(stack: Stack) -> dict[str, list[int]]:
+    """The pids of each service: the API's worker processes are its children, if any."""
+    out: dict[str, list[int]] = {}
+    for name, svc in stack.services.items():
+        if svc.process is None:
+            continue
+        pid = svc.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        kids = [int(c) for c in children.read_text().split()] if children.exists() else []
+        out[name.split("-")[0]] = [pid, *kids]
+    return out
+
+
+async def run(seconds: float, levels: list[int], api_workers: int) -> None:
     specs = [s for s in load_markets_yaml((ROOT / "markets.yaml").read_text()) if s.symbol == "SOL/USDC"]
     with redis_server() as server:
         import redis.asyncio as aioredis
@@ -78,12 +106,16 @@ async def run(seconds: float, levels: list[int]) -> None:
                       with_dbproc=False, extra_env={"CRYPTEX_HISTORY_ENABLED": "false",
                                                     "CRYPTEX_RATE_LIMIT_PER_S": "1000000",
                                                     "CRYPTEX_RATE_LIMIT_BURST": "1000000",
-                                                    "CRYPTEX_LOG_LEVEL": "WARNING"})
+                                                    "CRYPTEX_LOG_LEVEL": "WARNING",
+                                                    "CRYPTEX_API_WORKERS": str(api_workers)})
         stack.start_all()
         try:
             async with CryptexClient(f"http://127.0.0.1:{stack.api_port}", admin_token="bench") as admin:
+                await admin.markets()  # warm: every worker has started
+                pids = server_pids(stack)
+                print(f"pids: {pids}", flush=True)
                 for clients in levels:
-                    print(await level(admin, clients, seconds), flush=True)
+                    print(await level(admin, clients, seconds, pids), flush=True)
         finally:
             stack.stop_all()
             shutil.rmtree(state, ignore_errors=True)
@@ -93,10 +125,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--api-workers", type=int, default=1, help="CRYPTEX_API_WORKERS")
     args = parser.parse_args()
     print(f"command: .venv/bin/python bench/bench_http.py --seconds {args.seconds} "
-          f"--levels {' '.join(map(str, args.levels))}")
-    asyncio.run(run(args.seconds, args.levels))
+          f"--levels {' '.join(map(str, args.levels))} --api-workers {args.api_workers}")
+    asyncio.run(run(args.seconds, args.levels, args.api_workers))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import logging
 import secrets
 import time
@@ -38,7 +39,7 @@ from cryptex_api import params
 from cryptex_api.openapi import OPENAPI
 from cryptex_api.orders import CLIENT_ORDER_ID, market_field, validate_order
 from cryptex_api.ratelimit import TokenBuckets
-from cryptex_api.replies import ReplyWaiter
+from cryptex_api.replies import Reply, ReplyFormat, ReplyWaiter
 from cryptex_api.settings import ApiSettings
 from cryptex_api.transfers import validate_transfer
 from cryptex_common import auth, keys, metrics, registry, runtime
@@ -49,9 +50,7 @@ from cryptex_common.messages import (
     TERMINAL_STATUSES,
     CancelAllCommand,
     CancelOrderCommand,
-    CommandReply,
     OrderRecord,
-    OrderStatus,
     ReplyType,
 )
 from cryptex_common.money import format_units, parse_json, to_steps
@@ -61,6 +60,9 @@ log = logging.getLogger("cryptex.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PREFIX = "/api/v1"
 STATIC_DIR = Path(__file__).parent / "static"
+API_KEY_CACHE_TTL_S = 60.0  # a key deleted or re-pointed in Redis stops working within this
+API_KEY_CACHE_MAX = 100_000
+REPLAY_GUARD_MS = 2 * auth.TIMESTAMP_WINDOW_MS
 
 
 def _s(v: bytes | str) -> str:
@@ -89,7 +91,11 @@ class Api:
         self.markets: dict[str, MarketSpec] = {}
         self.formats: dict[str, WireFormat] = {}
         self.asset_decimals: dict[str, int] = {}
-        self.api_keys: dict[str, tuple[str, str]] = {}  # apiKey -> (userId, secret)
+        # apiKey -> (userId, secret, cached until (monotonic s)): bounded, short-lived
+        self.api_keys: dict[str, tuple[str, bytes, float]] = {}
+        self.reply_formats: dict[str, ReplyFormat] = {}
+        # per-market metric children, labels resolved once (issue 12)
+        self.order_metrics: dict[str, tuple[Any, Any, Any]] = {}
         self.buckets = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst)
         self.public_ips = TokenBuckets(settings.public_rate_limit_per_s, settings.public_rate_limit_burst)
         self.admin_ips = TokenBuckets(settings.admin_rate_limit_per_s, settings.admin_rate_limit_burst)
@@ -101,6 +107,7 @@ class Api:
     async def reload_markets(self) -> None:
         self.markets = await registry.load_markets(self.redis)
         self.formats = {s: WireFormat(spec) for s, spec in self.markets.items()}
+        self.reply_formats = {s: ReplyFormat(spec) for s, spec in self.markets.items()}
         for spec in self.markets.values():
             self.asset_decimals[spec.base_asset] = spec.base_decimals
             self.asset_decimals[spec.quote_asset] = spec.quote_decimals
@@ -113,9 +120,9 @@ class Api:
         """Zero series for the label values this API owns, so rules and dashboards see the
         metrics before the first event (docs/observability.md)."""
         for symbol in self.markets:
-            metrics.ORDERS_ACCEPTED.labels(market=symbol)
-            metrics.ORDER_ROUNDTRIP.labels(market=symbol)
-            metrics.ORDER_REPLY_TIMEOUTS.labels(market=symbol)
+            self.order_metrics[symbol] = (metrics.ORDERS_ACCEPTED.labels(market=symbol),
+                                          metrics.ORDER_ROUNDTRIP.labels(market=symbol),
+                                          metrics.ORDER_REPLY_TIMEOUTS.labels(market=symbol))
         metrics.REDIS_ERRORS.labels(service="api")
         metrics.POSTGRES_ERRORS.labels(service="api")
 
@@ -159,24 +166,39 @@ class Api:
             raise RateLimited(wait_s, "rate limit exceeded for this client address")
 
     async def authenticate(self, request: web.Request, body: bytes) -> str:
+        """The signed request's user: signature checked, replay guard set, rate limited."""
+        user_id, signed = await self.verify_signature(request, body)
+        await self.guard_replay(signed.signature)
+        self.take_rate(signed.api_key)
+        return user_id
+
+    async def verify_signature(self, request: web.Request, body: bytes) -> tuple[str, params.SignedHeaders]:
+        """The user whose key signed this request (401 otherwise); no Redis call when the
+        key is cached. The replay guard and the rate limit are the caller's next steps."""
         signed = params.signed_headers(request.headers)
         if not auth.timestamp_fresh(signed.ts_ms, int(time.time() * 1000)):
             raise CryptexError(ErrorCode.STALE_TIMESTAMP, "X-CX-TS is outside the 5 s window", "X-CX-TS")
-        user = self.api_keys.get(signed.api_key) or await self.lookup_key(request, signed.api_key)
-        user_id, secret = user
-        if not auth.signature_matches(secret, signed.ts_text, request.method, request.raw_path, body,
-                                      signed.signature):
+        cached = self.api_keys.get(signed.api_key)
+        if cached is None or cached[2] < time.monotonic():
+            cached = await self.lookup_key(request, signed.api_key)
+        user_id, secret, _ = cached
+        payload = b"%s%s%s%s" % (signed.ts_text.encode(), request.method.encode(), request.raw_path.encode(), body)
+        if not hmac.compare_digest(hmac.digest(secret, payload, "sha256").hex(), signed.signature):
             raise CryptexError(ErrorCode.BAD_SIGNATURE, "X-CX-SIGN does not match the request", "X-CX-SIGN")
-        fresh = await self.redis.set(keys.signature_key(signed.signature), 1, nx=True,
-                                     px=2 * auth.TIMESTAMP_WINDOW_MS)
+        return user_id, signed
+
+    async def guard_replay(self, signature: str) -> None:
+        """Remember the signature for REPLAY_GUARD_MS; 401 REPLAYED_REQUEST if it was used."""
+        fresh = await self.redis.set(keys.signature_key(signature), 1, nx=True, px=REPLAY_GUARD_MS)
         if not fresh:
             raise CryptexError(ErrorCode.REPLAYED_REQUEST, "this signed request was already used", "X-CX-SIGN")
-        wait_s = self.buckets.take(signed.api_key)
+
+    def take_rate(self, api_key: str) -> None:
+        wait_s = self.buckets.take(api_key)
         if wait_s > 0:
             raise RateLimited(wait_s)
-        return user_id
 
-    async def lookup_key(self, request: web.Request, api_key: str) -> tuple[str, str]:
+    async def lookup_key(self, request: web.Request, api_key: str) -> tuple[str, bytes, float]:
         """An API key not yet cached. Unknown keys count against the caller's address
         (`key_misses`, the public rate): an address past it is answered 429 without a
         lookup, so random keys cannot keep the order pool busy."""
@@ -189,7 +211,9 @@ class Api:
         if not user_id or not secret:
             self.key_misses.take(address)
             raise CryptexError(ErrorCode.UNAUTHORIZED, "unknown API key", "X-CX-KEY")
-        user = (_s(user_id), _s(secret))
+        user = (_s(user_id), _s(secret).encode(), time.monotonic() + API_KEY_CACHE_TTL_S)
+        if len(self.api_keys) >= API_KEY_CACHE_MAX:
+            self.api_keys.clear()
         self.api_keys[api_key] = user
         return user
 
@@ -205,6 +229,8 @@ class Api:
     # --- helpers -----------------------------------------------------------------------
     async def read_body(self, request: web.Request) -> bytes:
         """The whole body, or 408 when it does not arrive within body_timeout_s."""
+        if request.content.is_eof():  # it came with the headers: no timer needed
+            return await request.read()
         try:
             async with asyncio.timeout(self.settings.body_timeout_s):
                 return await request.read()
@@ -230,12 +256,8 @@ class Api:
         fmt = self.formats.get(rec.market)
         return fmt.order(rec) if fmt else rec.model_dump(by_alias=True, mode="json")
 
-    async def wait_reply(self, fut: asyncio.Future[CommandReply], request_id: str) -> CommandReply | None:
-        try:
-            return await asyncio.wait_for(fut, self.settings.reply_timeout_ms / 1000)
-        except TimeoutError:
-            self.replies.forget(request_id)
-            return None
+    async def wait_reply(self, fut: asyncio.Future[Reply | None], request_id: str) -> Reply | None:
+        return await self.replies.wait(request_id, fut, self.settings.reply_timeout_ms / 1000)
 
     def check_state(self, spec: MarketSpec, *, cancelling: bool, post_only: bool = False) -> None:
         state = spec.state
@@ -259,9 +281,13 @@ class Api:
                 for p, q in orjson.loads(raw)["asks"]]
 
     # --- private routes ------------------------------------------------------------------
-    async def place_order(self, request: web.Request, user_id: str, body: dict[str, Any]) -> web.Response:
+    async def place_order(self, request: web.Request, user_id: str, body: dict[str, Any],
+                          signature: str | None = None) -> web.Response:
+        """Validate, then lock funds and queue in one script call, which also checks and sets
+        the replay guard of `signature` (None: the caller already did). Raising before the
+        script has set the guard leaves setting it to the caller (`order_route`)."""
         spec = self.market(market_field(body))
-        label = {"market": spec.symbol}
+        symbol = spec.symbol
         try:
             is_market_buy_by_qty = (str(body.get("type", "")).lower() == "market"
                                     and body.get("quoteQuantity") is None
@@ -270,61 +296,71 @@ class Api:
             order = validate_order(body, spec, user_id, asks)
             self.check_state(spec, cancelling=False, post_only=order.command.post_only)
         except CryptexError as err:
-            metrics.ORDERS_REJECTED.labels(market=spec.symbol, reason=err.code.value).inc()
+            metrics.ORDERS_REJECTED.labels(market=symbol, reason=err.code.value).inc()
             raise
+        command = order.command
         request_id, fut = self.replies.new_request()
-        command = order.command.model_copy(update={
-            "reply_to": self.replies.channel, "request_id": request_id,
-            "correlation_id": request.get("correlation_id"),
-        })
-        record_tail = orjson.dumps(OrderRecord(
-            orderId=0, userId=user_id, market=spec.symbol, side=command.side,
-            orderType=command.order_type, timeInForce=command.time_in_force,
-            postOnly=command.post_only, priceTicks=command.price_ticks,
-            quantityLots=command.quantity_lots, quoteBudgetUnits=command.quote_budget_units,
-            status=OrderStatus.NEW, clientOrderId=command.client_order_id, createdMs=0,
-            updatedMs=0,
-        ).model_dump(by_alias=True, mode="json", exclude={"order_id", "created_ms", "updated_ms"}))
         started = time.perf_counter()
-        enq = await self.ledger.enqueue_order(
-            symbol=spec.symbol, user_id=user_id, lock_asset=order.lock_asset,
-            lock_units=order.lock_units, command_json=command.model_dump_json(by_alias=True),
-            record_tail_json=record_tail.decode()[1:], client_order_id=command.client_order_id,
-        )
+        try:
+            enq = await self.ledger.enqueue_order(
+                symbol=symbol, user_id=user_id, lock_asset=order.lock_asset,
+                lock_units=order.lock_units,
+                command_json=command.wire_json(self.replies.channel, request_id, request.get("correlation_id")),
+                record_tail_json=command.record_tail(symbol), client_order_id=command.client_order_id,
+                signature=signature, replay_guard_ms=REPLAY_GUARD_MS,
+            )
+        except BaseException:
+            self.replies.forget(request_id)
+            raise
         if enq.status != "ok":
             self.replies.forget(request_id)
+            if enq.status == "replayed":
+                raise GuardChecked(CryptexError(ErrorCode.REPLAYED_REQUEST, "this signed request was already used",
+                                                "X-CX-SIGN"))
+            if signature is not None:
+                await self.guard_replay(signature)  # raises REPLAYED_REQUEST when it was used
             if enq.status == "dup" and enq.order_id is not None:
                 rec, _ = await self.load_order(enq.order_id)
                 return json_response({"duplicate": True, "order": self.order_wire(rec) if rec else {
                     "orderId": str(enq.order_id)}})
-            metrics.ORDERS_REJECTED.labels(market=spec.symbol, reason="INSUFFICIENT_FUNDS").inc()
-            raise CryptexError(ErrorCode.INSUFFICIENT_FUNDS,
-                               f"insufficient {order.lock_asset} available", "quantity")
-        metrics.ORDERS_ACCEPTED.labels(**label).inc()
-        log.info("order queued", extra={"market": spec.symbol, "orderId": enq.order_id,
-                                        "userId": user_id, "correlationId": command.correlation_id})
+            metrics.ORDERS_REJECTED.labels(market=symbol, reason="INSUFFICIENT_FUNDS").inc()
+            raise GuardChecked(CryptexError(ErrorCode.INSUFFICIENT_FUNDS,
+                                            f"insufficient {order.lock_asset} available", "quantity"))
+        accepted, roundtrip, timeouts = self.order_metrics.get(symbol) or self._order_metrics(symbol)
+        accepted.inc()
+        if log.isEnabledFor(logging.INFO):
+            log.info("order queued", extra={"market": symbol, "orderId": enq.order_id,
+                                            "userId": user_id, "correlationId": request.get("correlation_id")})
         reply = await self.wait_reply(fut, request_id)
         if reply is None:
-            metrics.ORDER_REPLY_TIMEOUTS.labels(**label).inc()
+            timeouts.inc()
             return json_response({"orderId": str(enq.order_id), "status": "accepted",
                                   "message": "queued; the engine has not answered yet"}, 202)
-        metrics.ORDER_ROUNDTRIP.labels(**label).observe(time.perf_counter() - started)
+        roundtrip.observe(time.perf_counter() - started)
         return self.reply_response(reply, spec)
 
-    def reply_response(self, reply: CommandReply, spec: MarketSpec) -> web.Response:
-        fmt = self.formats.get(spec.symbol) or WireFormat(spec)
+    def _order_metrics(self, symbol: str) -> tuple[Any, Any, Any]:
+        children = (metrics.ORDERS_ACCEPTED.labels(market=symbol), metrics.ORDER_ROUNDTRIP.labels(market=symbol),
+                    metrics.ORDER_REPLY_TIMEOUTS.labels(market=symbol))
+        self.order_metrics[symbol] = children
+        return children
+
+    def reply_response(self, reply: Reply, spec: MarketSpec) -> web.Response:
+        fmt = self.reply_formats.get(spec.symbol) or ReplyFormat(spec)
         body: dict[str, Any] = {}
-        if reply.order is not None:
-            body["order"] = fmt.order(reply.order)
-        if reply.type == ReplyType.REJECTED:
-            code = reply.code or "REJECTED"
+        order = reply.get("order")
+        if order is not None:
+            body["order"] = fmt.order(order)
+        kind = reply["type"]
+        if kind == ReplyType.REJECTED:
+            code = reply.get("code") or "REJECTED"
             metrics.ORDERS_REJECTED.labels(market=spec.symbol, reason=code).inc()
             err = CryptexError(ErrorCode(code) if code in ErrorCode.__members__ else ErrorCode.CONFLICT,
-                               reply.message or code)
+                               reply.get("message") or code)
             return json_response({**err.to_wire(), **body}, err.http_status)
-        if reply.type == ReplyType.ORDERS_CANCELLED:
-            return json_response({"cancelled": [fmt.order(o) for o in reply.orders]})
-        body["fills"] = [fmt.fill(f) for f in reply.fills]
+        if kind == ReplyType.ORDERS_CANCELLED:
+            return json_response({"cancelled": [fmt.order(o) for o in reply.get("orders") or ()]})
+        body["fills"] = [fmt.fill(f) for f in reply.get("fills") or ()]
         return json_response(body)
 
     async def resolve_order(self, user_id: str, query: Any) -> OrderRecord:
@@ -354,7 +390,7 @@ class Api:
         reply = await self.wait_reply(fut, request_id)
         if reply is None:
             return json_response({"orderId": str(rec.order_id), "status": "cancel_requested"}, 202)
-        if reply.type == ReplyType.REJECTED:  # filled or cancelled while the cancel was queued
+        if reply["type"] == ReplyType.REJECTED:  # filled or cancelled while the cancel was queued
             raise CryptexError(ErrorCode.ORDER_NOT_OPEN, f"order {rec.order_id} is no longer open", "orderId")
         return self.reply_response(reply, spec)
 
@@ -375,7 +411,7 @@ class Api:
             if reply is None:
                 pending.append(spec.symbol)
                 continue
-            cancelled.extend(self.formats[spec.symbol].order(o) for o in reply.orders)
+            cancelled.extend(self.reply_formats[spec.symbol].order(o) for o in reply.get("orders") or ())
         return json_response({"cancelled": cancelled, "pendingMarkets": pending},
                              202 if pending else 200)
 
@@ -518,6 +554,14 @@ class RateLimited(Exception):
         self.message = message
 
 
+class GuardChecked(Exception):
+    """An order route's error raised after its replay guard was checked (set, or found
+    used): `order_route` answers `error` without setting the guard again."""
+
+    def __init__(self, error: CryptexError) -> None:
+        self.error = error
+
+
 def private(api: Api, handler: Callable[[web.Request, str, dict[str, Any]], Awaitable[web.Response]],
             wants_body: bool = True) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
@@ -525,6 +569,26 @@ def private(api: Api, handler: Callable[[web.Request, str, dict[str, Any]], Awai
         user_id = await api.authenticate(request, raw)
         body = await api.read_json(request, raw) if wants_body else {}
         return await handler(request, user_id, body)
+    return wrapped
+
+
+def order_route(api: Api) -> Handler:
+    """POST /order: the replay guard is checked and set by the enqueue script itself, so an
+    accepted order costs one Redis round trip. A request refused before that (rate limit,
+    bad body, market state) sets the guard here first, as `authenticate` would have: a
+    replayed signature is answered REPLAYED_REQUEST whatever else is wrong with it."""
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        raw = await api.read_body(request)
+        user_id, signed = await api.verify_signature(request, raw)
+        try:
+            api.take_rate(signed.api_key)
+            body = await api.read_json(request, raw)
+            return await api.place_order(request, user_id, body, signed.signature)
+        except GuardChecked as checked:
+            raise checked.error from None
+        except (CryptexError, RateLimited):
+            await api.guard_replay(signed.signature)
+            raise
     return wrapped
 
 
@@ -546,6 +610,8 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except CryptexError as err:
         return error_response(err)
+    except GuardChecked as checked:
+        return error_response(checked.error)
     except RateLimited as rl:
         return error_response(CryptexError(ErrorCode.RATE_LIMITED, rl.message), _retry_after(rl.retry_after_s))
     except web.HTTPRequestEntityTooLarge:
@@ -568,20 +634,53 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(CryptexError(ErrorCode.INTERNAL, "internal error"))
 
 
+class _CorrelationIds:
+    """16 hex digits per request: a random per-process prefix and a counter (unique, and no
+    random bytes drawn per request)."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(4)
+        self._n = itertools.count(secrets.randbelow(2**31))
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._n) & 0xFFFFFFFF:08x}"
+
+
+_new_correlation_id = _CorrelationIds()
+# metric children by label values, resolved once (prometheus_client's labels() is slow)
+_http_requests: dict[tuple[str, str, int], Any] = {}
+_http_latency: dict[tuple[str, str], Any] = {}
+
+
+def _count_request(route: str, method: str, status: int, seconds: float) -> None:
+    counter = _http_requests.get((route, method, status))
+    if counter is None:
+        counter = metrics.HTTP_REQUESTS.labels(route=route, method=method, status=str(status))
+        if len(_http_requests) < 10_000:
+            _http_requests[(route, method, status)] = counter
+    counter.inc()
+    histogram = _http_latency.get((route, method))
+    if histogram is None:
+        histogram = metrics.HTTP_LATENCY.labels(route=route, method=method)
+        if len(_http_latency) < 10_000:
+            _http_latency[(route, method)] = histogram
+    histogram.observe(seconds)
+
+
 @web.middleware
 async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource else "unmatched"
     try:
-        request["correlation_id"] = params.request_id(request.headers) or secrets.token_hex(8)
+        request["correlation_id"] = params.request_id(request.headers) or _new_correlation_id()
     except CryptexError as err:
-        request["correlation_id"] = secrets.token_hex(8)
+        request["correlation_id"] = _new_correlation_id()
         response: web.StreamResponse = error_response(err)
     else:
         response = await _answer(request, handler)
     response.headers["X-Request-Id"] = request["correlation_id"]
-    metrics.HTTP_REQUESTS.labels(route=route, method=request.method, status=str(response.status)).inc()
-    metrics.HTTP_LATENCY.labels(route=route, method=request.method).observe(time.perf_counter() - started)
+    _count_request(route, request.method, response.status, time.perf_counter() - started)
     return response
 
 
@@ -592,7 +691,7 @@ async def _index(_: web.Request) -> web.FileResponse:
 def create_app(api: Api) -> web.Application:
     app = web.Application(middlewares=[errors_and_metrics], client_max_size=api.settings.max_body_bytes)
     r = app.router
-    r.add_post(f"{PREFIX}/order", private(api, api.place_order))
+    r.add_post(f"{PREFIX}/order", order_route(api))
     r.add_delete(f"{PREFIX}/order", private(api, api.cancel_order))
     r.add_get(f"{PREFIX}/order", private(api, api.get_order, wants_body=False))
     r.add_delete(f"{PREFIX}/orders", private(api, api.cancel_all))

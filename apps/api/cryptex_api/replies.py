@@ -1,5 +1,11 @@
 """One reply channel per API process: engines publish each command's result to it, and
-the waiting request picks its reply by request id. Subscribed once at start."""
+the waiting request picks its reply by request id. Subscribed once at start.
+
+Replies are decoded with orjson into plain dicts (the CommandReply shape, camelCase keys,
+as the engine's translate layer builds them) and formatted for clients by `ReplyFormat`;
+no pydantic on the order path (issue 12). A request waits on a future resolved by the
+listener or, after its timeout, with None by a timer (no task per request).
+"""
 
 from __future__ import annotations
 
@@ -7,34 +13,53 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from decimal import Decimal
+from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from cryptex_common import keys
-from cryptex_common.messages import REPLY_BATCH_ADAPTER, CommandReply
+from cryptex_common.markets import MarketSpec
 
 log = logging.getLogger("cryptex.api.replies")
+Reply = dict[str, Any]  # a CommandReply as the engine publishes it
+
+
+def _expire(fut: asyncio.Future[Reply | None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class ReplyWaiter:
     def __init__(self, redis: Redis, instance_id: str) -> None:
         self.redis = redis
         self.channel = keys.reply_channel(instance_id)
-        self._pending: dict[str, asyncio.Future[CommandReply]] = {}
+        self._pending: dict[str, asyncio.Future[Reply | None]] = {}
         self._ids = itertools.count(1)
-        self._prefix = instance_id
+        self._prefix = f"{instance_id}:"
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self.on_markets_changed: asyncio.Event = asyncio.Event()
 
-    def new_request(self) -> tuple[str, asyncio.Future[CommandReply]]:
-        request_id = f"{self._prefix}:{next(self._ids)}"
-        fut: asyncio.Future[CommandReply] = asyncio.get_running_loop().create_future()
+    def new_request(self) -> tuple[str, asyncio.Future[Reply | None]]:
+        request_id = f"{self._prefix}{next(self._ids)}"
+        fut: asyncio.Future[Reply | None] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = fut
         return request_id, fut
 
     def forget(self, request_id: str) -> None:
         self._pending.pop(request_id, None)
+
+    async def wait(self, request_id: str, fut: asyncio.Future[Reply | None], timeout_s: float) -> Reply | None:
+        """The reply, or None when none arrives within `timeout_s` (then forgotten)."""
+        timer = asyncio.get_running_loop().call_later(timeout_s, _expire, fut)
+        try:
+            reply = await fut
+        finally:
+            timer.cancel()
+            self._pending.pop(request_id, None)
+        return reply
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._listen())
@@ -45,14 +70,14 @@ class ReplyWaiter:
         return self._task is not None and not self._task.done() and self._subscribed.is_set()
 
     async def _listen(self) -> None:
+        changed = (keys.MARKETS_CHANGED_CHANNEL, keys.MARKETS_CHANGED_CHANNEL.encode())
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel, keys.MARKETS_CHANGED_CHANNEL)
                 self._subscribed.set()
                 async for message in pubsub.listen():
-                    if message["channel"] in (keys.MARKETS_CHANGED_CHANNEL,
-                                              keys.MARKETS_CHANGED_CHANNEL.encode()):
+                    if message["channel"] in changed:
                         self.on_markets_changed.set()
                         continue
                     self._deliver(message["data"])
@@ -66,14 +91,15 @@ class ReplyWaiter:
 
     def _deliver(self, data: bytes | str) -> None:
         try:
-            replies = REPLY_BATCH_ADAPTER.validate_json(data)
+            replies = orjson.loads(data)
+            if not isinstance(replies, list):
+                raise ValueError("a reply batch is a JSON array")
+            for reply in replies:
+                fut = self._pending.pop(reply["requestId"], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(reply)
         except Exception:
             log.exception("malformed reply dropped")
-            return
-        for reply in replies:
-            fut = self._pending.pop(reply.request_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(reply)
 
     async def stop(self) -> None:
         if self._task:
@@ -83,3 +109,75 @@ class ReplyWaiter:
         for fut in self._pending.values():
             if not fut.done():
                 fut.cancel()
+
+
+class _Steps:
+    """format_steps for one step size, its Decimal work done once."""
+
+    __slots__ = ("mult", "places")
+
+    def __init__(self, step: Decimal) -> None:
+        sign, digits, exponent = step.as_tuple()
+        assert isinstance(exponent, int) and not sign
+        self.places = -exponent if exponent < 0 else 0
+        self.mult = int("".join(map(str, digits))) * (10**exponent if exponent > 0 else 1)
+
+    def __call__(self, steps: int | None) -> str | None:
+        if steps is None:
+            return None
+        scaled = steps * self.mult
+        negative = scaled < 0
+        text = str(-scaled if negative else scaled)
+        places = self.places
+        if places:
+            text = text.rjust(places + 1, "0")
+            text = f"{text[:-places]}.{text[-places:]}"
+        return f"-{text}" if negative else text
+
+
+class ReplyFormat:
+    """cryptex_common.wire.WireFormat's order and fill payloads, from the dicts the engine
+    publishes (OrderRecord / FillRecord shape), for one market."""
+
+    def __init__(self, spec: MarketSpec) -> None:
+        self.spec = spec
+        self.price = _Steps(Decimal(spec.tick_size))
+        self.quantity = _Steps(Decimal(spec.lot_size))
+        self.quote = _Steps(Decimal(1).scaleb(-spec.quote_decimals))
+        self.base = _Steps(Decimal(1).scaleb(-spec.base_decimals))
+
+    def order(self, o: Reply) -> dict[str, Any]:
+        return {
+            "orderId": str(o["orderId"]),
+            "clientOrderId": o.get("clientOrderId"),
+            "market": o["market"],
+            "side": o["side"],
+            "type": o["orderType"],
+            "timeInForce": o["timeInForce"],
+            "postOnly": o.get("postOnly", False),
+            "price": self.price(o.get("priceTicks")),
+            "quantity": self.quantity(o.get("quantityLots")),
+            "quoteQuantity": self.quote(o.get("quoteBudgetUnits")),
+            "executedQty": self.quantity(o.get("executedLots", 0)),
+            "executedQuoteQty": self.quote(o.get("executedQuoteUnits", 0)),
+            "status": o["status"],
+            "reason": o.get("reason"),
+            "createdAt": o["createdMs"],
+            "updatedAt": o["updatedMs"],
+        }
+
+    def fill(self, f: Reply) -> dict[str, Any]:
+        fee_format = self.base if f["feeAsset"] == self.spec.base_asset else self.quote
+        return {
+            "tradeId": str(f["tradeId"]),
+            "orderId": str(f["orderId"]),
+            "market": f["market"],
+            "side": f["side"],
+            "price": self.price(f["priceTicks"]),
+            "quantity": self.quantity(f["quantityLots"]),
+            "quoteQuantity": self.quote(f["quoteUnits"]),
+            "fee": fee_format(f["feeUnits"]),
+            "feeAsset": f["feeAsset"],
+            "liquidity": "maker" if f["isMaker"] else "taker",
+            "ts": f["tsMs"],
+        }

@@ -62,7 +62,7 @@ class LedgerScriptError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Enqueued:
-    status: str  # "ok" | "dup" | "insufficient"
+    status: str  # "ok" | "replayed" | "dup" | "insufficient"
     order_id: int | None = None
     stream_id: str | None = None
 
@@ -132,20 +132,38 @@ class ScriptCall:
     args: list[Any]
 
 
+_BALANCE_HINTS: dict[str, str] = {}
+
+
+def _balance_hint(asset: str) -> str:
+    """The user-channel message saying `asset`'s balance changed (one string per asset)."""
+    hint = _BALANCE_HINTS.get(asset)
+    if hint is None:
+        hint = orjson.dumps({"type": "balance", "data": {"assets": [asset]}}).decode()
+        if len(_BALANCE_HINTS) < 1024:
+            _BALANCE_HINTS[asset] = hint
+    return hint
+
+
 def enqueue_call(
-    *, symbol: str, user_id: str, lock_asset: str, lock_units: int, command_json: str,
-    record_tail_json: str, client_order_id: str | None,
+    *, symbol: str, user_id: str, lock_asset: str, lock_units: int, command_json: str | bytes,
+    record_tail_json: str | bytes, client_order_id: str | None, signature: str | None = None,
+    replay_guard_ms: int = 0,
 ) -> ScriptCall:
     """enqueue_order.lua's call; see Ledger.enqueue_order."""
     units = _units(lock_units, "lock_units")
     coid_key = keys.client_order_key(user_id, client_order_id) if client_order_id else "-"
-    hint = orjson.dumps({"type": "balance", "data": {"assets": [lock_asset]}}).decode()
+    if signature is not None:
+        guard_key, guard_ms = keys.signature_key(signature), _units(replay_guard_ms, "replay_guard_ms")
+    else:
+        guard_key, guard_ms = "-", "0"
     return ScriptCall(
         keys=[keys.balance_key(user_id), keys.commands_stream(symbol), keys.ORDER_ID_COUNTER,
-              keys.open_orders_key(user_id), coid_key],
+              keys.open_orders_key(user_id), coid_key, guard_key],
         args=[keys.available_field(lock_asset), keys.locked_field(lock_asset), units, command_json,
               "1" if client_order_id else "0", CLIENT_ORDER_ID_TTL_S, symbol, user_id,
-              record_tail_json, keys.user_channel(user_id), hint, lock_asset, *ENTRY_FIELDS],
+              record_tail_json, keys.user_channel(user_id), _balance_hint(lock_asset), lock_asset,
+              *ENTRY_FIELDS, guard_ms],
     )
 
 
@@ -200,20 +218,29 @@ class Ledger:
         user_id: str,
         lock_asset: str,
         lock_units: int,
-        command_json: str,
-        record_tail_json: str,
+        command_json: str | bytes,
+        record_tail_json: str | bytes,
         client_order_id: str | None,
+        signature: str | None = None,
+        replay_guard_ms: int = 0,
     ) -> Enqueued:
         """Lock `lock_units` of `lock_asset` and queue the order, or change nothing.
+
+        With a `signature`, the request's replay guard is checked and set in the same call:
+        status "replayed" (nothing written) when `sig:<signature>` exists; on "ok" it is set
+        for `replay_guard_ms` (so a signed order costs one Redis round trip). On any other
+        status the guard is not set: the caller sets it (auth.TIMESTAMP_WINDOW_MS rules).
 
         `record_tail_json` is the OrderRecord JSON without its opening brace and without
         orderId/createdMs/updatedMs, which the script fills in. The stream entry carries
         ENTRY_FIELDS: order id, user id, lock asset, locked units and the command JSON.
-        Status "ok" | "dup" | "insufficient"; raises LedgerScriptError on corrupt data.
+        Status "ok" | "replayed" | "dup" | "insufficient"; raises LedgerScriptError on
+        corrupt data.
         """
         call = enqueue_call(symbol=symbol, user_id=user_id, lock_asset=lock_asset,
                             lock_units=lock_units, command_json=command_json,
-                            record_tail_json=record_tail_json, client_order_id=client_order_id)
+                            record_tail_json=record_tail_json, client_order_id=client_order_id,
+                            signature=signature, replay_guard_ms=replay_guard_ms)
         status, detail = _checked(await self._enqueue(keys=call.keys, args=call.args))
         if status == "ok":
             return Enqueued("ok", int(detail[0]), detail[1])

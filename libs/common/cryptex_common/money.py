@@ -16,6 +16,8 @@ import re
 from decimal import Decimal
 from fractions import Fraction
 
+import orjson
+
 from cryptex_common.errors import CryptexError, ErrorCode
 
 # Plain decimal: digits, optional fraction. No sign, no exponent, no spaces. fullmatch only.
@@ -114,7 +116,29 @@ def _depth_exceeds(doc: object, limit: int) -> bool:
     return False
 
 
+_SCALARS = (str, int, bool, type(None))
+
+
 def parse_json(text: str | bytes) -> object:
+    """`_parse_json_exact`, faster for the usual body: a flat object of strings, integers,
+    booleans and nulls is parsed by orjson, which gives the same values (its integers are
+    exact within 64 bits and turn larger ones into floats; the last of duplicate keys wins,
+    as in `json`). Anything else (a float, an integer past 64 bits, nesting, an error of
+    any kind) is parsed again by `_parse_json_exact`, which decides."""
+    try:
+        doc = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        doc = None
+    if type(doc) is dict:
+        for value in doc.values():
+            if not isinstance(value, _SCALARS):
+                break
+        else:
+            return doc
+    return _parse_json_exact(text)
+
+
+def _parse_json_exact(text: str | bytes) -> object:
     """JSON where numbers with a fraction or exponent stay as their exact source text and
     NaN/Infinity are refused, so no float ever touches an amount. Refuses (INVALID_JSON,
     field "body") bad UTF-8, bad syntax, and nesting deeper than MAX_JSON_DEPTH."""

@@ -1,19 +1,28 @@
 -- Validate funds, lock them and queue the order: one atomic step, all or nothing.
 -- KEYS: 1 balance hash, 2 market command stream, 3 order id counter,
---       4 user's open-order set, 5 client-order-id key (used only when ARGV[5] == "1")
+--       4 user's open-order set, 5 client-order-id key (used only when ARGV[5] == "1"),
+--       6 the request signature's replay-guard key (used only when ARGV[18] ~= "0")
 -- ARGV: 1 available field, 2 locked field, 3 units to lock (canonical integer > 0),
 --       4 command JSON, 5 has client order id ("1"/"0"), 6 client order id TTL seconds,
 --       7 market symbol, 8 user id, 9 order record JSON without its opening "{" and
 --       without orderId/createdMs/updatedMs (spliced in here), 10 the user's private
 --       channel, 11 the balance hint published there, 12 lock asset,
---       13-17 stream entry field names for: order id, user id, lock asset, locked units, command
--- Returns {"ok", orderId, streamId} | {"dup", orderId} | {"insufficient"}
+--       13-17 stream entry field names for: order id, user id, lock asset, locked units, command,
+--       18 how long the replay guard lives in ms ("0": no guard)
+-- Returns {"ok", orderId, streamId} | {"replayed"} | {"dup", orderId} | {"insufficient"}
 --       | {"invalid", argname} | {"corrupt", key, field}; every reply but "ok" wrote nothing.
+-- "replayed": KEYS[6] exists, the signed request was already used; on "ok" the guard is
+-- set (PX ARGV[18]), so a signed order costs one round trip (docs/decisions/0006).
 -- Every check runs before the first write. The one key not in KEYS is `order:<id>`: its id
 -- comes from the counter read here (docs/decisions/0009-ledger-exact-arithmetic.md).
-if #KEYS ~= 5 or #ARGV ~= 17 then return {"invalid", "layout"} end
+if #KEYS ~= 6 or #ARGV ~= 18 then return {"invalid", "layout"} end
 if not dec_is_positive(ARGV[3]) then return {"invalid", "lock units"} end
 if ARGV[5] ~= "0" and ARGV[5] ~= "1" then return {"invalid", "has client order id"} end
+local guard = ARGV[18] ~= "0"
+if guard then
+  if not dec_is_positive(ARGV[18]) or #ARGV[18] > 12 then return {"invalid", "replay guard ms"} end
+  if redis.call("EXISTS", KEYS[6]) == 1 then return {"replayed"} end
+end
 if ARGV[5] == "1" then
   if not dec_is_positive(ARGV[6]) or #ARGV[6] > 12 then return {"invalid", "client order id TTL"} end
   local existing = redis.call("GET", KEYS[5])
@@ -44,6 +53,9 @@ redis.call("HSET", order_key, "r", record, "m", ARGV[7], "u", ARGV[8])
 redis.call("ZADD", KEYS[4], id, id)
 if ARGV[5] == "1" then
   redis.call("SET", KEYS[5], id, "EX", ARGV[6])
+end
+if guard then
+  redis.call("SET", KEYS[6], "1", "PX", ARGV[18])
 end
 redis.call("PUBLISH", ARGV[10], ARGV[11])
 return {"ok", id, sid}
