@@ -5,15 +5,16 @@
 #   scripts/local-prometheus.sh                 # install if missing, write config, run
 #   scripts/local-prometheus.sh --write-config  # only write config + targets, then exit
 #
-# Targets: api 127.0.0.1:8080, wsgateway 127.0.0.1:8081 (or the ports in api.port /
-# wsgateway.port), and one target per engine-*.port / dbproc.port file in .cryptex/ports/
-# (written by the launcher, each holding that process's ops port). The target lists are rewritten every 5 s while Prometheus runs,
-# so restarted engines are followed. Data: .cryptex/prometheus/data.
+# Targets: one per api.port / wsgateway.port / engine-*.port / dbproc.port file in
+# .cryptex/ports/ (written by the launcher, each holding that process's ops port: /metrics is
+# served there only, never on the API's or the gateway's public port). The target lists are
+# rewritten every 5 s while Prometheus runs, so restarted services are followed. A job with
+# no port file has no target (nothing is guessed). Data: .cryptex/prometheus/data.
 #
 # Environment (all optional):
 #   CRYPTEX_STATE_DIR   default <repo>/.cryptex
-#   CRYPTEX_API_TARGET  default 127.0.0.1:<.cryptex/ports/api.port, else 8080>
-#   CRYPTEX_WS_TARGET   default 127.0.0.1:<.cryptex/ports/wsgateway.port, else 8081>
+#   CRYPTEX_API_TARGET  host:port of the API's ops port (instead of .cryptex/ports/api.port)
+#   CRYPTEX_WS_TARGET   host:port of the gateway's ops port (instead of wsgateway.port)
 #   PROMETHEUS_LISTEN   default 127.0.0.1:9090
 set -euo pipefail
 
@@ -23,10 +24,8 @@ PORTS_DIR="$STATE/ports"
 PROM_DIR="$STATE/prometheus"
 TARGETS_DIR="$PROM_DIR/targets"
 CONFIG="$PROM_DIR/prometheus.yml"
-# api/wsgateway: the launcher's api.port / wsgateway.port when present, else 8080 / 8081.
-port_or() { local f="$PORTS_DIR/$1.port"; if [ -s "$f" ]; then tr -dc '0-9' < "$f"; else echo "$2"; fi; }
-API_TARGET="${CRYPTEX_API_TARGET:-127.0.0.1:$(port_or api 8080)}"
-WS_TARGET="${CRYPTEX_WS_TARGET:-127.0.0.1:$(port_or wsgateway 8081)}"
+API_TARGET="${CRYPTEX_API_TARGET:-}"
+WS_TARGET="${CRYPTEX_WS_TARGET:-}"
 LISTEN="${PROMETHEUS_LISTEN:-127.0.0.1:9090}"
 
 install_prometheus() {
@@ -38,14 +37,23 @@ install_prometheus() {
     || { $sudo apt-get update && $sudo apt-get install -y --no-install-recommends prometheus; }
 }
 
-# One file_sd JSON list per job from .cryptex/ports/<job>*.port; written atomically.
+# One file_sd JSON list per job from .cryptex/ports/<job>*.port (or the job's override
+# target); written atomically.
 write_targets() {
   mkdir -p "$TARGETS_DIR"
-  local job file name port entries sep tmp
-  for job in engine dbproc; do
+  local job file name port entries sep tmp override
+  for job in api wsgateway engine dbproc; do
     entries="" sep=""
+    case "$job" in
+      api) override="$API_TARGET" ;;
+      wsgateway) override="$WS_TARGET" ;;
+      *) override="" ;;
+    esac
+    if [ -n "$override" ]; then
+      entries="{\"targets\": [\"$override\"], \"labels\": {\"process\": \"$job\"}}"
+    fi
     for file in "$PORTS_DIR/$job"*.port; do
-      [ -e "$file" ] || continue
+      [ -z "$override" ] && [ -e "$file" ] || continue
       name="$(basename "$file" .port)"
       port="$(tr -dc '0-9' < "$file")"
       [ -n "$port" ] || continue
@@ -69,11 +77,13 @@ rule_files:
   - $REPO/monitoring/prometheus/rules/*.yaml
 scrape_configs:
   - job_name: api
-    static_configs:
-      - targets: ["$API_TARGET"]
+    file_sd_configs:
+      - files: ["$TARGETS_DIR/api.json"]
+        refresh_interval: 5s
   - job_name: wsgateway
-    static_configs:
-      - targets: ["$WS_TARGET"]
+    file_sd_configs:
+      - files: ["$TARGETS_DIR/wsgateway.json"]
+        refresh_interval: 5s
   - job_name: engine
     file_sd_configs:
       - files: ["$TARGETS_DIR/engine.json"]
@@ -95,7 +105,7 @@ fi
 install_prometheus
 echo "Prometheus on http://$LISTEN (config $CONFIG, data $PROM_DIR/data)" >&2
 
-# Follow engines that restart on a new port; stops when Prometheus ($$ after exec) exits.
+# Follow services that restart on a new port; stops when Prometheus ($$ after exec) exits.
 (
   while kill -0 $$ 2>/dev/null; do
     sleep 5

@@ -240,6 +240,32 @@ def test_a_servicemonitor_per_component(helm: str) -> None:
         assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
+def test_public_services_serve_metrics_on_an_ops_port_only(helm: str) -> None:
+    """api and wsgateway: the ServiceMonitor scrapes the Service port 'ops', which targets the
+    container port the process serves /metrics on (CRYPTEX_OPS_PORT); the Ingress routes to
+    other ports only, so /metrics is never public (issue 11 and its gateway follow-up)."""
+    docs = rendered(helm, "monitoring")
+    monitors, services = by_kind(docs, "ServiceMonitor"), by_kind(docs, "Service")
+    deployments = by_kind(docs, "Deployment")
+    (ing,) = by_kind(rendered(helm, "default"), "Ingress").values()
+    routed = {(p["backend"]["service"]["name"], p["backend"]["service"]["port"]["name"])
+              for p in ing["spec"]["rules"][0]["http"]["paths"]}
+    for name in ("cryptex-api", "cryptex-wsgateway"):
+        (endpoint,) = monitors[name]["spec"]["endpoints"]
+        assert endpoint["port"] == "ops", name
+        assert (name, "ops") not in routed
+        (svc_port,) = [p for p in services[name]["spec"]["ports"] if p["name"] == "ops"]
+        (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
+        (ops,) = [p for p in container["ports"] if p["name"] == svc_port["targetPort"]]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["CRYPTEX_OPS_PORT"] == str(ops["containerPort"]), name
+        assert env["CRYPTEX_OPS_HOST"] == "0.0.0.0", name
+        assert ops["containerPort"] != int(env["CRYPTEX_PORT"]), name
+        probe_ports = {container[k]["httpGet"]["port"]
+                       for k in ("startupProbe", "livenessProbe", "readinessProbe")}
+        assert "ops" not in probe_ports  # probes stay on the public port (/healthz, /readyz)
+
+
 def test_monitoring_objects_match_their_schemas(helm: str) -> None:
     """ServiceMonitor and PrometheusRule against the Prometheus Operator's models, plus a
     diff so that a misspelt key (which the models would ignore) fails too."""

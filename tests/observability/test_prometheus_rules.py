@@ -133,6 +133,18 @@ def test_local_prometheus_script_writes_a_valid_config_from_port_files(tmp_path:
     ]
     dbproc = json.loads((state / "prometheus" / "targets" / "dbproc.json").read_text())
     assert dbproc == [{"targets": ["127.0.0.1:40003"], "labels": {"process": "dbproc"}}]
-    static = {j["job_name"]: j for j in yaml.safe_load(config.read_text())["scrape_configs"]}
-    assert static["api"]["static_configs"][0]["targets"] == ["127.0.0.1:8080"]
-    assert static["wsgateway"]["static_configs"][0]["targets"] == ["127.0.0.1:40004"]
+    # api and the gateway serve /metrics on their ops ports only: from their .port files,
+    # never a guessed public port (no api.port here: no api target)
+    jobs = {j["job_name"]: j for j in yaml.safe_load(config.read_text())["scrape_configs"]}
+    for job in ("api", "wsgateway"):
+        assert "static_configs" not in jobs[job], job
+    targets = state / "prometheus" / "targets"
+    assert json.loads((targets / "api.json").read_text()) == []
+    assert json.loads((targets / "wsgateway.json").read_text()) == [
+        {"targets": ["127.0.0.1:40004"], "labels": {"process": "wsgateway"}}]
+    (state / "ports" / "api.port").write_text("40005\n")
+    proc = subprocess.run([str(REPO / "scripts" / "local-prometheus.sh"), "--write-config"],
+                          env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((targets / "api.json").read_text()) == [
+        {"targets": ["127.0.0.1:40005"], "labels": {"process": "api"}}]

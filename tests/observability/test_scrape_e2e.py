@@ -287,7 +287,7 @@ def test_local_prometheus_script_runs_a_real_prometheus(exporter: int, tmp_path:
         while True:
             up = {(r["metric"]["job"], r["metric"].get("process", "")): r["value"][1]
                   for r in prom.query("up")}
-            if up.get(("engine", "engine-SOL_USDC")) == "1" and up.get(("api", "")) == "1":
+            if up.get(("engine", "engine-SOL_USDC")) == "1" and up.get(("api", "api")) == "1":
                 break
             assert time.monotonic() < deadline, f"targets never up: {up}"
             time.sleep(0.5)
@@ -365,7 +365,7 @@ def wait_ready(targets: Mapping[str, Sequence[str]], timeout_s: float = 60.0) ->
 def start_services(redis_url: str, database_url: str, state_dir: Path,
                    log_levels: Mapping[str, str] | None = None,
                    exit_codes: dict[str, int | None] | None = None,
-                   api_urls: list[str] | None = None,
+                   public_urls: dict[str, str] | None = None,
                    ) -> Iterator[dict[str, list[str]]]:
     """Every service as its own process via the launcher's Stack (what `./cryptex up` runs),
     on free ports, against the test session's real Redis and PostgreSQL. Yields the scrape
@@ -385,8 +385,9 @@ def start_services(redis_url: str, database_url: str, state_dir: Path,
         stack.services[name].env["CRYPTEX_LOG_LEVEL"] = level
     try:
         stack.start_all(wait=True)
-        if api_urls is not None:  # the REST port; api.port holds its ops (metrics) port
-            api_urls.append(f"http://127.0.0.1:{stack.api_port}")
+        if public_urls is not None:  # api.port / wsgateway.port hold their ops (metrics) ports
+            public_urls["api"] = f"http://127.0.0.1:{stack.api_port}"
+            public_urls["ws"] = f"ws://127.0.0.1:{stack.ws_port}/ws"
         targets = read_port_targets(state_dir / "ports")
         wait_ready(targets)
         yield targets
@@ -409,7 +410,7 @@ class Driven:
     ws_streams_seen: set[str]
 
 
-def drive_orders(targets: Mapping[str, Sequence[str]], api_url: str) -> Driven:
+def drive_orders(api_url: str, ws_url: str) -> Driven:
     """Traffic that gives every referenced metric a sample, through the public interfaces:
     funded users and crossing limit orders on every market (orders, round trips, commands,
     batches, trades, volume, book gauges), an order the API rejects (off tick) and one the
@@ -420,7 +421,7 @@ def drive_orders(targets: Mapping[str, Sequence[str]], api_url: str) -> Driven:
     are exported at 0 by each service at start (see docs/observability.md)."""
     import asyncio
 
-    return asyncio.run(_drive(api_url, f"ws://{targets['wsgateway'][0]}/ws"))
+    return asyncio.run(_drive(api_url, ws_url))
 
 
 async def _drive(api_url: str, ws_url: str) -> Driven:
@@ -588,11 +589,11 @@ def exchange_run(redis_srv: Any, postgres: Any,
     asyncio.run(fresh_stores())
     state = tmp_path_factory.mktemp("exchange") / "state"
     exit_codes: dict[str, int | None] = {}
-    api_urls: list[str] = []
+    urls: dict[str, str] = {}
     with start_services(redis_srv.url, postgres.url_for(database), state,
-                        exit_codes=exit_codes, api_urls=api_urls) as targets, \
+                        exit_codes=exit_codes, public_urls=urls) as targets, \
             start_prometheus(targets) as prom:
-        driven = drive_orders(targets, api_urls[0])
+        driven = drive_orders(urls["api"], urls["ws"])
         missing = poll_missing_metrics(prom, names, timeout_s=60, nonzero=NONZERO_AFTER_DRIVE)
         markets_by_metric = {
             name: _markets_of(prom, f'{name}{{job="{job}"}}')

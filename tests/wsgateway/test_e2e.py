@@ -229,7 +229,8 @@ async def test_book_trades_ticker_and_private_streams_match_the_engine(stack: An
         assert bulk == [f"bulk{i}" for i in range(200)]
         assert not book_ws.closed and all(not ws.closed for ws in private)
         await asyncio.sleep(2.5)  # the gateway gives a slow client 2 s to take its close frame
-        metrics = await (await s.get(f"http://127.0.0.1:{st.ws_port}/metrics")).text()
+        ops_port = st.services["wsgateway"].ops_port  # /metrics: the ops port only
+        metrics = await (await s.get(f"http://127.0.0.1:{ops_port}/metrics")).text()
         dropped = [line for line in metrics.splitlines()
                    if line.startswith("cryptex_ws_slow_clients_dropped_total")]
         assert dropped and float(dropped[0].split()[-1]) >= 1, dropped

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
 from cryptex_common import keys
+from cryptex_common.runtime import start_ops_server
 from cryptex_wsgateway.book import checksum
 from tests.wsgateway.conftest import (
     GatewayUnderTest,
@@ -38,11 +39,20 @@ async def ping_ok(ws: aiohttp.ClientWebSocketResponse) -> None:
 
 
 async def test_ops_routes(gw: GatewayUnderTest, session: aiohttp.ClientSession) -> None:
+    """Probes on the public port; /metrics only on the ops server (as `__main__` runs it)."""
     for path in ("/healthz", "/readyz"):
         async with session.get(gw.server.make_url(path)) as resp:
             assert resp.status == 200
     async with session.get(gw.server.make_url("/metrics")) as resp:
-        assert "cryptex_ws_connections" in await resp.text()
+        assert resp.status == 404
+    ops = await start_ops_server("127.0.0.1", 0, gw.gateway.is_ready)
+    try:
+        ops_port = ops.addresses[0][1]
+        async with session.get(f"http://127.0.0.1:{ops_port}/metrics") as resp:
+            assert resp.status == 200
+            assert "cryptex_ws_connections" in await resp.text()
+    finally:
+        await ops.cleanup()
 
 
 async def test_bad_input_gets_error_replies_and_socket_carries_on(

@@ -1,5 +1,6 @@
-"""`python -m cryptex_wsgateway` as a real process: serves /ws and the ops routes on one port;
-SIGTERM sends every socket a close frame and exits 0; two processes run side by side."""
+"""`python -m cryptex_wsgateway` as a real process: /ws, /healthz and /readyz on its public
+port, /metrics only on its ops port; SIGTERM sends every socket a close frame and exits 0;
+two processes run side by side."""
 
 from __future__ import annotations
 
@@ -21,10 +22,10 @@ from tests.support.servers import free_port, wait_for_port
 from tests.wsgateway.conftest import SOL, recv, subscribe
 
 
-def start_process(redis_url: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_process(redis_url: str, ops_port: int = 0) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {**os.environ, "CRYPTEX_REDIS_URL": redis_url, "CRYPTEX_PORT": str(port),
-           "CRYPTEX_HOST": "127.0.0.1"}
+           "CRYPTEX_HOST": "127.0.0.1", "CRYPTEX_OPS_PORT": str(ops_port)}
     proc = subprocess.Popen([sys.executable, "-m", "cryptex_wsgateway"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     wait_for_port(port)
@@ -39,6 +40,30 @@ def processes(redis_srv: Any) -> Iterator[list]:
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+async def test_metrics_only_on_the_ops_port(
+    redis_client: aioredis.Redis, redis_srv: Any, processes: list
+) -> None:
+    """issue 11 follow-up: /metrics was served on the public WebSocket port. The chart's
+    probes stay on the public port (/healthz, /readyz); Prometheus scrapes the ops port."""
+    await register_market(redis_client, SOL)
+    ops_port = free_port()
+    proc, port = start_process(redis_srv.url, ops_port)
+    processes.append(proc)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            assert resp.status == 404
+        wait_for_port(ops_port)
+        for path in ("/healthz", "/readyz"):
+            for p in (port, ops_port):
+                async with session.get(f"http://127.0.0.1:{p}{path}") as resp:
+                    assert resp.status == 200, (p, path)
+        async with session.get(f"http://127.0.0.1:{ops_port}/metrics") as resp:
+            assert resp.status == 200
+            assert "cryptex_ws_connections" in await resp.text()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
 
 
 async def test_two_processes_fan_out_and_stop_cleanly(

@@ -1,4 +1,6 @@
-"""`python -m cryptex_wsgateway`: serve /ws, /healthz, /readyz and /metrics on one port.
+"""`python -m cryptex_wsgateway`: serve /ws, /healthz and /readyz on the public port
+(`CRYPTEX_HOST`/`CRYPTEX_PORT`), and /healthz, /readyz, /metrics on the ops port
+(`CRYPTEX_OPS_HOST`/`CRYPTEX_OPS_PORT`), which no public route or ingress exposes.
 
 SIGTERM/SIGINT: stop listening, send every socket a close frame (1001 "server shutdown"),
 then exit 0.
@@ -13,7 +15,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from cryptex_common.logs import configure_logging
-from cryptex_common.runtime import install_stop_signals, run
+from cryptex_common.runtime import install_stop_signals, run, start_ops_server
 from cryptex_common.settings import load_settings
 from cryptex_wsgateway.gateway import Gateway
 from cryptex_wsgateway.settings import WsSettings
@@ -29,6 +31,7 @@ async def main() -> None:
     stop = asyncio.Event()
     install_stop_signals(stop)
     await gateway.start()
+    ops = await start_ops_server(settings.ops_host, settings.ops_port, gateway.is_ready)
     runner = web.AppRunner(
         gateway.app(), access_log=None, shutdown_timeout=settings.shutdown_timeout_s
     )
@@ -39,6 +42,7 @@ async def main() -> None:
     await stop.wait()
     log.info("wsgateway stopping")
     await runner.cleanup()  # stops listening, then closes sockets (app on_shutdown)
+    await ops.cleanup()
     await redis.aclose()
 
 

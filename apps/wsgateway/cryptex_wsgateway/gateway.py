@@ -182,7 +182,8 @@ class Gateway:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/ws", self.ws_handler)
-        add_ops_routes(app, self.is_ready)
+        # the chart's probes use this port; /metrics is on the ops port only (__main__)
+        add_ops_routes(app, self.is_ready, with_metrics=False)
 
         async def on_shutdown(_: web.Application) -> None:
             await self.stop()

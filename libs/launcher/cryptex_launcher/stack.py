@@ -282,10 +282,12 @@ class Stack:
                 self._env(CRYPTEX_OPS_PORT=str(port), CRYPTEX_INSTANCE_ID=name), ops_port=port,
             )
         if self.with_wsgateway and _importable("cryptex_wsgateway.__main__"):
+            ws_ops_port = free_port()  # /metrics is served there, never on the WebSocket port
             self.services["wsgateway"] = Service(
                 "wsgateway", [py, "-m", "cryptex_wsgateway"],
-                self._env(CRYPTEX_PORT=str(self.ws_port), CRYPTEX_INSTANCE_ID="ws-1"),
-                http_port=self.ws_port,
+                self._env(CRYPTEX_PORT=str(self.ws_port), CRYPTEX_INSTANCE_ID="ws-1",
+                          CRYPTEX_OPS_PORT=str(ws_ops_port)),
+                ops_port=ws_ops_port, http_port=self.ws_port,
             )
         if self.with_dbproc and _importable("cryptex_dbproc.__main__"):
             port = free_port()
