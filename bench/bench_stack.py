@@ -1,0 +1,835 @@
+"""The benchmark of record (issue 12): the whole stack as `./cryptex up --no-demo` starts it,
+signed order traffic from wrk at 1, 8 and 64 clients, WebSocket subscribers listening.
+
+    .venv/bin/python bench/bench_stack.py [--levels 1,8,64] [--seconds 8] [--warmup 2]
+        [--ws-clients 4] [--profile [--profile-level 8]] [--json artifacts/bench_stack.json]
+    .venv/bin/python bench/bench_stack.py --self-check     # wrk's Lua HMAC against Python's
+
+Per level it prints orders/s (every signed order request: new orders and cancels), latency
+p50/p99/max (also per request kind), CPU microseconds per order for every process (the API,
+each engine, the gateway, dbproc, Redis, PostgreSQL with all its backends, the launcher, the
+load generator, the WebSocket clients, this driver), the WebSocket delivery lag and the
+dbproc lag from the last trade to the 1m candle served by GET /api/v1/klines; then a summary
+with the issue's targets next to the figures (printed, never asserted). Results also go to
+artifacts/bench_stack.json.
+
+How it runs: `python -m cryptex_launcher up --no-demo` (what `./cryptex up --no-demo` execs)
+in a fresh state dir under /tmp on free ports, so its own Redis and PostgreSQL; 128 users
+funded through the admin routes; bench/stack_ws.py (K WebSocket clients) as its own process;
+then per level a short warm-up and a measured run of Debian's `wrk` with bench/wrk/orders.lua
+(`-t N -c N`: N clients, one connection and its own users each; pure-LuaJIT HMAC-SHA256).
+The mix per client is a cycle of four requests: a maker at mid, the opposite IOC taker
+(a crossing pair: one trade), a resting limit 10-50 ticks from mid, and a cancel of that
+client's oldest resting order (once more than 4 rest). CPU is utime+stime from /proc (wait4
+for wrk and py-spy) between the start and the end of the measured run; dbproc and
+PostgreSQL are measured until the candle has caught up, so their backlog counts too.
+The run refuses to report a level where more than 1% of responses are not 200/202.
+
+Everything runs on the same cores as the servers: wrk costs ~10x less per order than a
+Python client, and its own CPU is printed next to the servers'. `--profile` records a
+py-spy flame graph of every Python service (and the WebSocket clients) during one level
+into artifacts/profiles/<process>.svg; py-spy's own CPU distorts that level's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import random
+import resource
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+LUA = BENCH / "wrk" / "orders.lua"
+PY = sys.executable
+ADMIN = "bench-stack-admin"
+MARKET = "SOL/USDC"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NCPU = os.cpu_count() or 1
+
+# The issue's targets, printed next to the figures (never asserted).
+TARGETS = {
+    1: "p50 < 1.5 ms",
+    8: ">= 3,000 orders/s, p99 < 20 ms, servers <= 600 us/order",
+    64: ">= 5,000 orders/s, p99 < 50 ms, servers <= 300 us/order",
+}
+SERVER_PROCS = ("api", "engine", "wsgateway", "dbproc", "redis", "postgres", "launcher")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(ordered: Sequence[float], p: float) -> float:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))] if ordered else float("nan")
+
+
+# --- /proc --------------------------------------------------------------------------------
+def proc_stat(pid: int) -> tuple[int, int, float, float, float, float] | None:
+    """(pid, ppid, utime, stime, cutime, cstime) in seconds, or None when gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    # after the comm: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
+    return (pid, int(fields[1]), int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK,
+            int(fields[13]) / CLK_TCK, int(fields[14]) / CLK_TCK)
+
+
+def all_ppids() -> dict[int, int]:
+    out: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = proc_stat(int(entry))
+            if st:
+                out[st[0]] = st[1]
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def machine_busy_s() -> float:
+    """Non-idle CPU seconds of the whole machine since boot (all cores)."""
+    parts = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    values = [int(v) for v in parts]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return (sum(values[:8]) - idle) / CLK_TCK
+
+
+@dataclass
+class Procs:
+    """The stack's processes by name (from the launcher's children and PostgreSQL's pid file)."""
+
+    launcher: int
+    pg_data: Path
+    named: dict[str, int] = field(default_factory=dict)
+
+    def discover(self) -> None:
+        ppids = all_ppids()
+        self.named = {"launcher": self.launcher}
+        for pid, ppid in ppids.items():
+            if ppid != self.launcher:
+                continue
+            cmd = cmdline(pid)
+            if "redis-server" in cmd:
+                self.named["redis"] = pid
+            elif "-m cryptex_engine" in cmd:
+                market = cmd.split("--market", 1)[1].split()[0] if "--market" in cmd else "?"
+                self.named[f"engine-{market.replace('/', '_')}"] = pid
+            else:
+                for svc in ("api", "wsgateway", "dbproc"):
+                    if f"-m cryptex_{svc}" in cmd:
+                        self.named[svc] = pid
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            self.named["postgres"] = int((self.pg_data / "postmaster.pid").read_text().split()[0])
+
+    def python_services(self) -> dict[str, int]:
+        return {n: p for n, p in self.named.items() if n not in ("redis", "postgres", "launcher")}
+
+
+def cpu_sample(procs: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far per name; postgres = the postmaster, its live children and the
+    children it has reaped (cutime/cstime), so backends that come and go are counted."""
+    out: dict[str, float] = {}
+    ppids = all_ppids() if "postgres" in procs else {}
+    for name, pid in procs.items():
+        st = proc_stat(pid)
+        if st is None:
+            continue
+        if name == "postgres":
+            total = st[2] + st[3] + st[4] + st[5]
+            for child, parent in ppids.items():
+                if parent == pid:
+                    cst = proc_stat(child)
+                    if cst:
+                        total += cst[2] + cst[3] + cst[4] + cst[5]
+            out[name] = total
+        else:
+            out[name] = st[2] + st[3]
+    self_usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["bench driver"] = self_usage.ru_utime + self_usage.ru_stime
+    out["_machine"] = machine_busy_s()
+    return out
+
+
+def run_measured(argv: list[str], env: dict[str, str], timeout_s: float) -> tuple[int, float]:
+    """Run a child to completion; (exit code, its CPU seconds from wait4's rusage)."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    RUNNING.add(proc)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                _, status, usage = os.wait4(proc.pid, 0)
+                proc.returncode = -9
+                break
+            time.sleep(0.02)
+        output = proc.stdout.read() if proc.stdout else b""  # a few lines: wrk's own summary
+    finally:
+        RUNNING.discard(proc)
+    if proc.returncode != 0:
+        sys.stderr.write(f"{argv[0]} exited with {proc.returncode}:\n{output.decode(errors='replace')[-2000:]}\n")
+    if proc.stdout:
+        proc.stdout.close()
+    return proc.returncode, usage.ru_utime + usage.ru_stime
+
+
+RUNNING: set[subprocess.Popen[Any]] = set()
+
+
+# --- the stack ------------------------------------------------------------------------------
+PACKAGE_DIRS = ("libs/common", "libs/client", "libs/launcher", "apps/api", "apps/engine", "apps/wsgateway",
+                "apps/dbproc")
+
+
+def export_ref(ref: str, dest: Path) -> str:
+    """`git archive <ref>` of this repository into dest (touches nothing in .git); its commit."""
+    commit = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    dest.mkdir(parents=True)
+    archive = subprocess.Popen(["git", "archive", commit], cwd=ROOT, stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, check=True)
+    if archive.wait() != 0:
+        raise RuntimeError(f"git archive {ref} failed")
+    return commit
+
+
+class Stack:
+    """`python -m cryptex_launcher up --no-demo` in its own state dir on free ports, from this
+    working tree or (tree=) another checkout, whose packages then come first on PYTHONPATH."""
+
+    def __init__(self, tree: Path = ROOT) -> None:
+        self.tree = tree
+        self.base = Path(tempfile.mkdtemp(prefix="cx-bench-"))
+        self.state = self.base / "state"
+        self.redis_port, self.pg_port = free_port(), free_port()
+        self.api_port, self.ws_port = free_port(), free_port()
+        self.lines: list[str] = []
+        self.proc: subprocess.Popen[str] | None = None
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}/ws"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTEX_")}
+        env.update({
+            "CRYPTEX_STATE_DIR": str(self.state), "CRYPTEX_LOCAL_REDIS_PORT": str(self.redis_port),
+            "CRYPTEX_LOCAL_PG_PORT": str(self.pg_port), "CRYPTEX_API_PORT": str(self.api_port),
+            "CRYPTEX_WS_PORT": str(self.ws_port), "CRYPTEX_ADMIN_TOKEN": ADMIN, "PYTHONUNBUFFERED": "1",
+        })
+        if self.tree != ROOT:
+            env["PYTHONPATH"] = os.pathsep.join([*(str(self.tree / d) for d in PACKAGE_DIRS),
+                                                 *filter(None, [os.environ.get("PYTHONPATH")])])
+        return env
+
+    def start(self, timeout_s: float = 180) -> None:
+        self.proc = subprocess.Popen([PY, "-m", "cryptex_launcher", "up", "--no-demo"], env=self.env(), cwd=self.tree,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        proc = self.proc
+
+        def read() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                self.lines.append(line)
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.monotonic() + timeout_s
+        while not any(line.startswith("Cryptex is up") for line in self.lines):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("`up` did not come up:\n" + "".join(self.lines[-30:]))
+            time.sleep(0.1)
+
+    def leftovers(self) -> dict[int, str]:
+        """Live processes of this stack (cwd in the state dir, or its state dir / Redis URL in
+        their command line or environment), as tests/launcher/support.py finds them."""
+        needles = [str(self.state).encode(), f"127.0.0.1:{self.redis_port}/".encode()]
+        found: dict[int, str] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+                environ = (entry / "environ").read_bytes()
+                cwd = os.readlink(entry / "cwd")
+            except OSError:
+                continue
+            if cmd and (cwd.startswith(str(self.state)) or any(n in cmd or n in environ for n in needles)):
+                found[int(entry.name)] = cmd.replace(b"\0", b" ").decode(errors="replace")
+        return found
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        left = self.leftovers()
+        for pid, cmd in left.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT if "postgres" in cmd else signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while left and time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in left):
+            time.sleep(0.2)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if os.environ.get("CX_BENCH_KEEP"):
+            print(f"kept {self.base} (logs in state/logs; CX_BENCH_KEEP); the stack is stopped")
+        else:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+# --- HTTP helpers (the driver's own, cheap and rare) -----------------------------------------
+def get_json(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+
+
+async def fund_users(api: str, count: int) -> list[tuple[str, str, str]]:
+    """`count` users with plenty of SOL and USDC: (userId, apiKey, apiSecret)."""
+    sys.path.insert(0, str(ROOT / "libs" / "client"))
+    from cryptex_client import CryptexClient
+
+    users: list[tuple[str, str, str]] = []
+    sem = asyncio.Semaphore(8)
+    async with CryptexClient(api, admin_token=ADMIN) as admin:
+        async def one(i: int) -> None:
+            async with sem:
+                c = await admin.new_funded_user({"SOL": "1000000", "USDC": "1000000000"}, tx_prefix=f"bench{i}-")
+                users.append((c.user_id, c.api_key or "", c.api_secret or ""))  # type: ignore[attr-defined]
+        await asyncio.gather(*(one(i) for i in range(count)))
+    return users
+
+
+def candle_lag_ms(api: str, timeout_s: float = 30) -> tuple[float | None, int]:
+    """ms from the last trade's own ts until the 1m candles (GET /api/v1/klines) count every
+    trade so far (trade ids are the engine's gap-free sequence, so sum(count) == last id)."""
+    market = MARKET.replace("/", "_")
+    status, trades = get_json(f"{api}/api/v1/trades?market={market}&limit=1")
+    if status != 200 or not trades:
+        return None, 0
+    last_id, last_ts = int(trades[0]["tradeId"]), int(trades[0]["ts"])
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status, rows = get_json(f"{api}/api/v1/klines?market={market}&interval=1m&limit=1000")
+        if status == 200 and sum(int(r[8]) for r in rows) >= last_id:
+            return time.time() * 1000 - last_ts, last_id
+        time.sleep(0.01 if status == 200 else 0.2)
+    return None, last_id
+
+
+# --- WebSocket clients --------------------------------------------------------------------
+class WsClients:
+    def __init__(self, url: str, clients: int, key: str, secret: str) -> None:
+        self.proc = subprocess.Popen([PY, str(BENCH / "stack_ws.py"), "--url", url, "--clients", str(clients),
+                                      "--market", MARKET, "--key", key, "--secret", secret],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        RUNNING.add(self.proc)
+        line = self._read(40)
+        if line != "ready":
+            raise RuntimeError(f"WebSocket clients did not start: {line!r}")
+
+    def _read(self, timeout_s: float) -> str:
+        assert self.proc.stdout is not None
+        box: list[str] = []
+        t = threading.Thread(target=lambda: box.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        t.start()
+        t.join(timeout_s)
+        return box[0].strip() if box else ""
+
+    def ask(self, command: str) -> str:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._read(10)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.ask("quit")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        RUNNING.discard(self.proc)
+
+
+# --- wrk ---------------------------------------------------------------------------------
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing Debian's wrk (apt-get install -y wrk) ...", flush=True)
+        cmd = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "wrk"]
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
+            subprocess.run(cmd, env=env, capture_output=True)
+        found = shutil.which("wrk")
+    if not found:
+        sys.exit("wrk not found and could not be installed: apt-get install -y wrk (Debian package), "
+                 "then run again")
+    return found
+
+
+@dataclass
+class WrkResult:
+    requests: int = 0
+    duration_s: float = 0.0
+    socket_errors: dict[str, int] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)      # "kind:status" -> n
+    latencies_us: dict[str, list[int]] = field(default_factory=dict)
+    bad: list[str] = field(default_factory=list)
+    vectors: list[str] = field(default_factory=list)
+    cpu_s: float = 0.0
+    exit_code: int = 0
+
+    @property
+    def completed(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def ok(self) -> int:
+        return sum(n for k, n in self.statuses.items() if k.endswith((":200", ":202")))
+
+
+def run_wrk(wrk: str, url: str, clients: int, seconds: float, users_file: Path, out: Path,
+            extra_env: dict[str, str] | None = None) -> WrkResult:
+    env = {**os.environ, "CX_USERS": str(users_file), "CX_THREADS": str(clients), "CX_OUT": str(out),
+           "CX_MARKET": MARKET.lower(), **(extra_env or {})}
+    with contextlib.suppress(FileNotFoundError):
+        out.unlink()
+    argv = [wrk, "-t", str(clients), "-c", str(clients), "-d", f"{max(1, round(seconds))}s", "--timeout", "10s",
+            "-s", str(LUA), url]
+    code, cpu = run_measured(argv, env, seconds + 60)
+    res = WrkResult(cpu_s=cpu, exit_code=code)
+    if not out.exists():
+        raise RuntimeError(f"wrk wrote no results (exit {code})")
+    for line in out.read_text().splitlines():
+        head, _, rest = line.partition(" ")
+        if head == "summary":
+            kv = dict(p.split("=") for p in rest.split())
+            res.requests = int(kv.pop("requests"))
+            res.duration_s = int(kv.pop("duration_us")) / 1e6
+            kv.pop("bytes", None)
+            res.socket_errors = {k: int(v) for k, v in kv.items() if int(v)}
+        elif head == "status":
+            _, key, n = rest.split()
+            res.statuses[key] = res.statuses.get(key, 0) + int(n)
+        elif head == "lat":
+            kind, _, values = rest.partition(" ")
+            res.latencies_us.setdefault(kind, []).extend(int(float(v)) for v in values.split())
+        elif head == "bad":
+            res.bad.append(rest)
+        elif head == "vector":
+            res.vectors.append(rest.strip())
+    return res
+
+
+# --- profiling -------------------------------------------------------------------------------
+def start_profiles(procs: dict[str, int], seconds: float) -> list[tuple[str, subprocess.Popen[bytes], Path]]:
+    pyspy = shutil.which("py-spy", path=str(Path(PY).parent)) or shutil.which("py-spy")
+    if not pyspy:
+        sys.exit("--profile needs py-spy: .venv/bin/pip install -e '.[bench]' (or pip install py-spy)")
+    outdir = ROOT / "artifacts" / "profiles"
+    outdir.mkdir(parents=True, exist_ok=True)
+    started = []
+    for name, pid in procs.items():
+        svg = outdir / f"{name}.svg"
+        with contextlib.suppress(FileNotFoundError):
+            svg.unlink()
+        p = subprocess.Popen([pyspy, "record", "--pid", str(pid), "--format", "flamegraph", "-o", str(svg),
+                              "--duration", str(int(seconds)), "--rate", "200", "--nonblocking"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        RUNNING.add(p)
+        started.append((name, p, svg))
+    return started
+
+
+def finish_profiles(started: list[tuple[str, subprocess.Popen[bytes], Path]]) -> tuple[float, list[str]]:
+    """Wait for every py-spy; (their CPU seconds, a line per profile)."""
+    cpu, lines = 0.0, []
+    for name, p, svg in started:
+        usage = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                p.returncode = os.waitstatus_to_exitcode(status)
+                break
+            time.sleep(0.05)
+        else:
+            p.kill()
+            _, status, usage = os.wait4(p.pid, 0)
+            p.returncode = -9
+        RUNNING.discard(p)
+        cpu += usage.ru_utime + usage.ru_stime if usage else 0.0
+        err = p.stderr.read().decode(errors="replace").strip() if p.stderr else ""
+        if svg.exists() and svg.stat().st_size > 0:
+            lines.append(f"  {name:16s} {svg.relative_to(ROOT)} ({svg.stat().st_size // 1024} KiB)")
+        else:
+            lines.append(f"  {name:16s} NO PROFILE (py-spy exit {p.returncode}): {err[-300:]}")
+    return cpu, lines
+
+
+# --- one level ---------------------------------------------------------------------------------
+def level(args: argparse.Namespace, wrk: str, stack: Stack, procs: Procs, ws: WsClients, users_file: Path,
+          clients: int, workdir: Path) -> dict[str, Any]:
+    out = workdir / f"wrk-{clients}.txt"
+    if args.warmup > 0:
+        run_wrk(wrk, stack.api, clients, args.warmup, users_file, out)
+    procs.discover()
+    tracked = {**procs.named, "ws clients": ws.proc.pid}
+    profiling = args.profile and clients == args.profile_level
+    ws.ask("mark")
+    load0 = os.getloadavg()
+    before = cpu_sample(tracked)
+    profiles = start_profiles({**procs.python_services(), "ws-clients": ws.proc.pid}, args.seconds) \
+        if profiling else []
+    res = run_wrk(wrk, stack.api, clients, args.seconds, users_file, out)
+    after = cpu_sample(tracked)
+    ws_report = json.loads(ws.ask("report") or "{}")
+    lag_ms, last_trade = candle_lag_ms(stack.api)
+    after_db = cpu_sample(tracked)
+    pyspy_cpu, profile_lines = finish_profiles(profiles) if profiles else (0.0, [])
+    load1 = os.getloadavg()
+
+    n = res.completed
+    cpu: dict[str, float] = {}
+    for name in tracked:
+        end = after_db if name in ("dbproc", "postgres") else after
+        if name in before and name in end:
+            cpu[name] = end[name] - before[name]
+    cpu["bench driver"] = after["bench driver"] - before["bench driver"]
+    cpu["wrk (load generator)"] = res.cpu_s
+    if profiling:
+        cpu["py-spy"] = pyspy_cpu
+    machine = after["_machine"] - before["_machine"]
+    ours = sum(v for k, v in cpu.items() if k not in ("dbproc", "postgres")) + \
+        sum(after[k] - before[k] for k in ("dbproc", "postgres") if k in before and k in after)
+    servers = sum(v for k, v in cpu.items() if k.startswith(SERVER_PROCS))
+    wall = res.duration_s or args.seconds
+    lat_all = sorted(v for vs in res.latencies_us.values() for v in vs)
+    result: dict[str, Any] = {
+        "clients": clients, "seconds": wall, "orders": n,
+        "orders_per_s": n / wall if wall else 0.0,
+        "new_orders": sum(v for k, v in res.statuses.items() if not k.startswith("cancel")),
+        "cancels": sum(v for k, v in res.statuses.items() if k.startswith("cancel")),
+        "latency_ms": {"p50": pct(lat_all, 0.5) / 1000, "p99": pct(lat_all, 0.99) / 1000,
+                       "max": (lat_all[-1] if lat_all else float("nan")) / 1000},
+        "latency_by_kind_ms": {k: {"n": len(v), "p50": pct(sorted(v), 0.5) / 1000, "p99": pct(sorted(v), 0.99) / 1000}
+                               for k, v in sorted(res.latencies_us.items())},
+        "statuses": dict(sorted(res.statuses.items())),
+        "socket_errors": res.socket_errors,
+        "bad_responses": res.bad,
+        "ok_fraction": res.ok / n if n else 0.0,
+        "cpu_s": cpu,
+        "cpu_us_per_order": {k: v * 1e6 / n if n else float("nan") for k, v in cpu.items()},
+        "servers_us_per_order": servers * 1e6 / n if n else float("nan"),
+        "machine_busy_cores": machine / wall,
+        "outside_bench_cores": max(0.0, machine - ours) / wall,
+        "loadavg_before": load0[0], "loadavg_after": load1[0],
+        "ws_lag_ms": ws_report,
+        "candle_lag_ms": lag_ms, "last_trade_id": last_trade,
+        "profiled": profiling, "profiles": profile_lines,
+    }
+    return result
+
+
+def fmt_ms(v: float | None) -> str:
+    return "n/a" if v is None or v != v else f"{v:.2f}"
+
+
+def print_level(r: dict[str, Any]) -> None:
+    c = r["clients"]
+    print(f"\n== {c} client{'s' if c != 1 else ''}: {r['seconds']:.1f} s, {r['orders']:,} orders "
+          f"({r['new_orders']:,} new, {r['cancels']:,} cancels) ==")
+    if r["profiled"]:
+        print("   (profiled with py-spy: CPU and latency of this level are distorted)")
+    lat = r["latency_ms"]
+    print(f"orders/s {r['orders_per_s']:,.0f}   p50 {fmt_ms(lat['p50'])} ms  p99 {fmt_ms(lat['p99'])} ms  "
+          f"max {fmt_ms(lat['max'])} ms   target: {TARGETS.get(c, '-')}")
+    print("  by kind: " + "; ".join(f"{k} {v['n']:,} p50 {fmt_ms(v['p50'])} p99 {fmt_ms(v['p99'])}"
+                                    for k, v in r["latency_by_kind_ms"].items()))
+    print(f"  statuses: {r['statuses']}" + (f"  socket errors: {r['socket_errors']}" if r["socket_errors"] else ""))
+    if r["ok_fraction"] < 0.99:
+        print(f"  !! only {r['ok_fraction']:.1%} of responses were 200/202: examples:")
+        for b in r["bad_responses"]:
+            print(f"     {b[:200]}")
+    print(f"  {'process':22s} {'CPU s':>7s} {'cores':>6s} {'us/order':>9s}")
+    for name, v in sorted(r["cpu_s"].items(), key=lambda kv: (not kv[0].startswith(SERVER_PROCS), kv[0])):
+        print(f"  {name:22s} {v:7.2f} {v / r['seconds']:6.2f} {r['cpu_us_per_order'][name]:9.0f}")
+    print(f"  {'servers total':22s} {'':7s} {'':6s} {r['servers_us_per_order']:9.0f}")
+    print(f"  machine busy {r['machine_busy_cores']:.2f} of {NCPU} cores; outside this bench "
+          f"{r['outside_bench_cores']:.2f} cores; load average {r['loadavg_before']:.2f} -> {r['loadavg_after']:.2f}")
+    ws = r["ws_lag_ms"]
+    parts = [f"{k} n={v['count']:,} p50 {v['p50']:.1f} p99 {v['p99']:.1f} max {v['max']:.1f}"
+             for k, v in ws.items() if isinstance(v, dict)]
+    print("  WebSocket lag ms: " + ("; ".join(parts) or "no messages") +
+          (f"  closed sockets {ws['closed']}" if ws.get("closed") else "") +
+          (f"  errors {ws['errors']}" if ws.get("errors") else ""))
+    print(f"  dbproc: last trade (id {r['last_trade_id']:,}) -> 1m candle {fmt_ms(r['candle_lag_ms'])} ms")
+    for line in r["profiles"]:
+        print(line)
+
+
+def ws_p99(r: dict[str, Any]) -> float | None:
+    vals = [v["p99"] for v in r["ws_lag_ms"].values() if isinstance(v, dict)]
+    return max(vals) if vals else None
+
+
+def print_summary(results: list[dict[str, Any]]) -> None:
+    print("\n== summary ==")
+    head = (f"{'clients':>7s} {'orders/s':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s} {'servers us/o':>12s} "
+            f"{'wrk us/o':>8s} {'WS p99 ms':>9s} {'candle ms':>9s} {'ok':>6s}  target")
+    print(head)
+    for r in results:
+        lat = r["latency_ms"]
+        print(f"{r['clients']:7d} {r['orders_per_s']:9,.0f} {fmt_ms(lat['p50']):>7s} {fmt_ms(lat['p99']):>7s} "
+              f"{fmt_ms(lat['max']):>7s} {r['servers_us_per_order']:12.0f} "
+              f"{r['cpu_us_per_order']['wrk (load generator)']:8.0f} {fmt_ms(ws_p99(r)):>9s} "
+              f"{fmt_ms(r['candle_lag_ms']):>9s} {r['ok_fraction']:6.1%}  {TARGETS.get(r['clients'], '-')}")
+    names = sorted({k for r in results for k in r["cpu_us_per_order"]},
+                   key=lambda k: (not k.startswith(SERVER_PROCS), k))
+    print("\nCPU us per order by process:")
+    print(f"  {'process':22s} " + " ".join(f"{r['clients']:>7d}c" for r in results))
+    for name in names:
+        print(f"  {name:22s} " + " ".join(f"{r['cpu_us_per_order'].get(name, float('nan')):8.0f}" for r in results))
+
+
+# --- self-check: the Lua HMAC and request signing against Python's --------------------------
+def self_check(wrk: str) -> int:
+    """Vectors of many lengths through the Lua HMAC, then 2 s of wrk traffic against a
+    little server that verifies every signature as the API does and answers like it."""
+    from aiohttp import web
+
+    sys.path.insert(0, str(ROOT / "libs" / "common"))
+    from cryptex_common.auth import signature_matches
+
+    rng = random.Random(7)
+    vectors = []
+    for klen in (0, 1, 32, 63, 64, 65, 100, 200):
+        for mlen in (0, 1, 55, 56, 63, 64, 65, 119, 120, 200, 1000):
+            vectors.append((rng.randbytes(klen), rng.randbytes(mlen)))
+    users = [(f"user{i}", secrets.token_hex(16), secrets.token_hex(32)) for i in range(6)]
+    secrets_by_key = {u[1]: u[2] for u in users}
+    seen: set[str] = set()
+    counts = {"ok": 0, "bad_signature": 0, "replay": 0, "stale": 0, "bad_cancel": 0}
+    issued: dict[str, str] = {}
+    next_id = [0]
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        key, ts, sig = (request.headers.get(h, "") for h in ("X-CX-KEY", "X-CX-TS", "X-CX-SIGN"))
+        path_qs = request.raw_path
+        if not signature_matches(secrets_by_key.get(key, "?"), ts, request.method, path_qs, body, sig):
+            counts["bad_signature"] += 1
+            return web.json_response({"code": "BAD_SIGNATURE"}, status=401)
+        if sig in seen:
+            counts["replay"] += 1
+            return web.json_response({"code": "REPLAYED_REQUEST"}, status=401)
+        seen.add(sig)
+        if abs(int(ts) - time.time() * 1000) > 5000:
+            counts["stale"] += 1
+            return web.json_response({"code": "STALE_TIMESTAMP"}, status=401)
+        if request.method == "DELETE":
+            oid = request.query.get("orderId", "")
+            if issued.pop(oid, None) != key:
+                counts["bad_cancel"] += 1
+                return web.json_response({"code": "ORDER_NOT_FOUND"}, status=404)
+        else:
+            json.loads(body)
+            next_id[0] += 1
+            issued[str(next_id[0])] = key
+        counts["ok"] += 1
+        return web.json_response({"order": {"orderId": str(next_id[0])}, "fills": []})
+
+    async def serve(port: int, stop: asyncio.Event) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await stop.wait()
+        await runner.cleanup()
+
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    thread = threading.Thread(target=lambda: loop.run_until_complete(serve(port, stop)), daemon=True)
+    thread.start()
+    time.sleep(0.5)
+    with tempfile.TemporaryDirectory() as tmp:
+        users_file = Path(tmp) / "users.txt"
+        users_file.write_text("".join(f"{k} {s}\n" for _, k, s in users))
+        vec_file = Path(tmp) / "vectors.txt"
+        vec_file.write_text("".join(f"{k.hex()} {m.hex()}\n" for k, m in vectors))
+        res = run_wrk(wrk, f"http://127.0.0.1:{port}", 2, 2, users_file, Path(tmp) / "out.txt",
+                      {"CX_HMAC_VECTORS": str(vec_file)})
+    loop.call_soon_threadsafe(stop.set)
+    thread.join(5)
+    expected = [hmac.new(k, m, hashlib.sha256).hexdigest() for k, m in vectors]
+    vec_ok = sum(a == b for a, b in zip(res.vectors, expected, strict=False))
+    print(f"HMAC vectors: {vec_ok}/{len(expected)} equal to Python's hmac "
+          f"(keys 0-200 bytes, messages 0-1000 bytes)")
+    print(f"signed requests through wrk: {counts}; kinds {dict(sorted(res.statuses.items()))}")
+    n = max(1, res.completed)
+    print(f"wrk CPU: {res.cpu_s * 1e6 / n:.0f} us per request ({res.completed:,} requests in 2 s, 2 threads, "
+          f"including the self-check server's answers being parsed)")
+    kinds = {k.split(":")[0] for k in res.statuses}
+    good = (vec_ok == len(expected) and counts["ok"] > 0 and sum(counts.values()) == counts["ok"]
+            and kinds == {"maker", "taker", "rest", "cancel"} and res.ok == res.completed)
+    print("self-check " + ("PASSED" if good else "FAILED"))
+    return 0 if good else 1
+
+
+# --- main ------------------------------------------------------------------------------------
+def run(args: argparse.Namespace, wrk: str) -> int:
+    levels = [int(x) for x in args.levels.split(",")]
+    tree, commit, dirty = ROOT, git(["rev-parse", "HEAD"]), bool(git(["status", "--porcelain", "--untracked-files=no"]))
+    if args.ref:
+        tree = Path(tempfile.mkdtemp(prefix="cx-bench-tree-")) / "tree"
+        commit, dirty = export_ref(args.ref, tree), False
+        print(f"measuring {args.ref} = {commit} (git archive into {tree}), not the working tree", flush=True)
+    elif dirty:
+        print(f"measuring the working tree: HEAD {commit} plus uncommitted changes", flush=True)
+    stack = Stack(tree)
+    ws: WsClients | None = None
+    results: list[dict[str, Any]] = []
+    try:
+        print(f"starting the stack (python -m cryptex_launcher up --no-demo) in {stack.state} ...", flush=True)
+        began = time.monotonic()
+        stack.start()
+        print(f"up after {time.monotonic() - began:.1f} s: API {stack.api}, WebSocket {stack.ws}", flush=True)
+        pg_data = stack.state / "pg"
+        procs = Procs(stack.proc.pid if stack.proc else 0, pg_data)
+        procs.discover()
+        print("processes: " + ", ".join(f"{k}={v}" for k, v in procs.named.items()), flush=True)
+        n_users = max(args.users, 2 * max(levels))
+        users = asyncio.run(fund_users(stack.api, n_users))
+        users_file = stack.base / "users.txt"
+        users_file.write_text("".join(f"{k} {s}\n" for _, k, s in users))
+        print(f"{len(users)} funded users; each client uses {n_users}/clients of them in turn", flush=True)
+        ws = WsClients(stack.ws, args.ws_clients, users[0][1], users[0][2])
+        for clients in levels:
+            r = level(args, wrk, stack, procs, ws, users_file, clients, stack.base)
+            results.append(r)
+            print_level(r)
+        print_summary(results)
+        refused = [r["clients"] for r in results if r["ok_fraction"] < 0.99]
+        meta = {
+            "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/bench_stack.py", *sys.argv[1:]]),
+            "commit": commit, "dirty": dirty, "ref": args.ref,
+            "cpus": NCPU, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "targets": {str(k): v for k, v in TARGETS.items()}, "refused_levels": refused,
+        }
+        print(f"\ncommit {meta['commit']}{' (working tree modified)' if meta['dirty'] else ''}, {NCPU} CPUs, "
+              f"load average now {os.getloadavg()[0]:.2f}")
+        print(f"command: {meta['command']}")
+        out = Path(args.json)
+        if not out.is_absolute():
+            out = ROOT / out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({**meta, "levels": results}, indent=1))
+        print(f"results: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+        if refused:
+            print(f"REFUSED: levels {refused} had more than 1% of responses not 200/202; their figures "
+                  f"are not valid (see the status counts above)")
+            return 2
+        return 0
+    finally:
+        if ws is not None:
+            ws.close()
+        for p in list(RUNNING):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+        stack.stop()
+        if tree != ROOT:
+            shutil.rmtree(tree.parent, ignore_errors=True)
+
+
+def git(argv: list[str]) -> str:
+    return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--levels", default="1,8,64", help="client counts, comma-separated")
+    parser.add_argument("--seconds", type=int, default=8, help="measured seconds per level")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured seconds before each level")
+    parser.add_argument("--ws-clients", type=int, default=4, help="WebSocket clients (K)")
+    parser.add_argument("--users", type=int, default=128, help="funded users shared out among the clients")
+    parser.add_argument("--profile", action="store_true", help="py-spy flame graphs to artifacts/profiles/")
+    parser.add_argument("--profile-level", type=int, default=8, help="the level (client count) to profile")
+    parser.add_argument("--json", default="artifacts/bench_stack.json")
+    parser.add_argument("--ref", default="", help="run the stack from this commit (git archive to /tmp) "
+                        "instead of the working tree, e.g. HEAD while the tree is being edited")
+    parser.add_argument("--self-check", action="store_true", help="check wrk's Lua HMAC and signing, then exit")
+    args = parser.parse_args()
+    print("command: " + " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/bench_stack.py", *sys.argv[1:]]),
+          flush=True)
+
+    def on_term(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    wrk = ensure_wrk()
+    if args.self_check:
+        return self_check(wrk)
+    if args.profile and str(args.profile_level) not in args.levels.split(","):
+        sys.exit(f"--profile-level {args.profile_level} is not one of --levels {args.levels}")
+    try:
+        return run(args, wrk)
+    except KeyboardInterrupt:
+        print("interrupted: everything started was stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
