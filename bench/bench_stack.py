@@ -74,6 +74,7 @@ TARGETS = {
     8: ">= 3,000 orders/s, p99 < 20 ms, servers <= 600 us/order",
     64: ">= 5,000 orders/s, p99 < 50 ms, servers <= 300 us/order",
 }
+GENERATOR_ROW = "load generator"
 SERVER_PROCS = ("api", "engine", "wsgateway", "dbproc", "redis", "postgres", "launcher")
 
 
@@ -400,7 +401,7 @@ class WsClients:
 
 
 # --- wrk ---------------------------------------------------------------------------------
-def ensure_wrk() -> str:
+def ensure_wrk() -> str | None:
     found = shutil.which("wrk")
     if found:
         return found
@@ -412,9 +413,6 @@ def ensure_wrk() -> str:
             subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
             subprocess.run(cmd, env=env, capture_output=True)
         found = shutil.which("wrk")
-    if not found:
-        sys.exit("wrk not found and could not be installed: apt-get install -y wrk (Debian package), "
-                 "then run again")
     return found
 
 
@@ -445,8 +443,11 @@ def run_wrk(wrk: str, url: str, clients: int, seconds: float, users_file: Path, 
            "CX_MARKET": MARKET.lower(), **(extra_env or {})}
     with contextlib.suppress(FileNotFoundError):
         out.unlink()
-    argv = [wrk, "-t", str(clients), "-c", str(clients), "-d", f"{max(1, round(seconds))}s", "--timeout", "10s",
-            "-s", str(LUA), url]
+    if wrk == "python":
+        argv = [PY, str(BENCH / "stack_pyload.py"), url, str(max(1, round(seconds)))]
+    else:
+        argv = [wrk, "-t", str(clients), "-c", str(clients), "-d", f"{max(1, round(seconds))}s", "--timeout", "10s",
+                "-s", str(LUA), url]
     code, cpu = run_measured(argv, env, seconds + 60)
     res = WrkResult(cpu_s=cpu, exit_code=code)
     if not out.exists():
@@ -547,7 +548,7 @@ def level(args: argparse.Namespace, wrk: str, stack: Stack, procs: Procs, ws: Ws
         if name in before and name in end:
             cpu[name] = end[name] - before[name]
     cpu["bench driver"] = after["bench driver"] - before["bench driver"]
-    cpu["wrk (load generator)"] = res.cpu_s
+    cpu[GENERATOR_ROW] = res.cpu_s
     if profiling:
         cpu["py-spy"] = pyspy_cpu
     machine = after["_machine"] - before["_machine"]
@@ -627,13 +628,13 @@ def ws_p99(r: dict[str, Any]) -> float | None:
 def print_summary(results: list[dict[str, Any]]) -> None:
     print("\n== summary ==")
     head = (f"{'clients':>7s} {'orders/s':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s} {'servers us/o':>12s} "
-            f"{'wrk us/o':>8s} {'WS p99 ms':>9s} {'candle ms':>9s} {'ok':>6s}  target")
+            f"{'load us/o':>9s} {'WS p99 ms':>9s} {'candle ms':>9s} {'ok':>6s}  target")
     print(head)
     for r in results:
         lat = r["latency_ms"]
         print(f"{r['clients']:7d} {r['orders_per_s']:9,.0f} {fmt_ms(lat['p50']):>7s} {fmt_ms(lat['p99']):>7s} "
               f"{fmt_ms(lat['max']):>7s} {r['servers_us_per_order']:12.0f} "
-              f"{r['cpu_us_per_order']['wrk (load generator)']:8.0f} {fmt_ms(ws_p99(r)):>9s} "
+              f"{r['cpu_us_per_order'][GENERATOR_ROW]:8.0f} {fmt_ms(ws_p99(r)):>9s} "
               f"{fmt_ms(r['candle_lag_ms']):>9s} {r['ok_fraction']:6.1%}  {TARGETS.get(r['clients'], '-')}")
     names = sorted({k for r in results for k in r["cpu_us_per_order"]},
                    key=lambda k: (not k.startswith(SERVER_PROCS), k))
@@ -766,6 +767,7 @@ def run(args: argparse.Namespace, wrk: str) -> int:
         meta = {
             "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/bench_stack.py", *sys.argv[1:]]),
             "commit": commit, "dirty": dirty, "ref": args.ref,
+            "generator": "python (bench/stack_pyload.py)" if wrk == "python" else "wrk + bench/wrk/orders.lua",
             "cpus": NCPU, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "targets": {str(k): v for k, v in TARGETS.items()}, "refused_levels": refused,
         }
@@ -810,6 +812,8 @@ def main() -> int:
     parser.add_argument("--json", default="artifacts/bench_stack.json")
     parser.add_argument("--ref", default="", help="run the stack from this commit (git archive to /tmp) "
                         "instead of the working tree, e.g. HEAD while the tree is being edited")
+    parser.add_argument("--generator", choices=("wrk", "python"), default="wrk",
+                        help="wrk (default; installed with apt when missing) or the Python fallback")
     parser.add_argument("--self-check", action="store_true", help="check wrk's Lua HMAC and signing, then exit")
     args = parser.parse_args()
     print("command: " + " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/bench_stack.py", *sys.argv[1:]]),
@@ -819,9 +823,17 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    wrk = ensure_wrk()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
+    wrk = ensure_wrk() if args.generator == "wrk" else None
     if args.self_check:
+        if wrk is None:
+            sys.exit("--self-check needs wrk: apt-get install -y wrk")
         return self_check(wrk)
+    if wrk is None:
+        print("NOTE: wrk is not available (apt-get install -y wrk); falling back to the Python load "
+              "generator (bench/stack_pyload.py), which takes 3-5x more CPU per order from the cores the "
+              "servers share: these figures compare only with other Python-generator runs", flush=True)
+        wrk = "python"
     if args.profile and str(args.profile_level) not in args.levels.split(","):
         sys.exit(f"--profile-level {args.profile_level} is not one of --levels {args.levels}")
     try:
