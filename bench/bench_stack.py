@@ -158,8 +158,9 @@ class Procs:
 
 
 def cpu_sample(procs: dict[str, int]) -> dict[str, float]:
-    """CPU seconds so far per name; postgres = the postmaster, its live children and the
-    children it has reaped (cutime/cstime), so backends that come and go are counted."""
+    """CPU seconds so far per name, each with the children it has reaped (cutime/cstime);
+    postgres = the postmaster, its live children and those it reaped, so backends that come
+    and go are counted."""
     out: dict[str, float] = {}
     ppids = all_ppids() if "postgres" in procs else {}
     for name, pid in procs.items():
@@ -174,8 +175,8 @@ def cpu_sample(procs: dict[str, int]) -> dict[str, float]:
                     if cst:
                         total += cst[2] + cst[3] + cst[4] + cst[5]
             out[name] = total
-        else:
-            out[name] = st[2] + st[3]
+        else:  # with the children it reaped (a Redis AOF rewrite, say)
+            out[name] = st[2] + st[3] + st[4] + st[5]
     self_usage = resource.getrusage(resource.RUSAGE_SELF)
     out["bench driver"] = self_usage.ru_utime + self_usage.ru_stime
     out["_machine"] = machine_busy_s()
@@ -485,8 +486,11 @@ def start_profiles(procs: dict[str, int], seconds: float) -> list[tuple[str, sub
         svg = outdir / f"{name}.svg"
         with contextlib.suppress(FileNotFoundError):
             svg.unlink()
+        # --gil: only samples holding the GIL. Without it, on this VM py-spy takes a thread
+        # waiting in uvloop's epoll_pwait for a running one: 40-60% of an engine's samples
+        # were that idle wait (leaf Runner.run; epoll_pwait with --native).
         p = subprocess.Popen([pyspy, "record", "--pid", str(pid), "--format", "flamegraph", "-o", str(svg),
-                              "--duration", str(int(seconds)), "--rate", "200", "--nonblocking"],
+                              "--duration", str(int(seconds)), "--rate", "200", "--nonblocking", "--gil"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         RUNNING.add(p)
         started.append((name, p, svg))
