@@ -648,6 +648,30 @@ def print_summary(results: list[dict[str, Any]]) -> None:
         print(f"  {name:22s} " + " ".join(f"{r['cpu_us_per_order'].get(name, float('nan')):8.0f}" for r in results))
 
 
+def print_comparison(results: list[dict[str, Any]], path: Path) -> None:
+    """Old -> new per level for the headline figures, from an earlier JSON of this bench."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"\n--compare {path}: unreadable ({exc})")
+        return
+    by_clients = {r["clients"]: r for r in old.get("levels", [])}
+    print(f"\n== compared with {path} (commit {old.get('commit', '?')[:12]}, {old.get('date', '?')}) ==")
+    print(f"{'clients':>7s} {'orders/s':>19s} {'p99 ms':>17s} {'servers us/order':>19s} {'outside cores':>15s}")
+    for r in results:
+        o = by_clients.get(r["clients"])
+        if o is None:
+            continue
+
+        def pair(a: float, b: float, digits: int = 0) -> str:
+            change = f"{(b - a) / a:+.0%}" if a else ""
+            return f"{a:,.{digits}f}->{b:,.{digits}f} {change}"
+        print(f"{r['clients']:7d} {pair(o['orders_per_s'], r['orders_per_s']):>19s} "
+              f"{pair(o['latency_ms']['p99'], r['latency_ms']['p99'], 1):>17s} "
+              f"{pair(o['servers_us_per_order'], r['servers_us_per_order']):>19s} "
+              f"{o.get('outside_bench_cores', 0):.2f}->{r['outside_bench_cores']:.2f}")
+
+
 # --- self-check: the Lua HMAC and request signing against Python's --------------------------
 def self_check(wrk: str) -> int:
     """Vectors of many lengths through the Lua HMAC, then 2 s of wrk traffic against a
@@ -767,6 +791,8 @@ def run(args: argparse.Namespace, wrk: str) -> int:
             results.append(r)
             print_level(r)
         print_summary(results)
+        if args.compare:
+            print_comparison(results, Path(args.compare))
         refused = [r["clients"] for r in results if r["ok_fraction"] < 0.99]
         meta = {
             "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/bench_stack.py", *sys.argv[1:]]),
@@ -814,6 +840,7 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy flame graphs to artifacts/profiles/")
     parser.add_argument("--profile-level", type=int, default=8, help="the level (client count) to profile")
     parser.add_argument("--json", default="artifacts/bench_stack.json")
+    parser.add_argument("--compare", default="", help="an earlier --json file: print old -> new per level")
     parser.add_argument("--ref", default="", help="run the stack from this commit (git archive to /tmp) "
                         "instead of the working tree, e.g. HEAD while the tree is being edited")
     parser.add_argument("--generator", choices=("wrk", "python"), default="wrk",
