@@ -18,6 +18,7 @@ are in cryptex_api.serving; /metrics is served on the ops port only (main.py).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import itertools
 import logging
@@ -40,11 +41,12 @@ from cryptex_api.openapi import OPENAPI
 from cryptex_api.orders import CLIENT_ORDER_ID, market_field, validate_order
 from cryptex_api.ratelimit import TokenBuckets
 from cryptex_api.replies import Reply, ReplyFormat, ReplyWaiter
+from cryptex_api.resp import RespClient
 from cryptex_api.settings import ApiSettings
 from cryptex_api.transfers import validate_transfer
 from cryptex_common import auth, keys, metrics, registry, runtime
 from cryptex_common.errors import CryptexError, ErrorCode
-from cryptex_common.ledger import Ledger
+from cryptex_common.ledger import Enqueued, Ledger, enqueue_call, enqueued, ledger_script_source
 from cryptex_common.markets import MarketSpec, MarketState, normalize_symbol
 from cryptex_common.messages import (
     TERMINAL_STATUSES,
@@ -82,18 +84,24 @@ class Api:
     """Holds the dependencies the handlers share; one per process."""
 
     def __init__(self, settings: ApiSettings, redis: Redis, history: Any = None,
-                 public_redis: Redis | None = None) -> None:
+                 public_redis: Redis | None = None, order_redis: RespClient | None = None) -> None:
         self.settings = settings
         self.redis = redis  # orders, cancels, balances, admin: authenticated callers only
+        # the enqueue script's pipelined connection (cryptex_api.resp); None: via `redis`
+        self.order_redis = order_redis
+        self._enqueue_source = ledger_script_source("enqueue_order.lua")
+        self._enqueue_sha = hashlib.sha1(self._enqueue_source.encode()).hexdigest()
         self.public_redis = public_redis or redis  # public reads: never crowd out the above
         self.ledger = Ledger(redis)
-        self.replies = ReplyWaiter(redis, settings.instance_id)
+        self.replies = ReplyWaiter(redis, settings.instance_id,
+                                   settings.redis_url if order_redis is not None else None)
         self.markets: dict[str, MarketSpec] = {}
         self.formats: dict[str, WireFormat] = {}
         self.asset_decimals: dict[str, int] = {}
         # apiKey -> (userId, secret, cached until (monotonic s)): bounded, short-lived
         self.api_keys: dict[str, tuple[str, bytes, float]] = {}
         self.reply_formats: dict[str, ReplyFormat] = {}
+        self._market_names: dict[str, MarketSpec] = {}
         # per-market metric children, labels resolved once (issue 12)
         self.order_metrics: dict[str, tuple[Any, Any, Any]] = {}
         self.buckets = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst)
@@ -107,6 +115,9 @@ class Api:
     async def reload_markets(self) -> None:
         self.markets = await registry.load_markets(self.redis)
         self.formats = {s: WireFormat(spec) for s, spec in self.markets.items()}
+        self._market_names = {name: spec for symbol, spec in self.markets.items()
+                               for name in (symbol, symbol.lower(), symbol.replace("/", "_"),
+                                            symbol.replace("/", "_").lower())}
         self.reply_formats = {s: ReplyFormat(spec) for s, spec in self.markets.items()}
         for spec in self.markets.values():
             self.asset_decimals[spec.base_asset] = spec.base_decimals
@@ -136,6 +147,10 @@ class Api:
                 log.exception("reloading markets failed")
 
     def market(self, raw: object) -> MarketSpec:
+        if isinstance(raw, str):  # the usual spellings, resolved once per markets reload
+            spec = self._market_names.get(raw)
+            if spec is not None:
+                return spec
         text = params.market_text(raw)
         if text is None:
             raise CryptexError(ErrorCode.MISSING_FIELD, "market is required", "market")
@@ -302,7 +317,7 @@ class Api:
         request_id, fut = self.replies.new_request()
         started = time.perf_counter()
         try:
-            enq = await self.ledger.enqueue_order(
+            enq = await self.enqueue(
                 symbol=symbol, user_id=user_id, lock_asset=order.lock_asset,
                 lock_units=order.lock_units,
                 command_json=command.wire_json(self.replies.channel, request_id, request.get("correlation_id")),
@@ -338,6 +353,14 @@ class Api:
                                   "message": "queued; the engine has not answered yet"}, 202)
         roundtrip.observe(time.perf_counter() - started)
         return self.reply_response(reply, spec)
+
+    async def enqueue(self, **call: Any) -> Enqueued:
+        """Ledger.enqueue_order, over the pipelined order connection when there is one."""
+        if self.order_redis is None:
+            return await self.ledger.enqueue_order(**call)
+        script = enqueue_call(**call)
+        return enqueued(await self.order_redis.evalsha(self._enqueue_sha, self._enqueue_source,
+                                                       script.keys, script.args))
 
     def _order_metrics(self, symbol: str) -> tuple[Any, Any, Any]:
         children = (metrics.ORDERS_ACCEPTED.labels(market=symbol), metrics.ORDER_ROUNDTRIP.labels(market=symbol),

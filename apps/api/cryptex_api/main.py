@@ -14,6 +14,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from cryptex_api import resp
 from cryptex_api.app import Api, create_app
 from cryptex_api.serving import CappedTCPSite
 from cryptex_api.settings import ApiSettings
@@ -52,7 +53,9 @@ async def serve(settings: ApiSettings) -> None:
     redis = redis_pool(settings.redis_url, settings.redis_order_connections, settings.redis_order_wait_s)
     public_redis = redis_pool(settings.redis_url, settings.redis_public_connections, settings.redis_public_wait_s)
     history = await open_history(settings)
-    api = Api(settings, redis, history, public_redis)
+    order_redis = resp.RespClient(settings.redis_url, settings.redis_order_wait_s) \
+        if resp.supports(settings.redis_url) else None
+    api = Api(settings, redis, history, public_redis, order_redis)
     runner = web.AppRunner(create_app(api), access_log=None, shutdown_timeout=settings.shutdown_timeout_s,
                            keepalive_timeout=settings.header_timeout_s)
     await runner.setup()
@@ -68,6 +71,8 @@ async def serve(settings: ApiSettings) -> None:
         await history.pool.close()
     await redis.aclose()
     await public_redis.aclose()
+    if order_redis is not None:
+        await order_redis.aclose()
 
 
 def main() -> None:

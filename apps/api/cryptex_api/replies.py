@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from cryptex_api import resp
 from cryptex_common import keys
 from cryptex_common.markets import MarketSpec
 
@@ -32,8 +33,12 @@ def _expire(fut: asyncio.Future[Reply | None]) -> None:
 
 
 class ReplyWaiter:
-    def __init__(self, redis: Redis, instance_id: str) -> None:
+    """`url`: subscribe over cryptex_api.resp (hiredis, no per-message redis-py work) when
+    it is a plain redis:// URL; otherwise through `redis`'s pubsub."""
+
+    def __init__(self, redis: Redis, instance_id: str, url: str | None = None) -> None:
         self.redis = redis
+        self.url = url if url is not None and resp.supports(url) else None
         self.channel = keys.reply_channel(instance_id)
         self._pending: dict[str, asyncio.Future[Reply | None]] = {}
         self._ids = itertools.count(1)
@@ -70,6 +75,8 @@ class ReplyWaiter:
         return self._task is not None and not self._task.done() and self._subscribed.is_set()
 
     async def _listen(self) -> None:
+        if self.url is not None:
+            await self._listen_resp(self.url)
         changed = (keys.MARKETS_CHANGED_CHANNEL, keys.MARKETS_CHANGED_CHANNEL.encode())
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
@@ -88,6 +95,27 @@ class ReplyWaiter:
                 self._subscribed.clear()
                 log.exception("reply subscription failed; resubscribing")
                 await asyncio.sleep(0.5)
+
+    async def _listen_resp(self, url: str) -> None:
+        changed = keys.MARKETS_CHANGED_CHANNEL.encode()
+
+        def on_push(message: list[bytes]) -> None:
+            if message[1] == changed:
+                self.on_markets_changed.set()
+            else:
+                self._deliver(message[2])
+
+        while True:
+            try:
+                await resp.subscribe(url, [self.channel, keys.MARKETS_CHANGED_CHANNEL], on_push,
+                                     self._subscribed.set)
+                log.warning("reply subscription lost; resubscribing")
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reply subscription failed; resubscribing")
+            self._subscribed.clear()
+            await asyncio.sleep(0.5)
 
     def _deliver(self, data: bytes | str) -> None:
         try:

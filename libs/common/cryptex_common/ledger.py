@@ -167,6 +167,17 @@ def enqueue_call(
     )
 
 
+def enqueued(reply: list[Any]) -> Enqueued:
+    """enqueue_order.lua's reply as an Enqueued (for callers that run the script's call
+    themselves); raises LedgerScriptError on invalid/corrupt."""
+    status, detail = _checked(reply)
+    if status == "ok":
+        return Enqueued("ok", int(detail[0]), detail[1])
+    if status == "dup":
+        return Enqueued("dup", int(detail[0]))
+    return Enqueued(status)
+
+
 def settle_call(
     *, symbol: str, epoch: int, first_seq: int, last_seq: int, batch_json: str,
     balances: list[BalanceChange], orders: list[OrderWrite], notify_users: Collection[str] = (),
@@ -241,12 +252,7 @@ class Ledger:
                             lock_units=lock_units, command_json=command_json,
                             record_tail_json=record_tail_json, client_order_id=client_order_id,
                             signature=signature, replay_guard_ms=replay_guard_ms)
-        status, detail = _checked(await self._enqueue(keys=call.keys, args=call.args))
-        if status == "ok":
-            return Enqueued("ok", int(detail[0]), detail[1])
-        if status == "dup":
-            return Enqueued("dup", int(detail[0]))
-        return Enqueued(status)
+        return enqueued(await self._enqueue(keys=call.keys, args=call.args))
 
     async def settle(
         self,
