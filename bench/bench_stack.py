@@ -525,13 +525,13 @@ def finish_profiles(started: list[tuple[str, subprocess.Popen[bytes], Path]]) ->
 
 # --- one level ---------------------------------------------------------------------------------
 def level(args: argparse.Namespace, wrk: str, stack: Stack, procs: Procs, ws: WsClients, users_file: Path,
-          clients: int, workdir: Path) -> dict[str, Any]:
+          clients: int, workdir: Path, round_: int = 0) -> dict[str, Any]:
     out = workdir / f"wrk-{clients}.txt"
     if args.warmup > 0:
         run_wrk(wrk, stack.api, clients, args.warmup, users_file, out)
     procs.discover()
     tracked = {**procs.named, "ws clients": ws.proc.pid}
-    profiling = args.profile and clients == args.profile_level
+    profiling = args.profile and clients == args.profile_level and round_ == 0
     ws.ask("mark")
     load0 = os.getloadavg()
     before = cpu_sample(tracked)
@@ -562,7 +562,7 @@ def level(args: argparse.Namespace, wrk: str, stack: Stack, procs: Procs, ws: Ws
     wall = res.duration_s or args.seconds
     lat_all = sorted(v for vs in res.latencies_us.values() for v in vs)
     result: dict[str, Any] = {
-        "clients": clients, "seconds": wall, "orders": n,
+        "clients": clients, "round": round_, "seconds": wall, "orders": n,
         "orders_per_s": n / wall if wall else 0.0,
         "new_orders": sum(v for k, v in res.statuses.items() if not k.startswith("cancel")),
         "cancels": sum(v for k, v in res.statuses.items() if k.startswith("cancel")),
@@ -593,7 +593,7 @@ def fmt_ms(v: float | None) -> str:
 
 def print_level(r: dict[str, Any]) -> None:
     c = r["clients"]
-    print(f"\n== {c} client{'s' if c != 1 else ''}: {r['seconds']:.1f} s, {r['orders']:,} orders "
+    print(f"\n== {c} client{'s' if c != 1 else ''}{label_round(r)}: {r['seconds']:.1f} s, {r['orders']:,} orders "
           f"({r['new_orders']:,} new, {r['cancels']:,} cancels) ==")
     if r["profiled"]:
         print("   (profiled with py-spy: CPU and latency of this level are distorted)")
@@ -629,6 +629,31 @@ def ws_p99(r: dict[str, Any]) -> float | None:
     return max(vals) if vals else None
 
 
+def label_round(r: dict[str, Any]) -> str:
+    return f" (round {r['round'] + 1})" if r.get("round") else ""
+
+
+def medians(results: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per client count over its rounds: median, min and max of the headline figures."""
+    import statistics
+
+    out: dict[int, dict[str, Any]] = {}
+    for clients in dict.fromkeys(r["clients"] for r in results):
+        rs = [r for r in results if r["clients"] == clients]
+        figures = {
+            "orders_per_s": [r["orders_per_s"] for r in rs],
+            "p50_ms": [r["latency_ms"]["p50"] for r in rs],
+            "p99_ms": [r["latency_ms"]["p99"] for r in rs],
+            "servers_us_per_order": [r["servers_us_per_order"] for r in rs],
+            "generator_us_per_order": [r["cpu_us_per_order"][GENERATOR_ROW] for r in rs],
+            "outside_bench_cores": [r["outside_bench_cores"] for r in rs],
+        }
+        out[clients] = {k: {"median": statistics.median(v), "min": min(v), "max": max(v)}
+                        for k, v in figures.items()}
+        out[clients]["rounds"] = len(rs)
+    return out
+
+
 def print_summary(results: list[dict[str, Any]]) -> None:
     print("\n== summary ==")
     head = (f"{'clients':>7s} {'orders/s':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s} {'servers us/o':>12s} "
@@ -636,14 +661,25 @@ def print_summary(results: list[dict[str, Any]]) -> None:
     print(head)
     for r in results:
         lat = r["latency_ms"]
-        print(f"{r['clients']:7d} {r['orders_per_s']:9,.0f} {fmt_ms(lat['p50']):>7s} {fmt_ms(lat['p99']):>7s} "
+        mark = "+" if r.get("round") else " "
+        print(f"{r['clients']:7d}{mark}{r['orders_per_s']:9,.0f} {fmt_ms(lat['p50']):>7s} {fmt_ms(lat['p99']):>7s} "
               f"{fmt_ms(lat['max']):>7s} {r['servers_us_per_order']:12.0f} "
               f"{r['cpu_us_per_order'][GENERATOR_ROW]:8.0f} {fmt_ms(ws_p99(r)):>9s} "
               f"{fmt_ms(r['candle_lag_ms']):>9s} {r['ok_fraction']:6.1%}  {TARGETS.get(r['clients'], '-')}")
+    if any(r.get("round") for r in results):
+        print("(+ = a later round)\n\nmedian [min-max] over the rounds:")
+        for clients, m in medians(results).items():
+            def f(key: str, digits: int = 0, m: dict[str, Any] = m) -> str:
+                v = m[key]
+                return f"{v['median']:,.{digits}f} [{v['min']:,.{digits}f}-{v['max']:,.{digits}f}]"
+            print(f"  {clients:3d} clients: orders/s {f('orders_per_s')}, p50 {f('p50_ms', 2)} ms, "
+                  f"p99 {f('p99_ms', 1)} ms, servers {f('servers_us_per_order')} us/order, "
+                  f"load generator {f('generator_us_per_order')} us/order, "
+                  f"outside cores {f('outside_bench_cores', 2)}")
     names = sorted({k for r in results for k in r["cpu_us_per_order"]},
                    key=lambda k: (not k.startswith(SERVER_PROCS), k))
     print("\nCPU us per order by process:")
-    print(f"  {'process':22s} " + " ".join(f"{r['clients']:>7d}c" for r in results))
+    print(f"  {'process':22s} " + " ".join(f"{r['clients']:>7d}{'+' if r.get('round') else 'c'}" for r in results))
     for name in names:
         print(f"  {name:22s} " + " ".join(f"{r['cpu_us_per_order'].get(name, float('nan')):8.0f}" for r in results))
 
@@ -655,21 +691,24 @@ def print_comparison(results: list[dict[str, Any]], path: Path) -> None:
     except (OSError, ValueError) as exc:
         print(f"\n--compare {path}: unreadable ({exc})")
         return
-    by_clients = {r["clients"]: r for r in old.get("levels", [])}
-    print(f"\n== compared with {path} (commit {old.get('commit', '?')[:12]}, {old.get('date', '?')}) ==")
+    before, now = medians(old.get("levels", [])), medians(results)
+    print(f"\n== compared with {path} (commit {old.get('commit', '?')[:12]}, {old.get('date', '?')}; "
+          f"medians over rounds) ==")
     print(f"{'clients':>7s} {'orders/s':>19s} {'p99 ms':>17s} {'servers us/order':>19s} {'outside cores':>15s}")
-    for r in results:
-        o = by_clients.get(r["clients"])
+    for clients, r in now.items():
+        o = before.get(clients)
         if o is None:
             continue
 
         def pair(a: float, b: float, digits: int = 0) -> str:
             change = f"{(b - a) / a:+.0%}" if a else ""
             return f"{a:,.{digits}f}->{b:,.{digits}f} {change}"
-        print(f"{r['clients']:7d} {pair(o['orders_per_s'], r['orders_per_s']):>19s} "
-              f"{pair(o['latency_ms']['p99'], r['latency_ms']['p99'], 1):>17s} "
-              f"{pair(o['servers_us_per_order'], r['servers_us_per_order']):>19s} "
-              f"{o.get('outside_bench_cores', 0):.2f}->{r['outside_bench_cores']:.2f}")
+        def med(m: dict[str, Any], key: str) -> float:
+            return float(m[key]["median"])
+        print(f"{clients:7d} {pair(med(o, 'orders_per_s'), med(r, 'orders_per_s')):>19s} "
+              f"{pair(med(o, 'p99_ms'), med(r, 'p99_ms'), 1):>17s} "
+              f"{pair(med(o, 'servers_us_per_order'), med(r, 'servers_us_per_order')):>19s} "
+              f"{med(o, 'outside_bench_cores'):.2f}->{med(r, 'outside_bench_cores'):.2f}")
 
 
 # --- self-check: the Lua HMAC and request signing against Python's --------------------------
@@ -786,10 +825,11 @@ def run(args: argparse.Namespace, wrk: str) -> int:
         users_file.write_text("".join(f"{k} {s}\n" for _, k, s in users))
         print(f"{len(users)} funded users; each client uses {n_users}/clients of them in turn", flush=True)
         ws = WsClients(stack.ws, args.ws_clients, users[0][1], users[0][2])
-        for clients in levels:
-            r = level(args, wrk, stack, procs, ws, users_file, clients, stack.base)
-            results.append(r)
-            print_level(r)
+        for round_ in range(args.repeat):
+            for clients in levels:
+                r = level(args, wrk, stack, procs, ws, users_file, clients, stack.base, round_)
+                results.append(r)
+                print_level(r)
         print_summary(results)
         if args.compare:
             print_comparison(results, Path(args.compare))
@@ -808,7 +848,8 @@ def run(args: argparse.Namespace, wrk: str) -> int:
         if not out.is_absolute():
             out = ROOT / out
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({**meta, "levels": results}, indent=1))
+        out.write_text(json.dumps({**meta, "levels": results,
+                                   "medians": {str(k): v for k, v in medians(results).items()}}, indent=1))
         print(f"results: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
         if refused:
             print(f"REFUSED: levels {refused} had more than 1% of responses not 200/202; their figures "
@@ -840,6 +881,8 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy flame graphs to artifacts/profiles/")
     parser.add_argument("--profile-level", type=int, default=8, help="the level (client count) to profile")
     parser.add_argument("--json", default="artifacts/bench_stack.json")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds over the levels (1,8,64,1,8,64,...): medians and ranges on a noisy machine")
     parser.add_argument("--compare", default="", help="an earlier --json file: print old -> new per level")
     parser.add_argument("--ref", default="", help="run the stack from this commit (git archive to /tmp) "
                         "instead of the working tree, e.g. HEAD while the tree is being edited")
