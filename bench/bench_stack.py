@@ -544,6 +544,9 @@ def level(args: argparse.Namespace, wrk: str, stack: Stack, procs: Procs, ws: Ws
     after_db = cpu_sample(tracked)
     pyspy_cpu, profile_lines = finish_profiles(profiles) if profiles else (0.0, [])
     load1 = os.getloadavg()
+    pids_before = dict(procs.named)
+    procs.discover()
+    restarted = sorted(n for n, pid in pids_before.items() if procs.named.get(n) != pid)
 
     n = res.completed
     cpu: dict[str, float] = {}
@@ -583,6 +586,7 @@ def level(args: argparse.Namespace, wrk: str, stack: Stack, procs: Procs, ws: Ws
         "ws_lag_ms": ws_report,
         "candle_lag_ms": lag_ms, "last_trade_id": last_trade,
         "profiled": profiling, "profiles": profile_lines,
+        "restarted": restarted,
     }
     return result
 
@@ -603,6 +607,8 @@ def print_level(r: dict[str, Any]) -> None:
     print("  by kind: " + "; ".join(f"{k} {v['n']:,} p50 {fmt_ms(v['p50'])} p99 {fmt_ms(v['p99'])}"
                                     for k, v in r["latency_by_kind_ms"].items()))
     print(f"  statuses: {r['statuses']}" + (f"  socket errors: {r['socket_errors']}" if r["socket_errors"] else ""))
+    if r.get("restarted"):
+        print(f"  !! restarted or gone during the level (their CPU is wrong): {', '.join(r['restarted'])}")
     if r["ok_fraction"] < 0.99:
         print(f"  !! only {r['ok_fraction']:.1%} of responses were 200/202: examples:")
         for b in r["bad_responses"]:
