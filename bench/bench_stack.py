@@ -664,16 +664,17 @@ def medians(results: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
 
 
 def print_summary(results: list[dict[str, Any]]) -> None:
-    print("\n== summary ==")
-    head = (f"{'clients':>7s} {'orders/s':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s} {'servers us/o':>12s} "
-            f"{'load us/o':>9s} {'WS p99 ms':>9s} {'candle ms':>9s} {'ok':>6s}  target")
+    print("\n== summary ==  (orders/s: new orders and cancels; new/s: new orders alone)")
+    head = (f"{'clients':>7s} {'orders/s':>9s} {'new/s':>6s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s} "
+            f"{'servers us/o':>12s} {'load us/o':>9s} {'WS p99 ms':>9s} {'candle ms':>9s} {'ok':>6s}  target")
     print(head)
     for r in results:
         lat = r["latency_ms"]
         mark = "+" if r.get("round") else " "
-        print(f"{r['clients']:7d}{mark}{r['orders_per_s']:9,.0f} {fmt_ms(lat['p50']):>7s} {fmt_ms(lat['p99']):>7s} "
+        print(f"{r['clients']:7d}{mark}{r['orders_per_s']:9,.0f} {r['new_orders'] / r['seconds']:6,.0f} "
+              f"{fmt_ms(lat['p50']):>7s} {fmt_ms(lat['p99']):>7s} "
               f"{fmt_ms(lat['max']):>7s} {r['servers_us_per_order']:12.0f} "
-              f"{r['cpu_us_per_order'][GENERATOR_ROW]:8.0f} {fmt_ms(ws_p99(r)):>9s} "
+              f"{r['cpu_us_per_order'][GENERATOR_ROW]:9.0f} {fmt_ms(ws_p99(r)):>9s} "
               f"{fmt_ms(r['candle_lag_ms']):>9s} {r['ok_fraction']:6.1%}  {TARGETS.get(r['clients'], '-')}")
     if any(r.get("round") for r in results):
         print("(+ = a later round)\n\nmedian [min-max] over the rounds:")
