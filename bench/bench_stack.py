@@ -927,6 +927,9 @@ def main() -> int:
     except KeyboardInterrupt:
         print("interrupted: everything started was stopped", file=sys.stderr)
         return 130
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+        print(f"error: {exc}\n(everything started was stopped)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
