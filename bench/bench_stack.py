@@ -884,7 +884,10 @@ def git(argv: list[str]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    parser = argparse.ArgumentParser(
+        description="The full-stack benchmark of record (issue 12): `up --no-demo`, wrk at 1/8/64 clients, "
+                    "WebSocket subscribers; orders/s, latency, CPU per order for every process, lags. "
+                    "See docs/benchmarks.md, 'Full stack (issue 12)'.")
     parser.add_argument("--levels", default="1,8,64", help="client counts, comma-separated")
     parser.add_argument("--seconds", type=int, default=8, help="measured seconds per level")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured seconds before each level")
@@ -892,7 +895,7 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=128, help="funded users shared out among the clients")
     parser.add_argument("--profile", action="store_true", help="py-spy flame graphs to artifacts/profiles/")
     parser.add_argument("--profile-level", type=int, default=8, help="the level (client count) to profile")
-    parser.add_argument("--json", default="artifacts/bench_stack.json")
+    parser.add_argument("--json", default="artifacts/bench_stack.json", help="where the results go")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds over the levels (1,8,64,1,8,64,...): medians and ranges on a noisy machine")
     parser.add_argument("--compare", default="", help="an earlier --json file: print old -> new per level")
