@@ -461,6 +461,7 @@ def run_wrk(wrk: str, url: str, clients: int, seconds: float, users_file: Path, 
             res.requests = int(kv.pop("requests"))
             res.duration_s = int(kv.pop("duration_us")) / 1e6
             kv.pop("bytes", None)
+            kv.pop("status", None)  # wrk's count of HTTP statuses >= 400: in the status counts already
             res.socket_errors = {k: int(v) for k, v in kv.items() if int(v)}
         elif head == "status":
             _, key, n = rest.split()
