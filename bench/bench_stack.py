@@ -283,9 +283,11 @@ class Stack:
             time.sleep(0.1)
 
     def leftovers(self) -> dict[int, str]:
-        """Live processes of this stack (cwd in the state dir, or its state dir / Redis URL in
-        their command line or environment), as tests/launcher/support.py finds them."""
-        needles = [str(self.state).encode(), f"127.0.0.1:{self.redis_port}/".encode()]
+        """Live processes of this stack, much as tests/launcher/support.py finds them: cwd in
+        the state dir, the state dir in their command line or environment, or (the services)
+        this stack's Redis URL and admin token in their environment."""
+        state = str(self.state).encode()
+        redis_url, token = f"127.0.0.1:{self.redis_port}/".encode(), f"CRYPTEX_ADMIN_TOKEN={ADMIN}".encode()
         found: dict[int, str] = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -296,7 +298,9 @@ class Stack:
                 cwd = os.readlink(entry / "cwd")
             except OSError:
                 continue
-            if cmd and (cwd.startswith(str(self.state)) or any(n in cmd or n in environ for n in needles)):
+            ours = (cwd.startswith(str(self.state)) or state in cmd or state in environ
+                    or (redis_url in environ and token in environ))  # a service: our Redis, our token
+            if cmd and ours:
                 found[int(entry.name)] = cmd.replace(b"\0", b" ").decode(errors="replace")
         return found
 
