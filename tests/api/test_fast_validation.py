@@ -13,10 +13,10 @@ import orjson
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from cryptex_api.orders import validate_order
+from cryptex_api.orders import cancel_command_json, validate_order
 from cryptex_common.errors import CryptexError
 from cryptex_common.markets import load_markets_yaml
-from cryptex_common.messages import OrderRecord, OrderStatus
+from cryptex_common.messages import CancelOrderCommand, OrderRecord, OrderStatus
 from cryptex_common.money import _parse_json_exact, parse_json
 from tests.api import reference_orders
 
@@ -132,3 +132,16 @@ def test_parse_json_fast_path_agrees_with_the_exact_parse(doc: Any, noise: str, 
         text = noise + text
     raw = text.encode("utf-8", "surrogatepass")
     assert parsed(parse_json, raw) == parsed(_parse_json_exact, raw)
+
+
+text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=8)  # JSON text has no lone surrogates
+
+
+@given(user=text, order_id=st.integers(1, 2**53), reply_to=st.one_of(st.none(), text),
+       request_id=st.one_of(st.none(), text), correlation=st.one_of(st.none(), text))
+def test_cancel_command_json_is_the_schema_s(user: str, order_id: int, reply_to: str | None, request_id: str | None,
+                                            correlation: str | None) -> None:
+    model = CancelOrderCommand(userId=user, orderId=order_id, replyTo=reply_to, requestId=request_id,
+                               correlationId=correlation)
+    assert cancel_command_json(user, order_id, reply_to, request_id, correlation) == \
+        model.model_dump_json(by_alias=True).encode()

@@ -38,7 +38,7 @@ from redis.exceptions import RedisError
 from cryptex_api import history as history_queries
 from cryptex_api import params
 from cryptex_api.openapi import OPENAPI
-from cryptex_api.orders import CLIENT_ORDER_ID, market_field, validate_order
+from cryptex_api.orders import CLIENT_ORDER_ID, cancel_command_json, market_field, validate_order
 from cryptex_api.ratelimit import TokenBuckets
 from cryptex_api.replies import Reply, ReplyFormat, ReplyWaiter
 from cryptex_api.resp import RespClient
@@ -51,7 +51,6 @@ from cryptex_common.markets import MarketSpec, MarketState, normalize_symbol
 from cryptex_common.messages import (
     TERMINAL_STATUSES,
     CancelAllCommand,
-    CancelOrderCommand,
     OrderRecord,
     ReplyType,
 )
@@ -202,9 +201,16 @@ class Api:
             raise CryptexError(ErrorCode.BAD_SIGNATURE, "X-CX-SIGN does not match the request", "X-CX-SIGN")
         return user_id, signed
 
+    async def command(self, *args: Any) -> Any:
+        """One Redis command on the order path: over the pipelined connection when there is
+        one (replies as hiredis gives them: bytes, ints, None), else through `redis`."""
+        if self.order_redis is not None:
+            return await self.order_redis.call(*args)
+        return await self.redis.execute_command(*args)
+
     async def guard_replay(self, signature: str) -> None:
         """Remember the signature for REPLAY_GUARD_MS; 401 REPLAYED_REQUEST if it was used."""
-        fresh = await self.redis.set(keys.signature_key(signature), 1, nx=True, px=REPLAY_GUARD_MS)
+        fresh = await self.command("SET", keys.signature_key(signature), 1, "NX", "PX", REPLAY_GUARD_MS)
         if not fresh:
             raise CryptexError(ErrorCode.REPLAYED_REQUEST, "this signed request was already used", "X-CX-SIGN")
 
@@ -400,21 +406,37 @@ class Api:
         return rec
 
     async def cancel_order(self, request: web.Request, user_id: str, body: dict[str, Any]) -> web.Response:
-        params = {**request.query, **body}
-        rec = await self.resolve_order(user_id, params)
-        if rec.status in TERMINAL_STATUSES:
-            raise CryptexError(ErrorCode.ORDER_NOT_OPEN, f"order {rec.order_id} is {rec.status.value}", "orderId")
-        spec = self.market(rec.market)
+        """The order record read as a plain dict and the command built by orjson (no
+        pydantic), both over the order connection (issue 12)."""
+        ref = params.order_ref({**request.query, **body}, CLIENT_ORDER_ID)
+        order_id = ref.order_id
+        if order_id is None:
+            found = await self.command("GET", keys.client_order_key(user_id, str(ref.client_order_id)))
+            if not found:
+                raise CryptexError(ErrorCode.ORDER_NOT_FOUND, "no order with this clientOrderId", "clientOrderId")
+            order_id = int(_s(found))
+        raw = await self.command("HGET", keys.order_key(order_id), "r")
+        rec = orjson.loads(raw) if raw else None
+        if rec is None or rec.get("userId") != user_id:  # another user's order is "not found" to you
+            raise CryptexError(ErrorCode.ORDER_NOT_FOUND, f"order {order_id} not found", "orderId")
+        order_id = rec["orderId"]
+        if rec["status"] in TERMINAL_STATUSES:
+            raise CryptexError(ErrorCode.ORDER_NOT_OPEN, f"order {order_id} is {rec['status']}", "orderId")
+        spec = self.market(rec["market"])
         self.check_state(spec, cancelling=True)
         request_id, fut = self.replies.new_request()
-        cmd = CancelOrderCommand(userId=user_id, orderId=rec.order_id, replyTo=self.replies.channel,
-                                 requestId=request_id, correlationId=request.get("correlation_id"))
-        await self.redis.xadd(keys.commands_stream(spec.symbol), {"c": cmd.model_dump_json(by_alias=True)})
+        command = cancel_command_json(user_id, order_id, self.replies.channel, request_id,
+                                      request.get("correlation_id"))
+        try:
+            await self.command("XADD", keys.commands_stream(spec.symbol), "*", "c", command)
+        except BaseException:
+            self.replies.forget(request_id)
+            raise
         reply = await self.wait_reply(fut, request_id)
         if reply is None:
-            return json_response({"orderId": str(rec.order_id), "status": "cancel_requested"}, 202)
+            return json_response({"orderId": str(order_id), "status": "cancel_requested"}, 202)
         if reply["type"] == ReplyType.REJECTED:  # filled or cancelled while the cancel was queued
-            raise CryptexError(ErrorCode.ORDER_NOT_OPEN, f"order {rec.order_id} is no longer open", "orderId")
+            raise CryptexError(ErrorCode.ORDER_NOT_OPEN, f"order {order_id} is no longer open", "orderId")
         return self.reply_response(reply, spec)
 
     async def cancel_all(self, request: web.Request, user_id: str, body: dict[str, Any]) -> web.Response:

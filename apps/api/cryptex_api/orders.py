@@ -93,6 +93,13 @@ class OrderCommand:
         })[1:]
 
 
+def cancel_command_json(user_id: str, order_id: int, reply_to: str | None, request_id: str | None,
+                        correlation_id: str | None) -> bytes:
+    """Byte-identical to CancelOrderCommand(...).model_dump_json(by_alias=True) (v1)."""
+    return orjson.dumps({"type": "cancel", "userId": user_id, "orderId": order_id, "replyTo": reply_to,
+                         "requestId": request_id, "correlationId": correlation_id})
+
+
 @dataclass(frozen=True, slots=True)
 class ValidatedOrder:
     command: OrderCommand
