@@ -228,6 +228,75 @@ async def test_a_round_mixing_stored_and_new_trades_counts_only_the_new_ones(
     assert await candles_from_db(db_url) == await candles_recomputed(db_url)
 
 
+async def test_light_traffic_is_written_in_few_rounds(
+    redis_client: Redis, redis_srv: RedisServer, db_url: str
+) -> None:
+    """issue 12: entries arriving one by one are not written one round each: after a read
+    that was not full, the next read lingers and takes everything that arrived meanwhile."""
+    await register(redis_client, SOL)
+    gen = BatchGen(SOL, seed=21)
+    rounds: list[int] = []
+    async with running(settings_for(db_url, redis_srv.url, dbproc_linger_ms=1_000)) as proc:
+        process = proc.process
+
+        async def counted(raw: Any, decoded: Any = None) -> Any:
+            rounds.append(sum(len(e) for e in raw.values()))
+            return await process(raw, decoded)
+
+        proc.process = counted  # type: ignore[method-assign]
+        for _ in range(20):
+            await xadd_batches(redis_client, SOL.symbol, [gen.batch(1)])
+            await asyncio.sleep(0.005)
+        await wait_until(lambda: drained(redis_client, SOL.symbol))
+    assert sum(rounds) == 20
+    assert len(rounds) <= 3, rounds  # 1 + the rest after the linger (+1 if the box stalled)
+    assert await candles_from_db(db_url) == await candles_recomputed(db_url)
+
+
+async def test_full_reads_never_linger(
+    redis_client: Redis, redis_srv: RedisServer, db_url: str
+) -> None:
+    """A read that got `dbproc_read_count` entries is followed by the next read at once: a
+    backlog drains at full speed, however long the linger (here 10 s per read)."""
+    await register(redis_client, SOL)
+    gen = BatchGen(SOL, seed=22)
+    await xadd_batches(redis_client, SOL.symbol, [gen.batch(2) for _ in range(40)])
+    settings = settings_for(db_url, redis_srv.url, dbproc_read_count=5, dbproc_linger_ms=10_000)
+    async with running(settings):
+        await wait_until(lambda: drained(redis_client, SOL.symbol))
+    assert await count(db_url, "SELECT count(*) FROM trades") == 80
+
+
+async def test_staging_tables_are_emptied_every_round_and_truncated(
+    redis_client: Redis, redis_srv: RedisServer, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The COPY staging tables are emptied by the statements that read them (not at COMMIT,
+    which cost a truncation per round) and truncated every TRUNCATE_STAGING_ROWS rows."""
+    from cryptex_dbproc import store
+
+    monkeypatch.setattr(store, "TRUNCATE_STAGING_ROWS", 25)
+    truncates: list[int] = []
+    truncate = store.truncate_staging
+
+    async def counted(conn: asyncpg.Connection) -> None:
+        truncates.append(1)
+        await truncate(conn)
+
+    monkeypatch.setattr(store, "truncate_staging", counted)
+    await register(redis_client, SOL)
+    gen = BatchGen(SOL, seed=23)
+    async with running(settings_for(db_url, redis_srv.url, dbproc_linger_ms=0)) as proc:
+        for _ in range(6):
+            await xadd_batches(redis_client, SOL.symbol, [gen.batch(3) for _ in range(4)])
+            await wait_until(lambda: drained(redis_client, SOL.symbol))
+        assert proc.conn is not None  # idle between rounds: nothing else uses it now
+        for table in (store.TMP_TRADES, store.TMP_ORDERS):
+            assert await proc.conn.fetchval(f"SELECT count(*) FROM {table}") == 0
+    assert truncates  # 72 trades + 144 order states staged, a TRUNCATE every 25 rows
+    assert await count(db_url, "SELECT count(*) FROM trades") == 72
+    assert await candles_from_db(db_url) == await candles_recomputed(db_url)
+
+
 async def test_resumes_from_own_pending_entries_after_a_crash(
     redis_client: Redis, redis_srv: RedisServer, db_url: str
 ) -> None:

@@ -13,8 +13,9 @@ Invariants:
 - All values are integers: prices in ticks, volume in lots, quote volume in quote smallest
   units.
 
-The same merge rule is written in SQL in `store.py` (`CANDLE_UPSERT_SQL`); a test checks the
-two agree by recomputing candles from the raw trades.
+The writer does the same aggregation and merge in SQL (`store.INSERT_TRADES_SQL`); this
+module is its Python twin and the tests' reference: they recompute candles from the raw
+trades with it and compare with the table.
 """
 
 from __future__ import annotations

@@ -14,6 +14,12 @@ class DbprocSettings(ServiceSettings):
     # Stream entries read per market per round (each entry is one engine batch).
     dbproc_read_count: int = Field(default=200, ge=1, le=10_000)
     dbproc_block_ms: int = Field(default=500, ge=1, le=10_000)
+    # After a read that was not full (fewer than dbproc_read_count entries from every
+    # market), the next read waits until this long after it, so a round carries the events
+    # of that window instead of one engine batch: under light and medium load a round's fixed
+    # cost (a transaction, ~8 statements, XACK) is shared by many orders. Adds at most this
+    # much to the trade -> candle lag; 0 reads again at once.
+    dbproc_linger_ms: float = Field(default=50.0, ge=0, le=10_000)
     # Registry re-read even without a markets:changed message (a missed pub/sub message).
     dbproc_markets_refresh_s: float = Field(default=30.0, gt=0)
     dbproc_retry_max_s: float = Field(default=5.0, gt=0)

@@ -6,28 +6,35 @@ Invariants:
   trade can never be counted twice, whatever the stream ids say.
 - An order row only moves forward: an update is applied when its `seq` is greater than the
   stored one.
-- Candles merge with the rule of `candles.merge` (open/close by trade id, sums added).
+- Candles are aggregated and merged in SQL, in the trades statement, with the rules of
+  `candles.aggregate` and `candles.merge` (open/close by trade id, sums added), one upsert
+  per (market, interval, bucket) per round (tests recompute every candle in Python from the
+  raw trades and compare).
 - Fills are derived in SQL from exactly the trade rows just inserted, two per trade, with
   the rule of `cryptex_common.wire.fills_for_trade` (a test compares every stored fill with
   it).
-- Trades and order states travel as COPY (text format) into session temp tables
-  (`ON COMMIT DELETE ROWS`), then one INSERT ... SELECT each applies the rules above. The
-  COPY payload of a round is built by `prepare` (pure, run in the decode thread), so the
-  event loop only ships bytes. Candle deltas are also precomputed there assuming every
-  trade is new; when the database reports fewer new trades they are recomputed from
-  exactly the new ones.
+- Trades and order states travel as COPY (text format) into session temp tables, then one
+  statement each takes them out (`DELETE ... RETURNING`, so the staging tables are empty
+  again when the statement ends) and applies the rules above. Not `ON COMMIT DELETE ROWS`:
+  truncating two tables at every commit cost PostgreSQL ~0.6 ms per round, more than the
+  rest of a small round together. Dead staging rows are reclaimed by a `TRUNCATE` every
+  `TRUNCATE_STAGING_ROWS` staged rows (`truncate_staging`). The COPY payload of a round is
+  built by `prepare` (pure, run in the decode thread for large rounds), so the event loop
+  only ships bytes.
+- A round is BEGIN, cursors, COPY + one statement for trades/fills/candles, COPY + one
+  statement for orders, cursors, COMMIT: a fixed number of round trips whatever its size.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from cryptex_common.markets import MarketSpec
-from cryptex_dbproc.candles import Candle, TradeTick, aggregate
+from cryptex_dbproc.candles import FIRST_MONDAY_MS, INTERVAL_MS, MINUTE_MS
 from cryptex_dbproc.decode import Batch, StreamId
 
 TRADE_COLUMNS = (
@@ -42,20 +49,38 @@ ORDER_COLUMNS = (
 )
 TMP_TRADES = "dbproc_tmp_trades"
 TMP_ORDERS = "dbproc_tmp_orders"
-# Session staging tables (no WAL, emptied at every commit; a rollback empties them too).
+# Session staging tables (no WAL). Emptied by the statement that reads them; a rollback
+# discards whatever a failed round staged.
 CREATE_TEMP_TABLES_SQL = f"""
-CREATE TEMP TABLE IF NOT EXISTS {TMP_TRADES} (LIKE trades) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS {TMP_ORDERS} (LIKE orders) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS {TMP_TRADES} (LIKE trades);
+CREATE TEMP TABLE IF NOT EXISTS {TMP_ORDERS} (LIKE orders);
 """
+TRUNCATE_STAGING_SQL = f"TRUNCATE {TMP_TRADES}, {TMP_ORDERS}"
+# Staged rows between two TRUNCATEs: DELETE leaves dead rows that nothing vacuums in a temp
+# table (the staging tables would grow and every scan of them with it).
+TRUNCATE_STAGING_ROWS = 20_000
 
-# Trades and their fills in one statement: fills are derived, two per trade, from exactly
-# the trade rows this statement inserted (the SQL twin of wire.fills_for_trade: the buyer
-# pays its fee in the base asset, the seller in the quote asset; the maker is the side that
-# did not take). A replayed trade inserts no trade row, hence no fills.
+# Candle buckets per interval: (name, size ms, origin ms). 1w buckets start on Monday.
+_INTERVAL_ROWS = ", ".join(
+    f"('{name}', {size_ms}, {FIRST_MONDAY_MS if name == '1w' else 0})"
+    for name, size_ms in INTERVAL_MS.items()
+)
+
+# Trades, their fills and their candles in one statement, all derived from exactly the trade
+# rows this statement inserted, so a replayed trade adds no fill and is never counted twice
+# in a candle.
+# - Fills: the SQL twin of wire.fills_for_trade (the buyer pays its fee in the base asset,
+#   the seller in the quote asset; the maker is the side that did not take), two per trade.
+# - Candles: the SQL twin of candles.aggregate and candles.merge. The new trades are folded
+#   into 1m buckets (open/close = price of the smallest/largest trade id), the minutes are
+#   rolled up into every interval (each bucket is a union of whole minutes), and each
+#   (market, interval, bucket) is upserted once per round with the merge rule.
 INSERT_TRADES_SQL = f"""
-WITH new AS (
+WITH staged AS (
+    DELETE FROM {TMP_TRADES} RETURNING {", ".join(TRADE_COLUMNS)}
+), new AS (
     INSERT INTO trades ({", ".join(TRADE_COLUMNS)})
-    SELECT {", ".join(TRADE_COLUMNS)} FROM {TMP_TRADES}
+    SELECT {", ".join(TRADE_COLUMNS)} FROM staged
     ON CONFLICT DO NOTHING
     RETURNING *
 ), assets AS (
@@ -71,13 +96,53 @@ WITH new AS (
            CASE s.side WHEN 'buy' THEN a.base ELSE a.quote END,
            s.side <> n.taker_side
     FROM new n JOIN assets a USING (market) CROSS JOIN (VALUES ('buy'), ('sell')) AS s(side)
+), minutes AS (
+    SELECT market, ts_ms - mod(mod(ts_ms, {MINUTE_MS}) + {MINUTE_MS}, {MINUTE_MS}) AS open_ms,
+           min(trade_id) AS first_id, (array_agg(price_ticks ORDER BY trade_id))[1] AS o,
+           max(trade_id) AS last_id, (array_agg(price_ticks ORDER BY trade_id DESC))[1] AS c,
+           max(price_ticks) AS h, min(price_ticks) AS l, sum(quantity_lots) AS v,
+           sum(quote_units) AS q, count(*) AS n
+    FROM new GROUP BY 1, 2
+), parts AS (
+    SELECT m.*, i.name,
+           m.open_ms - mod(mod(m.open_ms - i.origin_ms, i.size_ms) + i.size_ms, i.size_ms)
+               AS bucket_ms
+    FROM minutes m CROSS JOIN (VALUES {_INTERVAL_ROWS}) AS i(name, size_ms, origin_ms)
+), deltas AS (
+    SELECT market, name, bucket_ms,
+           min(first_id) AS first_id, (array_agg(o ORDER BY first_id))[1] AS o,
+           max(last_id) AS last_id, (array_agg(c ORDER BY last_id DESC))[1] AS c,
+           max(h) AS h, min(l) AS l, sum(v) AS v, sum(q) AS q, sum(n)::bigint AS n
+    FROM parts GROUP BY 1, 2, 3
+), new_candles AS (
+    INSERT INTO candles AS c (market, interval, open_time_ms, first_trade_id, open_ticks,
+                              last_trade_id, close_ticks, high_ticks, low_ticks, volume_lots,
+                              quote_volume_units, trade_count)
+    SELECT market, name, bucket_ms, first_id, o, last_id, c, h, l, v, q, n FROM deltas
+    ORDER BY market, name, bucket_ms  -- a stable lock order
+    ON CONFLICT (market, interval, open_time_ms) DO UPDATE SET
+        open_ticks = CASE WHEN EXCLUDED.first_trade_id < c.first_trade_id
+                          THEN EXCLUDED.open_ticks ELSE c.open_ticks END,
+        first_trade_id = LEAST(c.first_trade_id, EXCLUDED.first_trade_id),
+        close_ticks = CASE WHEN EXCLUDED.last_trade_id > c.last_trade_id
+                           THEN EXCLUDED.close_ticks ELSE c.close_ticks END,
+        last_trade_id = GREATEST(c.last_trade_id, EXCLUDED.last_trade_id),
+        high_ticks = GREATEST(c.high_ticks, EXCLUDED.high_ticks),
+        low_ticks = LEAST(c.low_ticks, EXCLUDED.low_ticks),
+        volume_lots = c.volume_lots + EXCLUDED.volume_lots,
+        quote_volume_units = c.quote_volume_units + EXCLUDED.quote_volume_units,
+        trade_count = c.trade_count + EXCLUDED.trade_count
+    RETURNING 1
 )
-SELECT market, array_agg(trade_id) AS trade_ids FROM new GROUP BY market
+SELECT (SELECT count(*) FROM new) AS trades, (SELECT count(*) FROM new_candles) AS candles
 """
 
 UPSERT_ORDERS_SQL = f"""
+WITH staged AS (
+    DELETE FROM {TMP_ORDERS} RETURNING {", ".join(ORDER_COLUMNS)}
+)
 INSERT INTO orders AS o ({", ".join(ORDER_COLUMNS)})
-SELECT {", ".join(ORDER_COLUMNS)} FROM {TMP_ORDERS}
+SELECT {", ".join(ORDER_COLUMNS)} FROM staged
 ON CONFLICT (order_id) DO UPDATE SET
     seq = EXCLUDED.seq, status = EXCLUDED.status, reason = EXCLUDED.reason,
     executed_lots = EXCLUDED.executed_lots,
@@ -85,29 +150,6 @@ ON CONFLICT (order_id) DO UPDATE SET
     updated_ms = EXCLUDED.updated_ms
 WHERE o.seq < EXCLUDED.seq
 """
-
-# The SQL twin of candles.merge.
-CANDLE_UPSERT_SQL = """
-INSERT INTO candles AS c (market, interval, open_time_ms, first_trade_id, open_ticks,
-                          last_trade_id, close_ticks, high_ticks, low_ticks, volume_lots,
-                          quote_volume_units, trade_count)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
-                     $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::text[]::numeric[],
-                     $11::text[]::numeric[], $12::bigint[])
-ON CONFLICT (market, interval, open_time_ms) DO UPDATE SET
-    open_ticks = CASE WHEN EXCLUDED.first_trade_id < c.first_trade_id
-                      THEN EXCLUDED.open_ticks ELSE c.open_ticks END,
-    first_trade_id = LEAST(c.first_trade_id, EXCLUDED.first_trade_id),
-    close_ticks = CASE WHEN EXCLUDED.last_trade_id > c.last_trade_id
-                       THEN EXCLUDED.close_ticks ELSE c.close_ticks END,
-    last_trade_id = GREATEST(c.last_trade_id, EXCLUDED.last_trade_id),
-    high_ticks = GREATEST(c.high_ticks, EXCLUDED.high_ticks),
-    low_ticks = LEAST(c.low_ticks, EXCLUDED.low_ticks),
-    volume_lots = c.volume_lots + EXCLUDED.volume_lots,
-    quote_volume_units = c.quote_volume_units + EXCLUDED.quote_volume_units,
-    trade_count = c.trade_count + EXCLUDED.trade_count
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class Cursor:
@@ -121,18 +163,6 @@ class WriteStats:
     fills: int = 0
     orders: int = 0
     candles: int = 0
-
-
-def _columns(
-    rows: Sequence[tuple[object, ...]], width: int, numeric: Sequence[int] = ()
-) -> list[list[object]]:
-    """Rows -> one list per column. Columns at `numeric` positions are sent as text and
-    cast to NUMERIC by the statement (exact, and about 3x cheaper to encode than asyncpg's
-    binary numeric)."""
-    columns = [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
-    for i in numeric:
-        columns[i] = [None if v is None else str(v) for v in columns[i]]
-    return columns
 
 
 async def lock_cursors(conn: asyncpg.Connection, markets: Iterable[str]) -> dict[str, Cursor]:
@@ -203,15 +233,14 @@ def _opt(value: int | None) -> str:
 @dataclass(slots=True)
 class Prepared:
     """The rows of a set of batches, ready to ship: COPY payloads for trades (deduplicated
-    by key, first wins) and order states (latest seq per order), and the candle deltas of
-    every trade (valid only if the database inserts them all)."""
+    by key, first wins) and order states (latest seq per order), and the markets traded."""
 
     batches: int = 0
     trades_copy: bytes = b""
+    n_trades: int = 0
     orders_copy: bytes = b""
     n_orders: int = 0
-    ticks: dict[str, list[TradeTick]] = field(default_factory=dict)
-    deltas: dict[str, dict[tuple[str, str, int], Candle]] = field(default_factory=dict)
+    markets: tuple[str, ...] = ()  # markets with trades, sorted
 
 
 def prepare(batches: Sequence[Batch]) -> Prepared:
@@ -220,10 +249,9 @@ def prepare(batches: Sequence[Batch]) -> Prepared:
     Batches are decoded dicts (`decode.Batch`: alias keys, enum values as strings). Every
     text field is escaped; numbers are Python ints formatted exactly (a value PostgreSQL
     refuses, like an out-of-range integer or a NUL byte, fails the round as data: see the
-    processor)."""
+    processor). Candles are computed by the database from the trades it really inserts."""
     lines: list[str] = []
     seen: set[tuple[str, int]] = set()
-    ticks: dict[str, list[TradeTick]] = {}
     latest: dict[int, dict[str, Any]] = {}
     for batch in batches:
         for e in batch["events"]:
@@ -234,18 +262,13 @@ def prepare(batches: Sequence[Batch]) -> Prepared:
                 if key in seen:
                     continue
                 seen.add(key)
-                ts_ms, price, lots, quote = (
-                    t["tsMs"], t["priceTicks"], t["quantityLots"], t["quoteUnits"])
                 lines.append(
-                    f"{_text(market)}\t{trade_id}\t{t['seq']}\t{ts_ms}\t{price}\t{lots}\t"
-                    f"{quote}\t{t['takerSide']}\t{t['buyOrderId']}\t{t['sellOrderId']}\t"
+                    f"{_text(market)}\t{trade_id}\t{t['seq']}\t{t['tsMs']}\t{t['priceTicks']}\t"
+                    f"{t['quantityLots']}\t{t['quoteUnits']}\t{t['takerSide']}\t"
+                    f"{t['buyOrderId']}\t{t['sellOrderId']}\t"
                     f"{_text(t['buyUserId'])}\t{_text(t['sellUserId'])}\t"
                     f"{t['buyerFeeUnits']}\t{t['sellerFeeUnits']}\n"
                 )
-                market_ticks = ticks.get(market)
-                if market_ticks is None:
-                    market_ticks = ticks[market] = []
-                market_ticks.append(TradeTick(trade_id, ts_ms, price, lots, quote))
             else:
                 oid = e["order"]["orderId"]
                 old = latest.get(oid)
@@ -266,10 +289,10 @@ def prepare(batches: Sequence[Batch]) -> Prepared:
     return Prepared(
         batches=len(batches),
         trades_copy="".join(lines).encode(),
+        n_trades=len(lines),
         orders_copy="".join(order_lines).encode(),
         n_orders=len(order_lines),
-        ticks=ticks,
-        deltas={m: aggregate(m, market_ticks) for m, market_ticks in ticks.items()},
+        markets=tuple(sorted({m for m, _ in seen})),
     )
 
 
@@ -280,21 +303,23 @@ async def create_temp_tables(conn: asyncpg.Connection) -> None:
 
 async def insert_trades(
     conn: asyncpg.Connection, prepared: Prepared, specs: dict[str, MarketSpec]
-) -> dict[str, set[int]]:
-    """Insert the prepared trades and, for each newly inserted one, its two fills. Returns
-    the ids of the new trades per market; a trade already stored is left alone."""
-    if not prepared.ticks:
-        return {}
+) -> tuple[int, int]:
+    """Insert the prepared trades and, for each newly inserted one, its two fills and its
+    share of every interval's candle. Returns (new trades, candle rows upserted); a trade
+    already stored is left alone."""
+    if not prepared.n_trades:
+        return 0, 0
     await conn.copy_to_table(  # a memoryview: asyncpg would take bytes for a file path
         TMP_TRADES, source=memoryview(prepared.trades_copy), columns=TRADE_COLUMNS,
         format="text",
     )
-    markets = sorted(prepared.ticks)
-    rows = await conn.fetch(
+    markets = prepared.markets
+    row = await conn.fetchrow(
         INSERT_TRADES_SQL, markets,
         [specs[m].base_asset for m in markets], [specs[m].quote_asset for m in markets],
     )
-    return {r["market"]: set(r["trade_ids"]) for r in rows}
+    assert row is not None
+    return int(row["trades"]), int(row["candles"])
 
 
 async def upsert_orders(conn: asyncpg.Connection, prepared: Prepared) -> int:
@@ -306,35 +331,12 @@ async def upsert_orders(conn: asyncpg.Connection, prepared: Prepared) -> int:
         TMP_ORDERS, source=memoryview(prepared.orders_copy), columns=ORDER_COLUMNS,
         format="text",
     )
-    await conn.execute(UPSERT_ORDERS_SQL)
+    await conn.fetch(UPSERT_ORDERS_SQL)  # fetch: a prepared statement (execute() re-plans)
     return prepared.n_orders
 
 
-def candle_deltas(prepared: Prepared, new_ids: dict[str, set[int]]) -> list[Candle]:
-    """Candle deltas of exactly the new trades, every interval, sorted by key."""
-    deltas: dict[tuple[str, str, int], Candle] = {}
-    for market, ids in new_ids.items():
-        ticks = prepared.ticks.get(market, [])
-        if len(ids) == len(ticks):  # all new: the precomputed deltas are exact
-            deltas.update(prepared.deltas[market])
-        elif ids:
-            deltas.update(aggregate(market, [t for t in ticks if t.trade_id in ids]))
-    return [deltas[k] for k in sorted(deltas)]
-
-
-async def upsert_candles(conn: asyncpg.Connection, candles: Sequence[Candle]) -> int:
-    if not candles:
-        return 0
-    rows = [
-        (
-            c.market, c.interval, c.open_time_ms, c.first_trade_id, c.open_ticks,
-            c.last_trade_id, c.close_ticks, c.high_ticks, c.low_ticks, c.volume_lots,
-            c.quote_volume_units, c.trade_count,
-        )
-        for c in candles
-    ]
-    await conn.execute(CANDLE_UPSERT_SQL, *_columns(rows, 12, (9, 10)))
-    return len(rows)
+async def truncate_staging(conn: asyncpg.Connection) -> None:
+    await conn.fetch(TRUNCATE_STAGING_SQL)
 
 
 async def write_events(
@@ -343,9 +345,7 @@ async def write_events(
     """Write trades, their fills and candles, and order states (inside the caller's
     transaction; the temp tables must exist: `create_temp_tables`)."""
     stats = WriteStats()
-    new_ids = await insert_trades(conn, prepared, specs)
-    stats.trades = sum(map(len, new_ids.values()))
+    stats.trades, stats.candles = await insert_trades(conn, prepared, specs)
     stats.fills = 2 * stats.trades
-    stats.candles = await upsert_candles(conn, candle_deltas(prepared, new_ids))
     stats.orders = await upsert_orders(conn, prepared)
     return stats
