@@ -12,6 +12,12 @@ the publish to the client's receipt (sampled on ~1 in 50 sockets, which parse ev
 others only count bytes: every frame has the same size), the gateways' CPU use, and memory per
 idle connection (gateway RSS growth after connecting and subscribing, before any traffic).
 Not a test: it prints figures.
+
+    .venv/bin/python bench/bench_ws_fanout.py --handler-costs 1 100 1000
+
+prints instead the CPU per upstream message of the depth, trades (+ 1m kline) and
+user.orders handlers in process (fake sockets, no Redis): the gateway's own per-message and
+per-socket cost.
 """
 
 from __future__ import annotations
@@ -271,6 +277,79 @@ def run_scenario(redis_url: str, clients: int, gateways: int, rate: int, seconds
                 g.kill()
 
 
+# --- per-message cost, in process (issue 12) --------------------------------------------------
+class _NullTransport:
+    """Takes every write; never slow."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def _handler_costs(sockets: int, messages: int) -> dict[str, float]:
+    """CPU µs per upstream message of the gateway's depth, trades (+ the 1m kline) and
+    user.orders handlers with `sockets` subscribed sockets, the hub flushing every 10
+    messages into transports that discard the bytes: the gateway's own work, no sockets or
+    Redis (their cost is the same per frame for every stream type)."""
+    from redis.asyncio import Redis
+
+    from cryptex_wsgateway.book import DepthTracker
+    from cryptex_wsgateway.fanout import Connection
+    from cryptex_wsgateway.gateway import Gateway
+    from cryptex_wsgateway.klines import KlineBuilder
+    from cryptex_wsgateway.settings import WsSettings
+    from cryptex_wsgateway.streams import KLINE_INTERVALS_MS
+    from cryptex_wsgateway.subscriptions import private_topic
+    from tests.wsgateway.conftest import SOL
+
+    redis = Redis.from_url("redis://127.0.0.1:1/0")  # never used on these paths
+    g = Gateway(WsSettings(max_queue_messages=10**7), redis)
+    m = SOL.symbol
+    g.markets, g.asset_decimals = {m: SOL}, {"SOL": 9, "USDC": 6}
+    g.trackers[m] = DepthTracker(m)
+    g.trackers[m].on_snapshot({"lastUpdateId": 0, "bids": [], "asks": []}, force=True)
+    g.klines[m] = [KlineBuilder(m, i, ms) for i, ms in KLINE_INTERVALS_MS.items()]
+    for i in range(sockets):
+        conn = Connection(i, None, _NullTransport(), 0.0)  # type: ignore[arg-type]
+        g.subs.add(conn, [f"depth@{m}", f"trades@{m}", f"kline_1m@{m}"], 10)
+    user = Connection(-1, None, _NullTransport(), 0.0)  # type: ignore[arg-type]
+    g.subs.add(user, [private_topic("user.orders", "u1")], 10)
+    now = int(time.time() * 1000)
+    depth = [orjson.dumps({"market": m, "U": i + 1, "u": i + 1, "pu": i, "ts": now,
+                           "bids": [[f"{100 + i % 7}.00", f"{1 + i % 3}.000"]],
+                           "asks": [[f"{110 + i % 5}.00", f"{2 + i % 3}.000"]]})
+             for i in range(messages)]
+    trades = [orjson.dumps([{"tradeId": str(i), "market": m, "price": "120.00",
+                             "quantity": "1.000", "quoteQuantity": "120.00000",
+                             "takerSide": "buy", "ts": now, "seq": i}]) for i in range(messages)]
+    orders = [orjson.dumps({"type": "order", "data": {"orderId": str(i), "market": m,
+                                                      "status": "new"}}) for i in range(messages)]
+    out: dict[str, float] = {}
+    for name, handle, msgs in (("depth", lambda raw: g._on_depth(m, raw), depth),
+                               ("trades+kline_1m", lambda raw: g._on_trades(m, raw), trades),
+                               ("user.orders", lambda raw: g._on_user("u1", raw), orders)):
+        started = time.process_time()
+        for i, raw in enumerate(msgs):
+            handle(raw)
+            if i % 10 == 9:
+                g.hub.flush()
+        g.hub.flush()
+        out[name] = round(1e6 * (time.process_time() - started) / len(msgs), 1)
+    await redis.aclose()
+    return out
+
+
+def handler_costs(socket_counts: list[int], messages: int) -> None:
+    for sockets in socket_counts:
+        costs = asyncio.run(_handler_costs(sockets, messages))
+        print(json.dumps({"sockets": sockets, "cpu_us_per_message": costs}), flush=True)
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
         import uvloop
@@ -284,7 +363,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--client-procs", type=int, default=2)
     parser.add_argument("--coalesce-ms", type=float, default=0.0)
+    parser.add_argument("--handler-costs", type=int, nargs="*", metavar="SOCKETS",
+                        help="only print the in-process CPU per upstream message of the depth, "
+                             "trades and user handlers with these numbers of sockets")
+    parser.add_argument("--messages", type=int, default=5000)
     args = parser.parse_args()
+    if args.handler_costs:
+        handler_costs(args.handler_costs, args.messages)
+        return
     if args.clients and args.gateways:
         scenarios = [(c, g) for c in args.clients for g in args.gateways]
     else:

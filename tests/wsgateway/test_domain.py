@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from cryptex_wsgateway.book import DepthTracker, LocalBook, checksum, checksum_string
-from cryptex_wsgateway.klines import KlineBuilder
+from cryptex_wsgateway.klines import KlineBuilder, parse_trades
 from cryptex_wsgateway.protocol import (
     ProtocolError,
     TokenBucket,
@@ -196,6 +196,20 @@ def test_kline_open_updates_and_close() -> None:
     [final] = k.tick(base + 120_000)
     assert final["closed"] and final["openTime"] == base + 60_000
     assert k.tick(base + 180_000) == []
+
+
+def test_kline_without_subscribers_keeps_the_candle_but_builds_no_message() -> None:
+    """issue 12: with nobody on an interval the gateway folds trades without building the
+    message; a subscriber arriving later still gets the exact candle."""
+    trades = [_trade(1_700_000_040_001, "10.00", "1.000"), _trade(1_700_000_040_002, "12.00", "0.500"),
+              _trade(1_700_000_040_003, "9.00", "2.000")]
+    quiet, loud = KlineBuilder("SOL/USDC", "1m", 60_000), KlineBuilder("SOL/USDC", "1m", 60_000)
+    assert quiet.fold(parse_trades(trades[:2]), report=False) == []
+    assert quiet.fold(parse_trades(trades[2:]), report=False) == []
+    expected = loud.add_trades(trades)
+    assert quiet.current == loud.current
+    assert quiet.current is not None
+    assert [quiet.current.to_wire("SOL/USDC", "1m", False)] == expected
 
 
 # --- protocol -----------------------------------------------------------------------------

@@ -55,7 +55,7 @@ from cryptex_common.registry import load_markets
 from cryptex_common.runtime import add_ops_routes
 from cryptex_wsgateway.book import DepthTracker
 from cryptex_wsgateway.fanout import Connection, Hub
-from cryptex_wsgateway.klines import KlineBuilder
+from cryptex_wsgateway.klines import KlineBuilder, parse_trades
 from cryptex_wsgateway.protocol import (
     AuthParams,
     ProtocolError,
@@ -391,9 +391,15 @@ class Gateway:
         trades = orjson.loads(raw)
         ts = trades[0].get("ts") if trades else None
         self._publish_raw(f"trades@{market}", "trades", raw, ts)
-        for builder in self.klines.get(market, ()):
-            for msg in builder.add_trades(trades):
-                self._publish(f"kline_{builder.interval}@{market}", "kline", msg)
+        builders = self.klines.get(market)
+        if not builders:
+            return
+        parsed = parse_trades(trades)  # once, not once per interval
+        for builder in builders:
+            topic = f"kline_{builder.interval}@{market}"
+            # every candle is kept up to date; its message is built only for subscribers
+            for msg in builder.fold(parsed, report=bool(self.subs.subscribers(topic))):
+                self._publish(topic, "kline", msg)
 
     def _on_ticker(self, market: str, raw: bytes) -> None:
         self.last_ticker[market] = raw

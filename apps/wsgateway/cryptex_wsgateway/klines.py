@@ -50,6 +50,17 @@ class Candle:
         }
 
 
+ParsedTrade = tuple[int, Decimal, Decimal, Decimal]  # ts ms, price, quantity, quote quantity
+
+
+def parse_trades(trades: list[dict[str, Any]]) -> list[ParsedTrade]:
+    """Once per upstream message, shared by every interval's builder."""
+    return [
+        (int(t["ts"]), Decimal(t["price"]), Decimal(t["quantity"]), Decimal(t["quoteQuantity"]))
+        for t in trades
+    ]
+
+
 class KlineBuilder:
     """The open candle of one market and interval."""
 
@@ -62,18 +73,21 @@ class KlineBuilder:
     def add_trades(self, trades: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Fold one batch of trades in; returns the closed candle (if a bucket ended) and the
         open candle's update, in that order."""
+        return self.fold(parse_trades(trades), report=True)
+
+    def fold(self, trades: list[ParsedTrade], report: bool) -> list[dict[str, Any]]:
+        """`add_trades` on parsed trades; with `report` False (nobody subscribes to this
+        interval) the candle is updated the same but no message is built."""
         out: list[dict[str, Any]] = []
         changed = False
-        for trade in trades:
-            ts = int(trade["ts"])
+        for ts, price, qty, quote in trades:
             bucket = ts - ts % self.interval_ms
-            price, qty = Decimal(trade["price"]), Decimal(trade["quantity"])
-            quote = Decimal(trade["quoteQuantity"])
             c = self.current
             if c is not None and bucket < c.open_time:
                 continue  # late trade for a closed bucket
             if c is not None and bucket > c.open_time:
-                out.append(c.to_wire(self.market, self.interval, closed=True))
+                if report:
+                    out.append(c.to_wire(self.market, self.interval, closed=True))
                 c = self.current = None
                 changed = False
             if c is None:
@@ -89,7 +103,7 @@ class KlineBuilder:
                 c.quote_volume += quote
                 c.count += 1
             changed = True
-        if changed and self.current is not None:
+        if changed and report and self.current is not None:
             out.append(self.current.to_wire(self.market, self.interval, closed=False))
         return out
 
