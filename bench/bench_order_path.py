@@ -33,6 +33,18 @@ from cryptex_common.registry import register_market  # noqa: E402
 from tests.support.servers import free_port, redis_server, wait_for_port  # noqa: E402
 
 
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process so far (Linux /proc), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far, in seconds."""
+    return sum(cpu_times(pid))
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
@@ -53,7 +65,7 @@ def make_order(i: int, rng: random.Random, rules, symbol: str, channel: str):  #
     return user, ("USDC" if side == "buy" else "SOL"), lock, cmd.model_dump_json(by_alias=True), tail.decode()[1:]
 
 
-async def drain_run(redis, ledger, spec, rules, orders: int) -> None:  # type: ignore[no-untyped-def]
+async def drain_run(redis, ledger, spec, rules, orders: int, redis_pid: int) -> None:  # type: ignore[no-untyped-def]
     """Queue `orders` first (engine stopped), then time one engine draining them: the
     engine's own throughput (match + settle + publish), free of load-generator CPU."""
     rng = random.Random(7)
@@ -72,14 +84,26 @@ async def drain_run(redis, ledger, spec, rules, orders: int) -> None:  # type: i
     prof = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]] if os.environ.get("BENCH_PROFILE") else []
     engine = subprocess.Popen([sys.executable, *prof, "-m", "cryptex_engine", "--market", spec.symbol], env=env)
     settled = 0
+    first: tuple[int, float, float] | None = None  # (settled, cpu, time) at the first settled batch
     while settled < orders + 1:  # +1: the configure command registered with the market
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.01 if first is None else 0.05)
         settled = int(await redis.get(keys.settled_seq_key(spec.symbol)) or 0)
-    elapsed = time.perf_counter() - started
+        if first is None and settled:
+            first = (settled, cpu_seconds(engine.pid), time.perf_counter())
+            redis_cpu0 = cpu_seconds(redis_pid)
+    ended = time.perf_counter()
+    elapsed = ended - started
+    cpu = cpu_seconds(engine.pid)
+    redis_cpu = cpu_seconds(redis_pid) - redis_cpu0
     engine.terminate()
     engine.wait(30)
+    assert first is not None
+    n, cpu0, t0 = orders + 1 - first[0], first[1], first[2]
+    steady = (f"after the first batch: {n / (ended - t0):,.0f} orders/s, "
+              f"engine_cpu_per_order={(cpu - cpu0) / max(n, 1) * 1e6:.1f}us "
+              f"redis_cpu_per_order={redis_cpu / max(n, 1) * 1e6:.1f}us") if n > 0 else ""
     print(f"mode=drain orders={orders} elapsed={elapsed:.2f}s (incl. ~0.5 s process start) "
-          f"orders/s={orders / elapsed:,.0f}")
+          f"orders/s={orders / elapsed:,.0f} engine_cpu={cpu:.2f}s (incl. start); {steady}")
 
 
 async def run(orders: int, concurrency: int, drain: bool = False, appendfsync: str = "none") -> None:
@@ -95,7 +119,7 @@ async def run(orders: int, concurrency: int, drain: bool = False, appendfsync: s
                 await ledger.move_funds(kind="deposit", user_id=user, asset=asset, units=10**17,
                                         tx_id=f"{user}{asset}", record={})
         if drain:
-            await drain_run(redis, ledger, spec, rules, orders)
+            await drain_run(redis, ledger, spec, rules, orders, server.process.pid)
             await redis.aclose()
             return
         ops_port = free_port()
@@ -104,6 +128,9 @@ async def run(orders: int, concurrency: int, drain: bool = False, appendfsync: s
         prof = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]] if os.environ.get("BENCH_PROFILE") else []
         engine = subprocess.Popen([sys.executable, *prof, "-m", "cryptex_engine", "--market", spec.symbol], env=env)
         wait_for_port(ops_port)
+        while not int(await redis.get(keys.settled_seq_key(spec.symbol)) or 0):
+            await asyncio.sleep(0.01)  # the engine has recovered and settled the configure
+        cpu0, redis_cpu0 = cpu_seconds(engine.pid), cpu_seconds(server.process.pid)
         channel = keys.reply_channel("bench")
         waiting: dict[str, tuple[float, asyncio.Future[None]]] = {}
         latencies: list[float] = []
@@ -135,6 +162,9 @@ async def run(orders: int, concurrency: int, drain: bool = False, appendfsync: s
         started = time.perf_counter()
         await asyncio.gather(*(producer(w) for w in range(concurrency)))
         elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(engine.pid) - cpu0
+        sys_share = cpu_times(engine.pid)[1] / max(cpu_seconds(engine.pid), 1e-9)
+        redis_cpu = cpu_seconds(server.process.pid) - redis_cpu0
         listener.cancel()
         trades = await redis.xlen(keys.events_stream(spec.symbol))
         engine.terminate()
@@ -142,7 +172,9 @@ async def run(orders: int, concurrency: int, drain: bool = False, appendfsync: s
         await redis.aclose()
     print(f"orders={orders} concurrency={concurrency} elapsed={elapsed:.2f}s "
           f"orders/s={orders / elapsed:,.0f} p50={percentile(latencies, 0.5) * 1000:.2f}ms "
-          f"p99={percentile(latencies, 0.99) * 1000:.2f}ms settled_batches={trades}")
+          f"p99={percentile(latencies, 0.99) * 1000:.2f}ms settled_batches={trades} "
+          f"engine_cpu_per_order={cpu / orders * 1e6:.1f}us (system {sys_share:.0%} of the process) "
+          f"redis_cpu_per_order={redis_cpu / orders * 1e6:.1f}us (incl. the producers' enqueues)")
 
 
 def main() -> None:

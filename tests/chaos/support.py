@@ -248,7 +248,7 @@ async def rebuild(redis: aioredis.Redis, spec: MarketSpec) -> Rebuilt:
     for stream_id, fields in await stream_entries(redis, keys.commands_stream(spec.symbol)):
         decoded, error = read_entry(stream_id, fields, spec)
         assert decoded is not None and error is None, (stream_id, error)
-        if decoded.wire.type == "place":
+        if decoded.kind == "place":
             place_ids.append(int(decoded.order_id))  # type: ignore[arg-type]
         result = core.apply(decoded.command, decoded.ts_ms)
         fills += [(f.trade_id, f.price_ticks, f.quantity_lots) for f in result.fills]

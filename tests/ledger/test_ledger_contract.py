@@ -22,6 +22,7 @@ from cryptex_common.ledger import (
     BalanceChange,
     Ledger,
     LedgerScriptError,
+    MarketDataWrite,
     OrderWrite,
     ScriptCall,
     SettleResult,
@@ -87,7 +88,16 @@ def valid_call(script: str) -> ScriptCall:
     return settle_call(symbol=SYMBOL, epoch=1, first_seq=1, last_seq=2, batch_json="{}",
                        balances=[BalanceChange("1", "USDC", 0, -100), BalanceChange("2", "USDC", 90, 0),
                                  BalanceChange(keys.FEE_ACCOUNT, "USDC", 10, 0)],
-                       orders=[OrderWrite(7, "1", "{}", True)], notify_users=["1"], now_ms=5)
+                       orders=[OrderWrite(7, "1", "{}", True)], notify_users=["1"], now_ms=5,
+                       market_data=MARKET_DATA)
+
+
+# the market-data part of a settle call: every kind of write and publish it can carry
+MARKET_DATA = MarketDataWrite(SYMBOL, depth_json='{"lastUpdateId":2}', recent_keep=2,
+                              trades=['{"t":1}', '{"t":2}', '{"t":3}'],
+                              publishes=[("reply:a", "[1]"), (keys.depth_channel(SYMBOL), "{}")],
+                              user_messages=[("1", keys.user_channel("1"), ["o1", "f1"]),
+                                             ("2", keys.user_channel("2"), ["o2"])])
 
 
 @pytest.mark.parametrize("script", ["enqueue_order.lua", "move_funds.lua", "settle_batch.lua"])
@@ -191,6 +201,58 @@ async def test_settle_returns_the_users_subscribed_now(redis_client: aioredis.Re
     refused = await ledger.settle(symbol=SYMBOL, epoch=1, first_seq=2, last_seq=2, batch_json="",
                                   balances=[], orders=[], notify_users=["1"], now_ms=1000)
     assert refused.status == "duplicate" and refused.subscribed == frozenset()
+
+
+async def test_settle_writes_and_publishes_market_data_only_when_applied(
+        redis_client: aioredis.Redis) -> None:
+    """issue 12: the batch's market data goes in the settle call (one round trip). It is
+    written and published after the settle writes, only on "ok", in order; private messages
+    only to users whose subscription is live; a refused (duplicate) call publishes nothing."""
+    ledger = Ledger(redis_client)
+    await market_with_funds(redis_client)
+    await redis_client.zadd(keys.PRIVATE_SUBSCRIBERS, {"1": 1000, "2": 999})
+    pubsub = redis_client.pubsub()
+    await pubsub.psubscribe("*")
+    await pubsub.get_message(timeout=1)
+
+    async def received() -> list[tuple[str, str]]:
+        out = []
+        while (m := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3)) is not None:
+            out.append((m["channel"].decode(), m["data"].decode()))
+        return out
+
+    try:
+        res = await ledger.settle(symbol=SYMBOL, epoch=1, first_seq=1, last_seq=1, batch_json="",
+                                  balances=[], orders=[], notify_users=["1", "2"], now_ms=1000,
+                                  market_data=MARKET_DATA)
+        assert res == SettleResult("ok", subscribed=frozenset({"1"}))
+        assert await received() == [("reply:a", "[1]"), (keys.depth_channel(SYMBOL), "{}"),
+                                    (keys.user_channel("1"), "o1"), (keys.user_channel("1"), "f1")]
+        assert await redis_client.get(keys.depth_key(SYMBOL)) == b'{"lastUpdateId":2}'
+        assert await redis_client.lrange(keys.recent_trades_key(SYMBOL), 0, -1) == [b'{"t":3}', b'{"t":2}']
+        refused = await ledger.settle(symbol=SYMBOL, epoch=1, first_seq=1, last_seq=1, batch_json="",
+                                      balances=[], orders=[], now_ms=1000,
+                                      market_data=MarketDataWrite(SYMBOL, depth_json="x", trades=["y"],
+                                                                  publishes=[("reply:a", "z")]))
+        assert refused.status == "duplicate"
+        assert await received() == []
+        assert await redis_client.get(keys.depth_key(SYMBOL)) == b'{"lastUpdateId":2}'
+        assert await redis_client.llen(keys.recent_trades_key(SYMBOL)) == 2
+    finally:
+        await pubsub.aclose()
+
+
+async def test_settle_pushes_more_recent_trades_than_one_unpack(redis_client: aioredis.Redis) -> None:
+    """Trades are pushed in chunks (Lua's unpack has a stack limit), still in order."""
+    ledger = Ledger(redis_client)
+    await market_with_funds(redis_client)
+    trades = [str(i) for i in range(1, 1201)]
+    res = await ledger.settle(symbol=SYMBOL, epoch=1, first_seq=1, last_seq=1, batch_json="",
+                              balances=[], orders=[], market_data=MarketDataWrite(
+                                  SYMBOL, recent_keep=1000, trades=trades))  # type: ignore[arg-type]
+    assert res.status == "ok"
+    stored = await redis_client.lrange(keys.recent_trades_key(SYMBOL), 0, -1)
+    assert [int(x) for x in stored] == list(range(1200, 200, -1))
 
 
 # --- corrupt data and the lease ----------------------------------------------------------------

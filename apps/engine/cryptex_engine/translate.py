@@ -1,7 +1,6 @@
-"""Pure translation between the wire and the matching core, for one market.
-
-Stream entry -> core command; core results -> order records, trade records, replies and
-the settled event batch. No I/O: the service feeds it and ships what it returns.
+"""Pure translation of core results, for one market: order records, trade records,
+replies and the settled event batch. No I/O: the service feeds it and ships what it
+returns. (Decoding stream entries is `decode`, re-exported here.)
 
 The core only knows what matching needs; the static facts of a live order (type, time in
 force, client id, creation time, original quantity) are kept here in `OrderMeta`, from
@@ -11,44 +10,30 @@ its place command until it is terminal, so every OrderRecord written is complete
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-import orjson
-
-from cryptex_common import ledger
 from cryptex_common.markets import MarketSpec
 from cryptex_common.messages import (
-    COMMAND_ADAPTER,
     TERMINAL_STATUSES,
-    CancelAllCommand,
-    CancelOrderCommand,
-    ConfigureMarketCommand,
     OrderStatus,
     OrderType,
-    PlaceOrderCommand,
     ReplyType,
     Side,
     TimeInForce,
 )
-from cryptex_common.wire import fill_dicts
-from cryptex_engine.domain.commands import (
-    CancelAll,
-    CancelOrder,
-    CommandResult,
-    Configure,
-    EngineCommand,
-    OrderUpdate,
-    PlaceOrder,
-    RejectOrder,
+from cryptex_engine.decode import (
+    REASON_UNSUPPORTED,
+    Decoded,
+    Unreadable,
+    decode_entry,
+    read_entry,
+    reject_unreadable,
+    stream_ts_ms,
 )
+from cryptex_engine.domain.commands import CommandResult, OrderUpdate, PlaceOrder
 
-# The lock envelope the enqueue script writes next to `id` and `c` (names defined by the
-# ledger; these fallbacks are the same names, for a ledger module that predates them).
-ENTRY_USER: str = getattr(ledger, "ENTRY_USER", "u")
-ENTRY_LOCK_ASSET: str = getattr(ledger, "ENTRY_LOCK_ASSET", "a")
-ENTRY_LOCK_UNITS: str = getattr(ledger, "ENTRY_LOCK_UNITS", "l")
-REASON_UNSUPPORTED = "UNSUPPORTED_COMMAND"  # an order whose command this engine cannot read
-
+__all__ = ["TERMINAL", "BatchOutput", "Decoded", "OrderMeta", "Record", "Translator", "Unreadable",
+           "decode_entry", "read_entry", "reject_unreadable", "stream_ts_ms"]
 
 @dataclass(slots=True)
 class OrderMeta:
@@ -70,132 +55,10 @@ class OrderMeta:
         return cls(OrderType(row[0]), TimeInForce(row[1]), *row[2:])
 
 
-@dataclass(slots=True)
-class Unreadable:
-    """What an undecodable order entry still tells (its envelope, and whatever of `c` is
-    plain JSON of the right type): enough to close its record and answer its sender."""
-
-    user_id: str
-    side: Side
-    order_type: OrderType
-    time_in_force: TimeInForce
-    price_ticks: int | None
-    quantity_lots: int | None
-    reply_to: str | None
-    request_id: str | None
-    correlation_id: str | None
-    type: Literal["unsupported"] = "unsupported"
-
-
-Wire = PlaceOrderCommand | CancelOrderCommand | CancelAllCommand | ConfigureMarketCommand | Unreadable
-
-
-@dataclass(slots=True)
-class Decoded:
-    """One stream entry, decoded."""
-
-    stream_id: str
-    ts_ms: int
-    wire: Wire
-    command: EngineCommand
-    order_id: int | None = None
-
-
-def stream_ts_ms(stream_id: str) -> int:
-    return int(stream_id.split("-", 1)[0])
-
-
-def decode_entry(stream_id: str, fields: dict[str, str]) -> Decoded:
-    """Raises ValueError/pydantic.ValidationError for an entry that is not a command."""
-    wire = COMMAND_ADAPTER.validate_json(fields["c"])
-    ts_ms = stream_ts_ms(stream_id)
-    if isinstance(wire, PlaceOrderCommand):
-        order_id = int(fields["id"])
-        cmd: EngineCommand = PlaceOrder(
-            order_id=order_id,
-            user_id=wire.user_id,
-            side=wire.side,
-            order_type=wire.order_type,
-            time_in_force=wire.time_in_force,
-            post_only=wire.post_only,
-            price_ticks=wire.price_ticks,
-            quantity_lots=wire.quantity_lots,
-            quote_budget_units=wire.quote_budget_units,
-            stp=wire.stp,
-            locked_units=wire.locked_units,
-            client_order_id=wire.client_order_id,
-        )
-        return Decoded(stream_id, ts_ms, wire, cmd, order_id)
-    if isinstance(wire, CancelOrderCommand):
-        return Decoded(stream_id, ts_ms, wire, CancelOrder(wire.order_id, wire.user_id))
-    if isinstance(wire, CancelAllCommand):
-        return Decoded(stream_id, ts_ms, wire, CancelAll(wire.user_id))
-    return Decoded(stream_id, ts_ms, wire, Configure(
-        wire.state, wire.maker_fee_bps, wire.taker_fee_bps, wire.min_quantity_lots,
-        wire.max_quantity_lots, wire.min_notional_units, wire.self_trade_prevention))
-
-
-def _json_object(raw: str) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
-def _pick(doc: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
-    """doc[name] if it has the right type (an int, or a str/StrEnum value), else default."""
-    value = doc.get(name)
-    if kind is int:
-        return value if type(value) is int else default
-    if isinstance(value, str):
-        try:
-            return kind(value)
-        except ValueError:
-            return default
-    return default
-
-
-def reject_unreadable(stream_id: str, fields: dict[str, str], spec: MarketSpec) -> Decoded | None:
-    """The rejection of an entry whose `c` cannot be decoded, when it carries an order id
-    and a lock envelope (the enqueue script writes both); None otherwise (nothing was
-    locked by it that the engine could know). Pure: a replay decides exactly the same."""
-    try:
-        order_id = int(fields["id"])
-        user_id = fields[ENTRY_USER]
-        asset = fields[ENTRY_LOCK_ASSET]
-        units = int(fields[ENTRY_LOCK_UNITS])
-    except (KeyError, ValueError, TypeError):
-        return None
-    if not user_id or not asset or units < 0:
-        return None
-    doc = _json_object(fields.get("c") or "")
-    side = Side.BUY if asset == spec.quote_asset else Side.SELL  # what it locked says
-    wire = Unreadable(
-        user_id=user_id, side=side,
-        order_type=_pick(doc, "orderType", OrderType, OrderType.LIMIT),
-        time_in_force=_pick(doc, "timeInForce", TimeInForce, TimeInForce.GTC),
-        price_ticks=_pick(doc, "priceTicks", int), quantity_lots=_pick(doc, "quantityLots", int),
-        reply_to=_pick(doc, "replyTo", str), request_id=_pick(doc, "requestId", str),
-        correlation_id=_pick(doc, "correlationId", str),
-    )
-    command = RejectOrder(order_id, user_id, side, asset, units, REASON_UNSUPPORTED)
-    return Decoded(stream_id, stream_ts_ms(stream_id), wire, command, order_id)
-
-
-def read_entry(stream_id: str, fields: dict[str, str], spec: MarketSpec) -> tuple[Decoded | None, str | None]:
-    """(decoded command or None, why it could not be decoded or None). The one rule the
-    engine and every replay share: an undecodable entry is an error to dead-letter; if it
-    carries an order id and a lock envelope it is also a RejectOrder taking a sequence
-    number, otherwise it is skipped and takes none."""
-    try:
-        return decode_entry(stream_id, fields), None
-    except Exception as exc:
-        return reject_unreadable(stream_id, fields, spec), f"{type(exc).__name__}: {exc}"
-
-
 Record = dict[str, Any]  # a message model as its camelCase dict (see the module docstring)
 TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
+# enum member -> its plain str value (one dict lookup; `.value` goes through a descriptor)
+_VALUE: dict[Any, str] = {m: m.value for e in (Side, OrderType, TimeInForce, OrderStatus) for m in e}
 
 
 @dataclass(slots=True)
@@ -215,6 +78,7 @@ class Translator:
 
     def __init__(self, spec: MarketSpec) -> None:
         self.spec = spec
+        self.symbol = spec.symbol
         self.meta: dict[int, OrderMeta] = {}
 
     def record(self, u: OrderUpdate, ts_ms: int) -> Record:
@@ -224,78 +88,95 @@ class Translator:
         return {
             "orderId": u.order_id,
             "userId": u.user_id,
-            "market": self.spec.symbol,
-            "side": u.side.value,
-            "orderType": m.order_type.value,
-            "timeInForce": m.time_in_force.value,
+            "market": self.symbol,
+            "side": _VALUE[u.side],
+            "orderType": _VALUE[m.order_type],
+            "timeInForce": _VALUE[m.time_in_force],
             "postOnly": m.post_only,
             "priceTicks": m.price_ticks,
             "quantityLots": m.quantity_lots,
             "quoteBudgetUnits": m.quote_budget_units,
             "executedLots": u.executed_lots,
             "executedQuoteUnits": u.executed_quote_units,
-            "status": u.status.value,
+            "status": _VALUE[u.status],
             "reason": u.reason,
             "clientOrderId": m.client_order_id,
             "createdMs": m.created_ms,
             "updatedMs": ts_ms,
         }
 
-    def add(self, d: Decoded, result: CommandResult, out: BatchOutput) -> None:
-        wire = d.wire
-        if isinstance(wire, PlaceOrderCommand):
-            assert d.order_id is not None
-            self.meta[d.order_id] = OrderMeta(
-                wire.order_type, wire.time_in_force, wire.post_only, wire.price_ticks,
-                wire.quantity_lots, wire.quote_budget_units, wire.client_order_id, d.ts_ms,
+    def _remember(self, d: Decoded) -> None:
+        """Keep the static facts of an order from its place command until it is terminal."""
+        cmd = d.command
+        if type(cmd) is PlaceOrder:
+            self.meta[cmd.order_id] = OrderMeta(
+                cmd.order_type, cmd.time_in_force, cmd.post_only, cmd.price_ticks,
+                cmd.quantity_lots, cmd.quote_budget_units, cmd.client_order_id, d.ts_ms,
             )
-        elif isinstance(wire, Unreadable):
+        elif d.unreadable is not None:
             assert d.order_id is not None
+            w = d.unreadable
             self.meta[d.order_id] = OrderMeta(
-                wire.order_type, wire.time_in_force, False, wire.price_ticks, wire.quantity_lots,
+                w.order_type, w.time_in_force, False, w.price_ticks, w.quantity_lots,
                 None, None, d.ts_ms,
             )
-        symbol = self.spec.symbol
+
+    def _trades(self, d: Decoded, result: CommandResult) -> list[Record]:
+        symbol, seq, ts_ms = self.symbol, result.seq, d.ts_ms
         trades = []
         for f in result.fills:
-            buy_is_taker = f.taker_side == "buy"
+            buy_is_taker = f.taker_side is Side.BUY
             trades.append({
                 "tradeId": f.trade_id,
-                "seq": result.seq,
+                "seq": seq,
                 "market": symbol,
                 "priceTicks": f.price_ticks,
                 "quantityLots": f.quantity_lots,
                 "quoteUnits": f.quote_units,
-                "takerSide": f.taker_side.value,
+                "takerSide": _VALUE[f.taker_side],
                 "buyOrderId": f.taker_order_id if buy_is_taker else f.maker_order_id,
                 "sellOrderId": f.maker_order_id if buy_is_taker else f.taker_order_id,
                 "buyUserId": f.taker_user_id if buy_is_taker else f.maker_user_id,
                 "sellUserId": f.maker_user_id if buy_is_taker else f.taker_user_id,
                 "buyerFeeUnits": f.buyer_fee_units,
                 "sellerFeeUnits": f.seller_fee_units,
-                "tsMs": d.ts_ms,
+                "tsMs": ts_ms,
             })
-        out.trades.extend(trades)
-        out.events.extend({"type": "trade", "trade": t} for t in trades)
+        return trades
+
+    def add(self, d: Decoded, result: CommandResult, out: BatchOutput | None) -> None:
+        """Fold one command's result into `out` (records, trades, events, reply). With
+        `out` None (a command settled before a restart) only the order facts are kept in
+        step, which is all a replay of settled commands needs."""
+        self._remember(d)
+        if out is None:
+            for u in result.updates or ((result.order,) if result.order else ()):
+                if u.status in TERMINAL_STATUSES:
+                    self.meta.pop(u.order_id, None)
+            return
+        trades = self._trades(d, result) if result.fills else []
+        if trades:
+            out.trades.extend(trades)
+            out.events.extend({"type": "trade", "trade": t} for t in trades)
         records: dict[int, Record] = {}
-        updates = list(result.updates)
+        updates = result.updates
         if result.order is not None and all(u.order_id != result.order.order_id for u in updates):
-            updates.append(result.order)
-        if isinstance(wire, PlaceOrderCommand) and not result.accepted and not updates:
+            updates = [*updates, result.order]
+        cmd = d.command
+        if type(cmd) is PlaceOrder and not result.accepted and not updates:
             # a rejected place still closes the order record the API opened
-            assert d.order_id is not None
-            updates.append(OrderUpdate(d.order_id, wire.user_id, wire.side, OrderStatus.REJECTED,
-                                       0, 0, 0, result.reject_reason))
+            updates = [OrderUpdate(cmd.order_id, cmd.user_id, cmd.side, OrderStatus.REJECTED,
+                                   0, 0, 0, result.reject_reason)]
+        events, orders, seq = out.events, out.orders, result.seq
         for u in updates:
             rec = self.record(u, d.ts_ms)
             records[u.order_id] = rec
-            out.orders[u.order_id] = rec
-            out.events.append({"type": "order", "seq": result.seq, "order": rec})
-            if rec["status"] in TERMINAL:
+            orders[u.order_id] = rec
+            events.append({"type": "order", "seq": seq, "order": rec})
+            if u.status in TERMINAL_STATUSES:
                 self.meta.pop(u.order_id, None)
-        reply_to, request_id = getattr(wire, "reply_to", None), getattr(wire, "request_id", None)
-        if reply_to and request_id:
-            out.replies.append((reply_to, self._reply(d, result, records, trades, request_id)))
+        if d.reply_to and d.request_id:
+            out.replies.append((d.reply_to, self._reply(d, result, records, trades, d.request_id)))
 
     def _reply(
         self,
@@ -310,16 +191,25 @@ class Translator:
         if not result.accepted:
             reply.update(type=ReplyType.REJECTED.value, code=result.reject_reason,
                          message=_reject_message(result.reject_reason))
-        elif isinstance(d.wire, PlaceOrderCommand):
-            reply.update(type=ReplyType.ORDER_PLACED.value, fills=[
-                f for t in trades for f in fill_dicts(t, self.spec.base_asset, self.spec.quote_asset)
-                if f["orderId"] == d.order_id
-            ])
-        elif isinstance(d.wire, CancelAllCommand):
+        elif d.kind == "place":
+            reply.update(type=ReplyType.ORDER_PLACED.value,
+                         fills=[self._taker_fill(t) for t in trades])
+        elif d.kind == "cancel_all":
             reply.update(type=ReplyType.ORDERS_CANCELLED.value, orders=list(records.values()))
         else:
             reply.update(type=ReplyType.ORDER_CANCELLED.value)
         return reply
+
+    def _taker_fill(self, t: Record) -> Record:
+        """The taker's side of one of its own trades: `fill_dicts(t)`'s entry for it (every
+        trade of a place command has that order as its taker)."""
+        common = {"tradeId": t["tradeId"], "market": t["market"], "priceTicks": t["priceTicks"],
+                  "quantityLots": t["quantityLots"], "quoteUnits": t["quoteUnits"], "tsMs": t["tsMs"]}
+        if t["takerSide"] == "buy":
+            return {**common, "orderId": t["buyOrderId"], "userId": t["buyUserId"], "side": "buy",
+                    "feeUnits": t["buyerFeeUnits"], "feeAsset": self.spec.base_asset, "isMaker": False}
+        return {**common, "orderId": t["sellOrderId"], "userId": t["sellUserId"], "side": "sell",
+                "feeUnits": t["sellerFeeUnits"], "feeAsset": self.spec.quote_asset, "isMaker": False}
 
     def batch(self, out: BatchOutput, first_seq: int, last_seq: int, ts_ms: int) -> Record:
         """An EventBatch dict."""

@@ -14,10 +14,11 @@ retry is always safe (docs/decisions/0009-ledger-exact-arithmetic.md).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from redis.asyncio import Redis
@@ -75,20 +76,40 @@ class SettleResult:
     subscribed: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True, slots=True)
-class BalanceChange:
+class BalanceChange(NamedTuple):
+    """An immutable record, built once per changed balance per batch (a NamedTuple:
+    cheaper to build than a frozen dataclass)."""
+
     user_id: str
     asset: str
     available_delta: int
     locked_delta: int
 
 
-@dataclass(frozen=True, slots=True)
-class OrderWrite:
+class OrderWrite(NamedTuple):
     order_id: int
     user_id: str
-    record_json: str
+    record_json: str | bytes
     terminal: bool
+
+
+Payload = str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MarketDataWrite:
+    """What the settle script writes and publishes after the batch's settle writes, in the
+    same call, and only when the batch was applied ("ok"): the REST depth book (None =
+    leave the key as it is), public trades pushed on the recent-trades list (kept to
+    `recent_keep`), messages published in order, then per user (user id, channel,
+    messages) published only when that user's private subscription is live at `now_ms`."""
+
+    symbol: str
+    depth_json: Payload | None = None
+    recent_keep: int = 1000
+    trades: list[Payload] = dataclasses.field(default_factory=list)
+    publishes: list[tuple[str, Payload]] = dataclasses.field(default_factory=list)
+    user_messages: list[tuple[str, str, list[Payload]]] = dataclasses.field(default_factory=list)
 
 
 def _s(value: Any) -> str:
@@ -179,11 +200,12 @@ def enqueued(reply: list[Any]) -> Enqueued:
 
 
 def settle_call(
-    *, symbol: str, epoch: int, first_seq: int, last_seq: int, batch_json: str,
+    *, symbol: str, epoch: int, first_seq: int, last_seq: int, batch_json: str | bytes,
     balances: list[BalanceChange], orders: list[OrderWrite], notify_users: Collection[str] = (),
-    now_ms: int = 0,
+    now_ms: int = 0, market_data: MarketDataWrite | None = None,
 ) -> ScriptCall:
-    """settle_batch.lua's call: one KEYS entry per changed balance field, two per order."""
+    """settle_batch.lua's call: one KEYS entry per changed balance field, two per order,
+    then (with `market_data`) the depth and recent-trades keys."""
     changes = _net_changes(balances)
     users = list(dict.fromkeys(notify_users))
     script_keys = [keys.engine_epoch_key(symbol), keys.engine_lease_key(symbol),
@@ -198,7 +220,31 @@ def settle_call(
         script_keys += [keys.order_key(o.order_id), keys.open_orders_key(o.user_id)]
         args += [o.order_id, o.record_json, "1" if o.terminal else "0"]
     args += [len(users), *users]
+    if market_data is not None:
+        _market_data_args(market_data, script_keys, args)
     return ScriptCall(script_keys, args)
+
+
+def _market_data_args(md: MarketDataWrite, script_keys: list[str], args: list[Any]) -> None:
+    script_keys += [keys.depth_key(md.symbol), keys.recent_trades_key(md.symbol)]
+    if md.recent_keep < 1:
+        raise ValueError("recent_keep must be positive")
+    args += [md.depth_json if md.depth_json is not None else "", md.recent_keep,
+             len(md.trades), *md.trades, len(md.publishes)]
+    for channel, message in md.publishes:
+        args += [channel, message]
+    args.append(len(md.user_messages))
+    for user_id, channel, messages in md.user_messages:
+        args += [user_id, channel, len(messages), *messages]
+
+
+def settle_result(reply: list[Any]) -> SettleResult:
+    """The SettleResult of a settle_batch.lua reply; raises LedgerScriptError on
+    invalid/corrupt (nothing was written)."""
+    status, detail = _checked(reply)
+    if status == "ok":
+        return SettleResult("ok", subscribed=frozenset(detail))
+    return SettleResult(status, detail)
 
 
 def move_call(
@@ -261,13 +307,16 @@ class Ledger:
         epoch: int,
         first_seq: int,
         last_seq: int,
-        batch_json: str,
+        batch_json: str | bytes,
         balances: list[BalanceChange],
         orders: list[OrderWrite],
         notify_users: Collection[str] = (),
         now_ms: int = 0,
+        market_data: MarketDataWrite | None = None,
     ) -> SettleResult:
         """Apply one engine batch: all of it or, on any status but "ok", nothing.
+        With `market_data`, its writes and publishes follow in the same script call, only
+        on "ok" (one round trip per batch; a refused batch publishes nothing).
 
         Status "ok" | "duplicate" | "gap" | "fenced" | "negative" (detail: key, field);
         raises LedgerScriptError on malformed or corrupt data. On "ok", `subscribed` holds
@@ -276,11 +325,18 @@ class Ledger:
         """
         call = settle_call(symbol=symbol, epoch=epoch, first_seq=first_seq, last_seq=last_seq,
                            batch_json=batch_json, balances=balances, orders=orders,
-                           notify_users=notify_users, now_ms=now_ms)
-        status, detail = _checked(await self._settle(keys=call.keys, args=call.args))
-        if status == "ok":
-            return SettleResult("ok", subscribed=frozenset(detail))
-        return SettleResult(status, detail)
+                           notify_users=notify_users, now_ms=now_ms, market_data=market_data)
+        return await self.run_settle(call)
+
+    async def run_settle(self, call: ScriptCall) -> SettleResult:
+        """Run a `settle_call` (loading the script when Redis does not know it)."""
+        return settle_result(await self._settle(keys=call.keys, args=call.args))
+
+    @property
+    def settle_sha(self) -> str:
+        """settle_batch.lua's SHA1, for an EVALSHA queued in a caller's pipeline (then
+        `settle_result` reads its reply; on NOSCRIPT, `run_settle` loads and runs it)."""
+        return str(self._settle.sha)
 
     async def move_funds(
         self, *, kind: str, user_id: str, asset: str, units: int, tx_id: str, record: dict[str, Any]

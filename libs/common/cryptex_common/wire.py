@@ -11,7 +11,34 @@ from typing import Any
 
 from cryptex_common.markets import MarketSpec
 from cryptex_common.messages import FillRecord, OrderRecord, TradeRecord
-from cryptex_common.money import format_steps, format_units
+
+
+class StepFormat:
+    """Integer steps of one grid (a tick, a lot, an asset's smallest unit) as decimal
+    strings, exactly as `money.format_steps` writes them (a test proves it), but with the
+    grid's mantissa and decimal places worked out once: this runs for every level, trade
+    and order the engine publishes."""
+
+    __slots__ = ("_factor", "_places")
+
+    def __init__(self, step: Decimal) -> None:
+        sign, digits, exponent = step.as_tuple()
+        assert isinstance(exponent, int) and not sign
+        mantissa = int("".join(map(str, digits)))
+        self._places = -exponent if exponent < 0 else 0
+        self._factor = mantissa * (10**exponent if exponent > 0 else 1)
+
+    def __call__(self, steps: int) -> str:
+        scaled = steps * self._factor
+        places = self._places
+        if scaled < 0:
+            return "-" + self(-steps)
+        if not places:
+            return str(scaled)
+        text = str(scaled)
+        if len(text) <= places:
+            text = text.rjust(places + 1, "0")
+        return f"{text[:-places]}.{text[-places:]}"
 
 
 class WireFormat:
@@ -21,24 +48,25 @@ class WireFormat:
         self.spec = spec
         self.tick = Decimal(spec.tick_size)
         self.lot = Decimal(spec.lot_size)
+        self.price_text = StepFormat(self.tick)  # never None: for ints only
+        self.quantity_text = StepFormat(self.lot)
+        self.quote_text = StepFormat(Decimal(1).scaleb(-spec.quote_decimals))
+        self.base_text = StepFormat(Decimal(1).scaleb(-spec.base_decimals))
 
     def price(self, ticks: int | None) -> str | None:
-        return None if ticks is None else format_steps(ticks, self.tick)
+        return None if ticks is None else self.price_text(ticks)
 
     def quantity(self, lots: int | None) -> str | None:
-        return None if lots is None else format_steps(lots, self.lot)
+        return None if lots is None else self.quantity_text(lots)
 
     def quote(self, units: int | None) -> str | None:
-        return None if units is None else format_units(units, self.spec.quote_decimals)
+        return None if units is None else self.quote_text(units)
 
     def base(self, units: int) -> str:
-        return format_units(units, self.spec.base_decimals)
+        return self.base_text(units)
 
     def fee(self, units: int, asset: str) -> str:
-        decimals = (
-            self.spec.base_decimals if asset == self.spec.base_asset else self.spec.quote_decimals
-        )
-        return format_units(units, decimals)
+        return self.base_text(units) if asset == self.spec.base_asset else self.quote_text(units)
 
     def order(self, o: OrderRecord) -> dict[str, Any]:
         return {
@@ -91,8 +119,48 @@ class WireFormat:
             "ts": ts_ms,
         }
 
-    def levels(self, levels: list[tuple[int, int]]) -> list[list[str | None]]:
-        return [[self.price(p), self.quantity(q)] for p, q in levels]
+    def levels(self, levels: list[tuple[int, int]]) -> list[list[str]]:
+        price, quantity = self.price_text, self.quantity_text
+        return [[price(p), quantity(q)] for p, q in levels]
+
+    def order_dict(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """`order()` of an OrderRecord given as its camelCase dict (the engine's records),
+        without building the model: same keys, same strings."""
+        quote = self.quote
+        return {
+            "orderId": str(rec["orderId"]),
+            "clientOrderId": rec["clientOrderId"],
+            "market": rec["market"],
+            "side": rec["side"],
+            "type": rec["orderType"],
+            "timeInForce": rec["timeInForce"],
+            "postOnly": rec["postOnly"],
+            "price": self.price(rec["priceTicks"]),
+            "quantity": self.quantity(rec["quantityLots"]),
+            "quoteQuantity": quote(rec["quoteBudgetUnits"]),
+            "executedQty": self.quantity_text(rec["executedLots"]),
+            "executedQuoteQty": self.quote_text(rec["executedQuoteUnits"]),
+            "status": rec["status"],
+            "reason": rec["reason"],
+            "createdAt": rec["createdMs"],
+            "updatedAt": rec["updatedMs"],
+        }
+
+    def fill_dict(self, f: dict[str, Any]) -> dict[str, Any]:
+        """`fill()` of a FillRecord given as its camelCase dict (see `fill_dicts`)."""
+        return {
+            "tradeId": str(f["tradeId"]),
+            "orderId": str(f["orderId"]),
+            "market": f["market"],
+            "side": f["side"],
+            "price": self.price_text(f["priceTicks"]),
+            "quantity": self.quantity_text(f["quantityLots"]),
+            "quoteQuantity": self.quote_text(f["quoteUnits"]),
+            "fee": self.fee(f["feeUnits"], f["feeAsset"]),
+            "feeAsset": f["feeAsset"],
+            "liquidity": "maker" if f["isMaker"] else "taker",
+            "ts": f["tsMs"],
+        }
 
 
 def fill_dicts(trade: dict[str, Any], base_asset: str, quote_asset: str) -> list[dict[str, Any]]:

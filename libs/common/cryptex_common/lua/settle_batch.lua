@@ -2,29 +2,87 @@
 -- writes or none.
 -- KEYS: 1 epoch, 2 lease, 3 settled sequence, 4 events stream, 5 private subscribers zset,
 --       then one balance hash per change (n), then per order (m): order hash, open-order set
+--       optionally followed by the market-data keys: depth book (string), recent trades (list)
 -- ARGV: 1 epoch, 2 first seq, 3 last seq, 4 event batch JSON ("" for none),
 --       5 order TTL seconds once terminal, 6 now ms, 7 n,
 --       then per change: field, delta (canonical integer, may be negative),
 --       then m, then per order: order id, record JSON, terminal ("1"/"0"),
---       then k, then k user ids to look up in the subscribers zset
+--       then k, then k user ids to look up in the subscribers zset;
+--       with the market-data keys, then: depth book JSON ("" = leave the key), recent
+--       trades to keep, r, r trade JSONs (LPUSHed in order), p, p (channel, message)
+--       pairs, u, then per user: user id, channel, c, c messages (published only when
+--       that user's subscriber score >= now ms)
+-- After every write, and only on "ok", the market data is written and published (one round
+-- trip per batch; a refused batch publishes nothing).
 -- Returns {"ok", user ids among the k whose subscriber score >= now ms...}
 --       | {"duplicate", settled} | {"gap", settled} | {"fenced", epoch}
 --       | {"negative", key, field} | {"invalid", argname} | {"corrupt", key, field};
 --       every reply but "ok" wrote nothing. Every check runs before the first write.
 
--- the counts n, m, k when ARGV and KEYS have the documented shape, else nil
+-- a count argument (at most 7 digits) as a number, else nil
+local function settle_count(s)
+  if not dec_is_natural(s) or #s > 7 then return nil end
+  return tonumber(s)
+end
+
+-- the market-data part starting at ARGV[at]: {at, r, p, user blocks {at of id, c}} when
+-- it has the documented shape up to exactly the last ARGV, else nil
+local function settle_market_layout(at)
+  local keep, r = ARGV[at + 1], settle_count(ARGV[at + 2] or "")
+  if not r or not dec_is_positive(keep or "") or #keep > 7 then return nil end
+  local p = settle_count(ARGV[at + 3 + r] or "")
+  if not p then return nil end
+  local pos = at + 4 + r + 2 * p
+  local u = settle_count(ARGV[pos] or "")
+  if not u then return nil end
+  local users = {}
+  for j = 1, u do
+    local c = settle_count(ARGV[pos + 3] or "")
+    if not c then return nil end
+    users[j] = {pos + 1, c}
+    pos = pos + 3 + c
+  end
+  if #ARGV ~= pos then return nil end
+  return {at = at, r = r, p = p, users = users}
+end
+
+-- the counts n, m, k (and the market-data layout or false) when ARGV and KEYS have the
+-- documented shape, else nil
 local function settle_layout()
-  local n = ARGV[7]
-  if not dec_is_natural(n) or #n > 7 then return nil end
-  n = tonumber(n)
-  local m = ARGV[8 + 2 * n]
-  if not dec_is_natural(m) or #m > 7 then return nil end
-  m = tonumber(m)
-  local k = ARGV[9 + 2 * n + 3 * m]
-  if not dec_is_natural(k) or #k > 7 then return nil end
-  k = tonumber(k)
-  if #ARGV ~= 9 + 2 * n + 3 * m + k or #KEYS ~= 5 + n + 2 * m then return nil end
-  return n, m, k
+  local n = settle_count(ARGV[7])
+  if not n then return nil end
+  local m = settle_count(ARGV[8 + 2 * n] or "")
+  if not m then return nil end
+  local k = settle_count(ARGV[9 + 2 * n + 3 * m] or "")
+  if not k then return nil end
+  local base = 9 + 2 * n + 3 * m + k
+  if #KEYS == 5 + n + 2 * m and #ARGV == base then return n, m, k, false end
+  if #KEYS ~= 7 + n + 2 * m then return nil end
+  local market = settle_market_layout(base + 1)
+  if not market then return nil end
+  return n, m, k, market
+end
+
+-- write and publish the market data (after every settle write)
+local function settle_market_data(market, depth_key, trades_key, now_ms)
+  local at = market.at
+  if ARGV[at] ~= "" then redis.call("SET", depth_key, ARGV[at]) end
+  local r = market.r
+  for from = 1, r, 500 do  -- unpack() has a stack limit: push in chunks, in order
+    redis.call("LPUSH", trades_key, unpack(ARGV, at + 2 + from, at + 2 + math.min(r, from + 499)))
+  end
+  if r > 0 then redis.call("LTRIM", trades_key, 0, tonumber(ARGV[at + 1]) - 1) end
+  local pos = at + 3 + r
+  for j = 1, market.p do
+    redis.call("PUBLISH", ARGV[pos + 2 * j - 1], ARGV[pos + 2 * j])
+  end
+  for _, user in ipairs(market.users) do
+    local id_at, c = user[1], user[2]
+    local score = redis.call("ZSCORE", KEYS[5], ARGV[id_at])
+    if score and tonumber(score) >= now_ms then
+      for j = 1, c do redis.call("PUBLISH", ARGV[id_at + 1], ARGV[id_at + 2 + j]) end
+    end
+  end
 end
 
 -- per change j: {key, field, new value}; duplicates of one field are summed in order
@@ -72,7 +130,7 @@ local function settle_subscribed(n, m, k)
   return out
 end
 
-local n, m, k = settle_layout()
+local n, m, k, market = settle_layout()
 if not n then return {"invalid", "layout"} end
 if not dec_is_positive(ARGV[2]) then return {"invalid", "first seq"} end
 if not dec_is_positive(ARGV[3]) or dec_cmp(ARGV[3], ARGV[2]) < 0 then return {"invalid", "last seq"} end
@@ -93,6 +151,11 @@ if not rows then return refusal end
 refusal = settle_orders_refusal(n, m)
 if refusal then return refusal end
 if ARGV[4] ~= "" and not key_type_is(KEYS[4], "stream") then return {"corrupt", KEYS[4], ""} end
+local depth_key, trades_key = KEYS[6 + n + 2 * m], KEYS[7 + n + 2 * m]
+if market then
+  if not key_type_is(depth_key, "string") then return {"corrupt", depth_key, ""} end
+  if not key_type_is(trades_key, "list") then return {"corrupt", trades_key, ""} end
+end
 local reply = settle_subscribed(n, m, k)
 
 for _, row in ipairs(rows) do
@@ -111,4 +174,5 @@ if ARGV[4] ~= "" then
   redis.call("XADD", KEYS[4], "*", "b", ARGV[4])
 end
 redis.call("SET", KEYS[3], ARGV[3])
+if market then settle_market_data(market, depth_key, trades_key, tonumber(ARGV[6])) end
 return reply

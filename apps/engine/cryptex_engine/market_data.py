@@ -1,0 +1,275 @@
+"""Market data of one market, built from each settled batch: replies, the depth diff, the
+REST depth book, the book ticker, public trades, private user updates, the 24 h ticker.
+
+Everything a batch publishes travels in its settle script call (`MarketDataWrite`), so it
+is written and published only once the batch is applied, in one round trip.
+
+Invariants:
+- The depth diff of a batch holds, per changed level, its absolute total after the batch
+  (0 = gone); `U`..`u` are the batch's first and last seq (gap-free across batches).
+- The REST book (`depth:{M}`) is written with every batch that changed a level, like the
+  diff, so its `lastUpdateId` never lags a published diff; only a side whose top N may have
+  changed is re-read and re-serialised (a change beyond the Nth level cannot alter it), and
+  within it only levels whose total changed are formatted again.
+- Private updates go only to users whose subscription the settle script finds live. The
+  engine formats them up front for users it has seen subscribed; a user the script reports
+  subscribed for whom nothing was sent (just subscribed) gets them right after, before the
+  next batch.
+- Amount strings are exactly `WireFormat`'s (integer arithmetic, cached per price).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from cryptex_common import keys
+from cryptex_common.keys import FEE_ACCOUNT
+from cryptex_common.ledger import MarketDataWrite, Payload
+from cryptex_common.markets import MarketSpec
+from cryptex_common.messages import Side
+from cryptex_common.wire import WireFormat, fill_dicts
+from cryptex_engine.domain.book import BookSide
+from cryptex_engine.domain.commands import CommandResult
+from cryptex_engine.domain.matching import MatchingEngine
+from cryptex_engine.domain.ticker import RollingTicker
+from cryptex_engine.settings import EngineSettings
+from cryptex_engine.translate import BatchOutput, Record
+
+PRICE_CACHE_MAX = 100_000  # formatted prices kept; the cache starts over beyond this
+
+
+class TopLevels:
+    """The best `n` levels of one book side as [price, quantity] strings, kept between
+    batches: `refresh` re-reads the side and formats only levels whose total changed."""
+
+    __slots__ = ("is_buy", "json", "levels", "n", "rows")
+
+    def __init__(self, is_buy: bool, n: int) -> None:
+        self.is_buy = is_buy
+        self.n = n
+        self.levels: dict[int, tuple[int, list[str]]] = {}  # price -> (lots, [p, q])
+        self.rows: list[list[str]] = []  # best first
+        self.json = orjson.Fragment(b"[]")
+
+    def may_change(self, prices: Iterable[int]) -> bool:
+        """False only when every changed price lies beyond a full top n (worse than its
+        last level), which cannot alter the top n."""
+        if len(self.rows) < self.n or not self.levels:
+            return True
+        floor = min(self.levels) if self.is_buy else max(self.levels)
+        if self.is_buy:
+            return any(p >= floor for p in prices)
+        return any(p <= floor for p in prices)
+
+    def refresh(self, side: BookSide, price_text: Any, quantity_text: Any) -> None:
+        sign = 1 if self.is_buy else -1
+        book_levels, old, new = side.levels, self.levels, {}
+        rows = []
+        for key in side.keys[: -self.n - 1 : -1]:  # best first
+            price = sign * key
+            lots = book_levels[price].total_lots
+            hit = old.get(price)
+            if hit is None or hit[0] != lots:
+                hit = (lots, [price_text(price), quantity_text(lots)])
+            new[price] = hit
+            rows.append(hit[1])
+        self.levels, self.rows = new, rows
+        self.json = orjson.Fragment(orjson.dumps(rows))
+
+    def best(self) -> list[str] | None:
+        return self.rows[0] if self.rows else None
+
+
+class MarketData:
+    """The market-data builder an EngineService owns."""
+
+    def __init__(self, spec: MarketSpec, settings: EngineSettings) -> None:
+        self.spec = spec
+        self.symbol = spec.symbol
+        self.settings = settings
+        self.fmt = WireFormat(spec)
+        self.ticker = RollingTicker()
+        self.ticker_dirty = False
+        self.bids = TopLevels(True, settings.depth_levels)
+        self.asks = TopLevels(False, settings.depth_levels)
+        self._prices: dict[int, str] = {}
+        self._last_top: tuple[Any, Any] = (None, None)
+        self.subscribers: set[str] = set()  # users last seen with a live private subscription
+        self._channels = (keys.depth_channel(self.symbol), keys.book_ticker_channel(self.symbol),
+                          keys.trades_channel(self.symbol))
+
+    def price_text(self, ticks: int) -> str:
+        text = self._prices.get(ticks)
+        if text is None:
+            if len(self._prices) >= PRICE_CACHE_MAX:
+                self._prices.clear()
+            text = self._prices[ticks] = self.fmt.price_text(ticks)
+        return text
+
+    def invalidate(self) -> None:
+        """The book changed without this builder seeing it (a snapshot was loaded, settled
+        commands were replayed): both sides are re-read at the next batch that changes one."""
+        self.bids.rows = []
+        self.asks.rows = []
+
+    # --- one batch ---------------------------------------------------------------------
+    def build(self, core: MatchingEngine, out: BatchOutput, results: list[CommandResult],
+              first_seq: int, last_seq: int, ts_ms: int) -> MarketDataWrite:
+        """The writes and publishes of one batch (only the results with seq >= first_seq)."""
+        levels: dict[tuple[Side, int], int] = {}
+        for r in results:
+            if r.seq >= first_seq:
+                for side, price, qty in r.depth_changes:
+                    levels[(side, price)] = qty
+        publishes: list[tuple[str, Payload]] = self._replies(out)
+        depth_json = None
+        ptext, qtext = self.price_text, self.fmt.quantity_text
+        diff = {
+            "market": self.symbol, "U": first_seq, "u": last_seq, "pu": first_seq - 1,
+            "bids": [[ptext(p), qtext(q)] for (s, p), q in levels.items() if s is Side.BUY],
+            "asks": [[ptext(p), qtext(q)] for (s, p), q in levels.items() if s is Side.SELL],
+            "ts": ts_ms,
+        }
+        publishes.append((self._channels[0], orjson.dumps(diff)))
+        if levels:
+            depth_json = self._book(core, levels, last_seq, ts_ms, publishes)
+        trades: list[Payload] = []
+        if out.trades:
+            trades = self._public_trades(out.trades)
+            publishes.append((self._channels[2], b"[" + b",".join(trades) + b"]"))  # type: ignore[arg-type]
+        return MarketDataWrite(self.symbol, depth_json, self.settings.recent_trades, trades, publishes)
+
+    @staticmethod
+    def _replies(out: BatchOutput) -> list[tuple[str, Payload]]:
+        """One JSON array per reply channel (REPLY_BATCH_ADAPTER), channels in first-use order."""
+        by_channel: dict[str, list[Record]] = {}
+        for channel, reply in out.replies:
+            group = by_channel.get(channel)
+            if group is None:
+                by_channel[channel] = [reply]
+            else:
+                group.append(reply)
+        return [(channel, orjson.dumps(replies)) for channel, replies in by_channel.items()]
+
+    def _book(self, core: MatchingEngine, levels: dict[tuple[Side, int], int], last_seq: int,
+              ts_ms: int, publishes: list[tuple[str, Payload]]) -> bytes:
+        """The REST depth book after this batch (and the book ticker when the top moved)."""
+        ptext, qtext = self.price_text, self.fmt.quantity_text
+        for top, side, book_side in ((self.bids, Side.BUY, core.book.bids),
+                                     (self.asks, Side.SELL, core.book.asks)):
+            if top.may_change(p for (s, p) in levels if s is side):
+                top.refresh(book_side, ptext, qtext)
+        bid, ask = self.bids.best(), self.asks.best()
+        if (bid, ask) != self._last_top:
+            self._last_top = (bid, ask)
+            publishes.append((self._channels[1], orjson.dumps({
+                "market": self.symbol,
+                "bidPrice": bid[0] if bid else None, "bidQty": bid[1] if bid else None,
+                "askPrice": ask[0] if ask else None, "askQty": ask[1] if ask else None,
+                "u": last_seq, "ts": ts_ms,
+            })))
+        return orjson.dumps({"market": self.symbol, "lastUpdateId": last_seq,
+                             "bids": self.bids.json, "asks": self.asks.json, "ts": ts_ms})
+
+    def _public_trades(self, trades: list[Record]) -> list[Payload]:
+        ptext, fmt, symbol = self.price_text, self.fmt, self.symbol
+        return [orjson.dumps({
+            "tradeId": str(t["tradeId"]), "market": symbol, "price": ptext(t["priceTicks"]),
+            "quantity": fmt.quantity_text(t["quantityLots"]),
+            "quoteQuantity": fmt.quote_text(t["quoteUnits"]), "takerSide": t["takerSide"],
+            "ts": t["tsMs"], "seq": t["seq"],
+        }) for t in trades]
+
+    # --- private updates ---------------------------------------------------------------
+    @staticmethod
+    def touched_users(out: BatchOutput, results: list[CommandResult], first_seq: int) -> list[str]:
+        """Every user whose orders, fills or balances the unsettled part of the batch changed
+        (the fee account is nobody's socket)."""
+        users: dict[str, None] = {rec["userId"]: None for rec in out.orders.values()}
+        for t in out.trades:
+            users[t["buyUserId"]] = None
+            users[t["sellUserId"]] = None
+        for r in results:
+            if r.seq >= first_seq:
+                for d in r.balance_deltas:
+                    users[d.user_id] = None
+        users.pop(FEE_ACCOUNT, None)
+        return list(users)
+
+    def user_messages(self, out: BatchOutput, results: list[CommandResult], first_seq: int,
+                      wanted: set[str] | frozenset[str]) -> list[tuple[str, str, list[Payload]]]:
+        """(user, channel, messages) for each wanted user: their orders, fills, then one
+        balance hint naming the assets that changed."""
+        per_user: dict[str, list[Payload]] = {}
+        fmt = self.fmt
+        for rec in out.orders.values():
+            if rec["userId"] in wanted:
+                per_user.setdefault(rec["userId"], []).append(
+                    orjson.dumps({"type": "order", "data": fmt.order_dict(rec)}))
+        base, quote = self.spec.base_asset, self.spec.quote_asset
+        for t in out.trades:
+            for f in fill_dicts(t, base, quote):
+                if f["userId"] in wanted:
+                    per_user.setdefault(f["userId"], []).append(
+                        orjson.dumps({"type": "fill", "data": fmt.fill_dict(f)}))
+        touched: dict[str, set[str]] = {}
+        for r in results:
+            if r.seq >= first_seq:
+                for d in r.balance_deltas:
+                    if d.user_id in wanted:
+                        touched.setdefault(d.user_id, set()).add(d.asset)
+        for user_id, assets in touched.items():
+            per_user.setdefault(user_id, []).append(
+                orjson.dumps({"type": "balance", "data": {"assets": sorted(assets)}}))
+        return [(u, keys.user_channel(u), msgs) for u, msgs in per_user.items()]
+
+    def learn_subscribers(self, touched: list[str], subscribed: frozenset[str]) -> set[str]:
+        """Update the users known subscribed from the settle script's answer; returns the
+        subscribed users that got nothing in the script call (to be sent now)."""
+        sent_to = self.subscribers.intersection(touched)
+        self.subscribers.difference_update(touched)
+        self.subscribers.update(subscribed)
+        return set(subscribed) - sent_to
+
+    async def publish_late(self, redis: Redis, messages: list[tuple[str, str, list[Payload]]]) -> None:
+        if not messages:
+            return
+        pipe = redis.pipeline(transaction=False)
+        for _, channel, msgs in messages:
+            for msg in msgs:
+                pipe.publish(channel, msg)
+        await pipe.execute()
+
+    # --- the 24 h ticker ---------------------------------------------------------------
+    def add_trades(self, ts_ms: int, result: CommandResult) -> None:
+        for f in result.fills:
+            self.ticker.add_trade(ts_ms, f.price_ticks, f.quantity_lots, f.quote_units)
+        self.ticker_dirty = True
+
+    async def publish_ticker(self, redis: Redis, core: MatchingEngine, now_ms: int) -> None:
+        if not self.ticker_dirty:
+            return
+        self.ticker_dirty = False
+        v = self.ticker.view(now_ms)
+        fmt = self.fmt
+        change_pct = None
+        if v.open_ticks and v.last_ticks is not None:
+            # percentage with 2 decimals, exact: integer arithmetic on ticks
+            change_pct = f"{(v.last_ticks - v.open_ticks) * 10000 // v.open_ticks / 100:.2f}"
+        body = orjson.dumps({
+            "market": self.symbol,
+            "open": fmt.price(v.open_ticks), "high": fmt.price(v.high_ticks),
+            "low": fmt.price(v.low_ticks), "last": fmt.price(v.last_ticks),
+            "volume": fmt.quantity(v.volume_lots), "quoteVolume": fmt.quote(v.quote_units),
+            "changePercent": change_pct, "count": v.count,
+            "bestBid": fmt.price(core.best_bid()), "bestAsk": fmt.price(core.best_ask()),
+            "openTime": v.open_time_ms, "closeTime": v.close_time_ms, "ts": now_ms,
+        })
+        pipe = redis.pipeline(transaction=False)
+        pipe.set(keys.ticker_key(self.symbol), body)
+        pipe.publish(keys.ticker_channel(self.symbol), body)
+        await pipe.execute()
