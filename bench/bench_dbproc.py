@@ -117,9 +117,9 @@ async def cpu(args: argparse.Namespace, redis: Redis, db_url: str, redis_url: st
     stream = keys.events_stream(SOL.symbol)
     print(f"CPU per order: entries of {args.cpu_entry_trades} trade(s) (1 trade + 2 order "
           f"updates each), {args.cpu_seconds:g} s per rate")
-    print("| trades/s asked | achieved | rounds/s | trades/round | dbproc CPU µs/trade "
-          "| PG backend µs/trade | PG all µs/trade | dbproc+PG backend µs/trade |")
-    print("|---|---|---|---|---|---|---|---|")
+    header = ("| trades/s asked | achieved | rounds/s | trades/round | dbproc CPU µs/trade "
+              "| PG backend µs/trade | PG all µs/trade | dbproc+PG backend µs/trade |\n"
+              "|---|---|---|---|---|---|---|---|")
     for rate in args.cpu_rates:
         await conn.execute("TRUNCATE trades, fills, orders, candles, stream_cursors")
         await redis.delete(stream)
@@ -129,6 +129,13 @@ async def cpu(args: argparse.Namespace, redis: Redis, db_url: str, redis_url: st
         try:
             wait_for_port(ops_port)
             await asyncio.sleep(1.0)  # started and blocking on the (new) stream
+            if rate == args.cpu_rates[0]:  # idle cost: no events at all
+                d0, (b0, _) = cpu_s(proc.pid), postgres_cpu_s(pg_dir, "bench", {own_backend})
+                await asyncio.sleep(args.idle_seconds)
+                d1, (b1, _) = cpu_s(proc.pid), postgres_cpu_s(pg_dir, "bench", {own_backend})
+                print(f"idle ({args.idle_seconds:g} s, no events): dbproc "
+                      f"{(d1 - d0) * 1000 / args.idle_seconds:.1f} ms CPU/s, PG backend "
+                      f"{(b1 - b0) * 1000 / args.idle_seconds:.1f} ms CPU/s", flush=True)
             per_s = rate / args.cpu_entry_trades
             n_entries = int(per_s * args.cpu_seconds)
             gen = BatchGen(SOL, seed=3, start_ms=int(time.time() * 1000))
@@ -160,6 +167,9 @@ async def cpu(args: argparse.Namespace, redis: Redis, db_url: str, redis_url: st
             n = gen.trade_id
             assert await conn.fetchval("SELECT count(*) FROM trades") == n
             us = 1e6 / n
+            if header:
+                print(header)
+                header = ""
             print(f"| {rate:,} | {achieved:,.0f} | {rounds / elapsed:,.0f} | {n / max(rounds, 1):.1f} "
                   f"| {(d1 - d0) * us:,.0f} | {(b1 - b0) * us:,.0f} | {(a1 - a0) * us:,.0f} "
                   f"| {(d1 - d0 + b1 - b0) * us:,.0f} |", flush=True)
@@ -294,6 +304,7 @@ async def main() -> None:
     parser.add_argument("--cpu-rates", type=int, nargs="*", default=[300, 1000, 3000])
     parser.add_argument("--cpu-seconds", type=float, default=10.0)
     parser.add_argument("--cpu-entry-trades", type=int, default=1)
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--profile", help="directory for py-spy flame graphs of the CPU phase")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-lag", action="store_true")
