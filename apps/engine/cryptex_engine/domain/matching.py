@@ -43,10 +43,9 @@ import json
 from typing import Any
 
 from cryptex_common.errors import ErrorCode
-from cryptex_common.keys import FEE_ACCOUNT
 from cryptex_common.markets import MarketRules, MarketState, SelfTradePrevention
-from cryptex_common.messages import OrderStatus, OrderType, Side, TimeInForce
-from cryptex_engine.domain.book import BookSide, Order, OrderBook, PriceLevel
+from cryptex_engine.domain.book import Order
+from cryptex_engine.domain.cancels import Cancels
 from cryptex_engine.domain.commands import (
     BalanceDelta,
     CancelAll,
@@ -54,112 +53,40 @@ from cryptex_engine.domain.commands import (
     CommandResult,
     Configure,
     EngineCommand,
-    Fill,
     OrderUpdate,
     PlaceOrder,
     RejectOrder,
 )
-
-SNAPSHOT_FORMAT = 2  # 2: + "rules" (the mutable rules in force) and "rules_seq"
-SNAPSHOT_FORMATS_READ = (1, 2)  # 1: no rules stored: restored with bootstrap rules
-RULE_FIELDS = ("min_quantity_lots", "max_quantity_lots", "min_notional_units", "default_stp")
-MAX_LOTS = 2**63 - 1  # bootstrap maxQuantity: no limit an int64 ledger could reach
-SNAPSHOT_ORDER_FIELDS = (
-    "order_id",
-    "user_id",
-    "side",
-    "price_ticks",
-    "quantity_lots",
-    "remaining_lots",
-    "executed_lots",
-    "executed_quote_units",
-    "locked_remaining",
-    "client_order_id",
+from cryptex_engine.domain.execution import Execution
+from cryptex_engine.domain.state import (  # noqa: F401  (bootstrap_rules, fee_units: re-exported)
+    BUY,
+    CANCEL_ONLY,
+    EXPIRED,
+    FOK,
+    GTC,
+    LIMIT,
+    NEW,
+    OPEN,
+    POST_ONLY_STATE,
+    REASON_FOK,
+    REJECTED,
+    RULE_FIELDS,
+    SNAPSHOT_FORMAT,
+    SNAPSHOT_FORMATS_READ,
+    SNAPSHOT_ORDER_FIELDS,
+    bootstrap_rules,
+    fee_units,
 )
 
-# Module constants: a local name lookup is cheaper than an attribute lookup in the hot path.
-BUY, SELL = Side.BUY, Side.SELL
-LIMIT = OrderType.LIMIT
-GTC, FOK = TimeInForce.GTC, TimeInForce.FOK
-NEW, PARTIAL, FILLED = OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED
-CANCELLED, EXPIRED, REJECTED = OrderStatus.CANCELLED, OrderStatus.EXPIRED, OrderStatus.REJECTED
-STP_MAKER = SelfTradePrevention.EXPIRE_MAKER
-STP_TAKER = SelfTradePrevention.EXPIRE_TAKER
-STP_NONE = SelfTradePrevention.NONE
-OPEN, POST_ONLY_STATE = MarketState.OPEN, MarketState.POST_ONLY
-CANCEL_ONLY, HALTED, CLOSED = MarketState.CANCEL_ONLY, MarketState.HALTED, MarketState.CLOSED
 
-REASON_STP = "SELF_TRADE_PREVENTED"
-REASON_FOK = "FOK_NOT_FILLABLE"
-
-# Why a matching walk stopped before the taker's lots ran out.
-_STOP_BUDGET = 1
-_STOP_STP = 2
-
-
-def fee_units(received_units: int, bps: int) -> int:
-    """ceil(received * bps / 10000): rounding is in the exchange's favour."""
-    if bps == 0:
-        return 0
-    return -((-received_units * bps) // 10000)
-
-
-def bootstrap_rules(rules: MarketRules) -> MarketRules:
-    """`rules` with the mutable rules replaced by fixed values (min 1 lot, no maximum, no
-    minimum notional, expire_maker): what a market's core holds before its stream's first
-    configure carrying rules. Only the immutable grid comes from `rules`."""
-    return dataclasses.replace(rules, min_quantity_lots=1, max_quantity_lots=MAX_LOTS,
-                               min_notional_units=0, default_stp=STP_MAKER)
-
-
-def _add_delta(deltas: dict[tuple[str, str], list[int]], user_id: str, asset: str, available: int, locked: int) -> None:
-    entry = deltas.get((user_id, asset))
-    if entry is None:
-        deltas[(user_id, asset)] = [available, locked]
-    else:
-        entry[0] += available
-        entry[1] += locked
-
-
-def _delta_list(deltas: dict[tuple[str, str], list[int]]) -> list[BalanceDelta]:
-    """First-touch order (dicts keep insertion order), zero entries dropped."""
-    return [BalanceDelta(user_id, asset, av, lk) for (user_id, asset), (av, lk) in deltas.items() if av or lk]
-
-
-class MatchingEngine:
-    __slots__ = (
-        "_base_asset",
-        "_base_units_per_lot",
-        "_quote_asset",
-        "_quote_units_per_tick_lot",
-        "book",
-        "last_trade_id",
-        "maker_fee_bps",
-        "rules",
-        "rules_seq",
-        "seq",
-        "state",
-        "taker_fee_bps",
-    )
-
-    def __init__(self, rules: MarketRules) -> None:
-        self.rules = rules
-        self.rules_seq = 0  # the seq of the Configure that set the rules (0: never)
-        self.state = MarketState.HALTED  # until the first Configure
-        self.maker_fee_bps = 0
-        self.taker_fee_bps = 0
-        self.seq = 0
-        self.last_trade_id = 0
-        self.book = OrderBook()
-        self._base_asset = rules.base_asset
-        self._quote_asset = rules.quote_asset
-        self._base_units_per_lot = rules.base_units_per_lot
-        self._quote_units_per_tick_lot = rules.quote_units_per_tick_lot
+class MatchingEngine(Cancels, Execution):
+    __slots__ = ()
 
     @classmethod
     def empty(cls, rules: MarketRules) -> MatchingEngine:
         """The core before a stream's first command: halted, with `bootstrap_rules`."""
         return cls(bootstrap_rules(rules))
+
 
     # --- the one entry point ---------------------------------------------------------------
     def apply(self, cmd: EngineCommand, ts_ms: int) -> CommandResult:
@@ -224,140 +151,6 @@ class MatchingEngine:
         units = cmd.locked_units
         deltas = [BalanceDelta(cmd.user_id, cmd.lock_asset, units, -units)] if units > 0 else []
         return CommandResult(self.seq, ts_ms, False, cmd.reason, update, [update], [], deltas)
-
-    # --- cancels ---------------------------------------------------------------------------
-    def _cancel_gate(self) -> str | None:
-        state = self.state
-        if state is HALTED or state is CLOSED:
-            return ErrorCode.MARKET_HALTED.value
-        return None
-
-    def _cancel(self, cmd: CancelOrder, ts_ms: int) -> CommandResult:
-        state = self.state
-        if state is HALTED or state is CLOSED:
-            return CommandResult(self.seq, ts_ms, False, ErrorCode.MARKET_HALTED.value)
-        book = self.book
-        order = book.orders.get(cmd.order_id)
-        # Another user's order answers exactly like an unknown one: existence is not leaked.
-        if order is None or order.user_id != cmd.user_id:
-            return CommandResult(self.seq, ts_ms, False, ErrorCode.ORDER_NOT_FOUND.value)
-        # (OrderBook.remove and _terminate_resting, inlined: cancels are a third of traffic.)
-        is_buy = order.is_buy
-        price = order.price_ticks
-        book_side = book.bids if is_buy else book.asks
-        level = book_side.levels[price]  # type: ignore[index]
-        del level.orders[order.order_id]
-        level.total_lots -= order.remaining_lots
-        if not level.orders:
-            book_side.drop_level(price)  # type: ignore[arg-type]
-        book.unindex(order)
-        release = order.locked_remaining
-        order.locked_remaining = 0
-        side = BUY if is_buy else SELL
-        deltas = (
-            [
-                BalanceDelta(
-                    order.user_id,
-                    self._quote_asset if is_buy else self._base_asset,
-                    release,
-                    -release,
-                )
-            ]
-            if release
-            else []
-        )
-        update = OrderUpdate(
-            order.order_id,
-            order.user_id,
-            side,
-            CANCELLED,
-            order.executed_lots,
-            order.executed_quote_units,
-            0,
-        )
-        return CommandResult(
-            self.seq,
-            ts_ms,
-            True,
-            None,
-            update,
-            [update],
-            [],
-            deltas,
-            [(side, price, level.total_lots)],  # type: ignore[list-item]
-        )
-
-    def _cancel_all(self, cmd: CancelAll, ts_ms: int) -> CommandResult:
-        reason = self._cancel_gate()
-        if reason is not None:
-            return CommandResult(self.seq, ts_ms, False, reason)
-        book = self.book
-        user_id = cmd.user_id
-        mine = book.by_user.pop(user_id, None)
-        updates: list[OrderUpdate] = []
-        touched: dict[tuple[bool, int], PriceLevel] = {}
-        release_quote = release_base = 0
-        # Arrival order: the user index keeps it, so the updates list is deterministic.
-        for order in mine.values() if mine else ():
-            is_buy = order.is_buy
-            price: int = order.price_ticks  # type: ignore[assignment]
-            book_side = book.bids if is_buy else book.asks
-            level = book_side.levels[price]
-            del level.orders[order.order_id]
-            level.total_lots -= order.remaining_lots
-            if not level.orders:
-                book_side.drop_level(price)
-            del book.orders[order.order_id]
-            touched[(is_buy, price)] = level
-            if is_buy:
-                release_quote += order.locked_remaining
-            else:
-                release_base += order.locked_remaining
-            order.locked_remaining = 0
-            updates.append(
-                OrderUpdate(
-                    order.order_id,
-                    user_id,
-                    BUY if is_buy else SELL,
-                    CANCELLED,
-                    order.executed_lots,
-                    order.executed_quote_units,
-                    0,
-                )
-            )
-        deltas = []
-        if release_quote:
-            deltas.append(BalanceDelta(user_id, self._quote_asset, release_quote, -release_quote))
-        if release_base:
-            deltas.append(BalanceDelta(user_id, self._base_asset, release_base, -release_base))
-        depth_changes = [
-            (BUY if is_buy else SELL, price, level.total_lots) for (is_buy, price), level in touched.items()
-        ]
-        return CommandResult(self.seq, ts_ms, True, None, None, updates, [], deltas, depth_changes)
-
-    def _terminate_resting(
-        self,
-        order: Order,
-        status: OrderStatus,
-        reason: str | None,
-        deltas: dict[tuple[str, str], list[int]],
-    ) -> OrderUpdate:
-        """A resting order leaves the book unfilled (cancel, STP): release what it locks."""
-        release = order.locked_remaining
-        order.locked_remaining = 0
-        if release:
-            asset = self._quote_asset if order.is_buy else self._base_asset
-            _add_delta(deltas, order.user_id, asset, release, -release)
-        return OrderUpdate(
-            order.order_id,
-            order.user_id,
-            BUY if order.is_buy else SELL,
-            status,
-            order.executed_lots,
-            order.executed_quote_units,
-            0,
-            reason,
-        )
 
     # --- place -----------------------------------------------------------------------------
     def _place_gate(self, cmd: PlaceOrder) -> str | None:
@@ -535,287 +328,6 @@ class MatchingEngine:
             cmd.client_order_id,
         )
         return self._execute(cmd, taker, opposite, budget, stp, ts_ms)
-
-    def _fok_fillable(
-        self,
-        opposite: BookSide,
-        user_id: str,
-        is_buy: bool,
-        lots: int,
-        limit_ticks: int | None,
-        budget_units: int | None,
-        stp: SelfTradePrevention,
-    ) -> bool:
-        """Walk the book exactly as `_execute` would, changing nothing: would it fill all?"""
-        need = lots
-        check_stp = stp != STP_NONE
-        qutl = self._quote_units_per_tick_lot
-        for level in opposite.levels_best_first():
-            price = level.price_ticks
-            if limit_ticks is not None and (price > limit_ticks if is_buy else price < limit_ticks):
-                return False
-            unit = price * qutl
-            for maker in level.orders.values():
-                if check_stp and maker.user_id == user_id:
-                    if stp == STP_MAKER:
-                        continue  # the maker would be expired; the walk goes on
-                    return False  # the taker would be expired here
-                q = maker.remaining_lots if maker.remaining_lots < need else need
-                if budget_units is not None:
-                    if budget_units // unit < q:
-                        return False  # prices only get worse: the budget cannot reach `lots`
-                    budget_units -= q * unit
-                need -= q
-                if need == 0:
-                    return True
-        return False
-
-    def _execute(
-        self,
-        cmd: PlaceOrder,
-        taker: Order,
-        opposite: BookSide,
-        budget_units: int | None,
-        stp: SelfTradePrevention,
-        ts_ms: int,
-    ) -> CommandResult:
-        """Match a taker against the opposite side, then rest or expire its remainder."""
-        book = self.book
-        is_buy = taker.is_buy
-        user_id = taker.user_id
-        limit_ticks = taker.price_ticks
-        qutl = self._quote_units_per_tick_lot
-        bupl = self._base_units_per_lot
-        base_asset = self._base_asset
-        quote_asset = self._quote_asset
-        taker_bps = self.taker_fee_bps
-        maker_bps = self.maker_fee_bps
-        check_stp = stp != STP_NONE
-        taker_side = BUY if is_buy else SELL
-        maker_side = SELL if is_buy else BUY
-        keys = opposite.keys
-        levels = opposite.levels
-        sign = -1 if is_buy else 1  # opposite key -> price (asks store minus the price)
-
-        updates: list[OrderUpdate] = []
-        fills: list[Fill] = []
-        deltas: dict[tuple[str, str], list[int]] = {}
-        # The taker's own entries come first in the deltas, in a fixed order.
-        taker_quote = deltas[(user_id, quote_asset)] = [0, 0]
-        taker_base = deltas[(user_id, base_asset)] = [0, 0]
-        touched: list[tuple[Side, int, PriceLevel]] = []
-        fee_base = fee_quote = 0
-        lots_left = taker.remaining_lots
-        executed_lots = executed_quote = 0
-        taker_consumed = 0  # units of the taker's own lock its fills used up
-        trade_id = self.last_trade_id
-        stop = 0
-
-        while lots_left > 0 and keys:
-            price = sign * keys[-1]
-            if limit_ticks is not None and (price > limit_ticks if is_buy else price < limit_ticks):
-                break
-            level = levels[price]
-            lots_before = level.total_lots
-            unit = price * qutl  # quote units per lot at this price
-            done: list[Order] = []  # makers leaving the level: always a prefix of its queue
-            for maker in level.orders.values():
-                if check_stp and maker.user_id == user_id:
-                    if stp != STP_TAKER:  # expire_maker or expire_both
-                        level.total_lots -= maker.remaining_lots
-                        updates.append(self._terminate_resting(maker, EXPIRED, REASON_STP, deltas))
-                        done.append(maker)
-                    if stp != STP_MAKER:  # expire_taker or expire_both
-                        stop = _STOP_STP
-                        break
-                    continue
-                q = maker.remaining_lots
-                if q > lots_left:
-                    q = lots_left
-                if budget_units is not None:
-                    affordable = (budget_units - executed_quote) // unit
-                    if affordable == 0:
-                        stop = _STOP_BUDGET
-                        break
-                    if q > affordable:
-                        q = affordable
-                quote_units = unit * q
-                base_units = bupl * q
-                trade_id += 1
-                lots_left -= q
-                executed_lots += q
-                executed_quote += quote_units
-                maker.remaining_lots -= q
-                maker.executed_lots += q
-                maker.executed_quote_units += quote_units
-                level.total_lots -= q
-                maker_user = maker.user_id
-                # fee_units(), inlined: ceil(received * bps / 10000)
-                if is_buy:
-                    buyer_fee = -((-base_units * taker_bps) // 10000)
-                    seller_fee = -((-quote_units * maker_bps) // 10000)
-                    # Taker buys: it gives up what it locked for these lots at its own limit
-                    # (or the exact cost for a market buy); the price improvement is released.
-                    consumed = limit_ticks * qutl * q if limit_ticks is not None else quote_units
-                    taker_consumed += consumed
-                    taker_quote[1] -= consumed
-                    taker_quote[0] += consumed - quote_units
-                    taker_base[0] += base_units - buyer_fee
-                    maker.locked_remaining -= base_units
-                    # (_add_delta, inlined) the maker sells: base leaves its lock, quote in
-                    entry = deltas.get((maker_user, base_asset))
-                    if entry is None:
-                        deltas[(maker_user, base_asset)] = [0, -base_units]
-                    else:
-                        entry[1] -= base_units
-                    entry = deltas.get((maker_user, quote_asset))
-                    if entry is None:
-                        deltas[(maker_user, quote_asset)] = [quote_units - seller_fee, 0]
-                    else:
-                        entry[0] += quote_units - seller_fee
-                else:
-                    buyer_fee = -((-base_units * maker_bps) // 10000)
-                    seller_fee = -((-quote_units * taker_bps) // 10000)
-                    taker_consumed += base_units
-                    taker_base[1] -= base_units
-                    taker_quote[0] += quote_units - seller_fee
-                    # A resting buy locked at its own price, which is the trade price.
-                    maker.locked_remaining -= quote_units
-                    # (_add_delta, inlined) the maker buys: quote leaves its lock, base in
-                    entry = deltas.get((maker_user, quote_asset))
-                    if entry is None:
-                        deltas[(maker_user, quote_asset)] = [0, -quote_units]
-                    else:
-                        entry[1] -= quote_units
-                    entry = deltas.get((maker_user, base_asset))
-                    if entry is None:
-                        deltas[(maker_user, base_asset)] = [base_units - buyer_fee, 0]
-                    else:
-                        entry[0] += base_units - buyer_fee
-                fee_base += buyer_fee
-                fee_quote += seller_fee
-                fills.append(
-                    Fill(
-                        trade_id,
-                        price,
-                        q,
-                        base_units,
-                        quote_units,
-                        taker_side,
-                        taker.order_id,
-                        user_id,
-                        maker.order_id,
-                        maker_user,
-                        buyer_fee,
-                        seller_fee,
-                    )
-                )
-                if maker.remaining_lots == 0:
-                    done.append(maker)
-                    # Release anything locked beyond what the fills consumed.
-                    extra = maker.locked_remaining
-                    if extra:
-                        maker.locked_remaining = 0
-                        _add_delta(
-                            deltas,
-                            maker_user,
-                            quote_asset if maker.is_buy else base_asset,
-                            extra,
-                            -extra,
-                        )
-                    status = FILLED
-                else:
-                    status = PARTIAL
-                updates.append(
-                    OrderUpdate(
-                        maker.order_id,
-                        maker_user,
-                        maker_side,
-                        status,
-                        maker.executed_lots,
-                        maker.executed_quote_units,
-                        maker.remaining_lots,
-                    )
-                )
-                if lots_left == 0:
-                    break
-                if status is PARTIAL:
-                    # The maker still has lots, so the budget cut this fill short: the taker
-                    # must not walk past a maker it could not finish (FIFO).
-                    stop = _STOP_BUDGET
-                    break
-            if done:
-                orders = level.orders
-                for maker in done:
-                    del orders[maker.order_id]
-                    book.unindex(maker)
-                if not orders:
-                    opposite.drop_level(price)
-            if level.total_lots != lots_before:
-                touched.append((maker_side, price, level))
-            if stop:
-                break
-
-        self.last_trade_id = trade_id
-        taker.remaining_lots = lots_left
-        taker.executed_lots = executed_lots
-        taker.executed_quote_units = executed_quote
-        taker.locked_remaining -= taker_consumed
-
-        # The taker's end: filled, rested, or expired.
-        reason = None
-        rests = False
-        if stop == _STOP_STP:
-            status = EXPIRED
-            reason = REASON_STP
-        elif lots_left == 0 and executed_lots:
-            status = FILLED  # (a budget too small for one lot starts with lots_left == 0)
-        elif stop == _STOP_BUDGET and cmd.quantity_lots is None and executed_lots > 0:
-            status = FILLED  # a budget-only market buy spent what it could
-        elif limit_ticks is not None and cmd.time_in_force == GTC:
-            rests = True
-            status = PARTIAL if executed_lots else NEW
-        else:
-            status = EXPIRED
-        if rests:
-            own_level = book.rest(taker)
-            touched.append((taker_side, limit_ticks, own_level))  # type: ignore[arg-type]
-            remaining = lots_left
-        else:
-            remaining = 0
-            release = taker.locked_remaining
-            if release:
-                taker.locked_remaining = 0
-                entry = taker_quote if is_buy else taker_base
-                entry[0] += release
-                entry[1] -= release
-        if fee_base:
-            _add_delta(deltas, FEE_ACCOUNT, base_asset, fee_base, 0)
-        if fee_quote:
-            _add_delta(deltas, FEE_ACCOUNT, quote_asset, fee_quote, 0)
-
-        order_update = OrderUpdate(
-            taker.order_id,
-            user_id,
-            taker_side,
-            status,
-            executed_lots,
-            executed_quote,
-            remaining,
-            reason,
-        )
-        updates.insert(0, order_update)
-        return CommandResult(
-            self.seq,
-            ts_ms,
-            True,
-            None,
-            order_update,
-            updates,
-            fills,
-            _delta_list(deltas),
-            [(side, p, lvl.total_lots) for side, p, lvl in touched],
-        )
 
     # --- snapshot / restore ----------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
