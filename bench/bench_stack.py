@@ -59,6 +59,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+ROOT_DIR = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT_DIR / "libs" / "launcher"))
+from cryptex_launcher.processes import stack_processes  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 LUA = BENCH / "wrk" / "orders.lua"
@@ -283,26 +287,10 @@ class Stack:
             time.sleep(0.1)
 
     def leftovers(self) -> dict[int, str]:
-        """Live processes of this stack, much as tests/launcher/support.py finds them: cwd in
-        the state dir, the state dir in their command line or environment, or (the services)
-        this stack's Redis URL and admin token in their environment."""
-        state = str(self.state).encode()
-        redis_url, token = f"127.0.0.1:{self.redis_port}/".encode(), f"CRYPTEX_ADMIN_TOKEN={ADMIN}".encode()
-        found: dict[int, str] = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                cmd = (entry / "cmdline").read_bytes()
-                environ = (entry / "environ").read_bytes()
-                cwd = os.readlink(entry / "cwd")
-            except OSError:
-                continue
-            ours = (cwd.startswith(str(self.state)) or state in cmd or state in environ
-                    or (redis_url in environ and token in environ))  # a service: our Redis, our token
-            if cmd and ours:
-                found[int(entry.name)] = cmd.replace(b"\0", b" ").decode(errors="replace")
-        return found
+        """Live processes of this stack; a service counts only with this stack's Redis URL
+        and admin token together in its environment."""
+        token = f"CRYPTEX_ADMIN_TOKEN={ADMIN}".encode()
+        return stack_processes(self.state, self.redis_port, (token,))
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -16,6 +16,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptex_launcher.processes import stack_processes
 from cryptex_launcher.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,24 +124,8 @@ def new_state_dir() -> Path:
 
 
 def stack_pids(env: UpEnv) -> dict[int, str]:
-    """Every live process of this stack: servers work in the state dir (Redis rewrites its
-    command line and environment, but not its cwd), services carry its Redis URL in their
-    environment, the launcher its state dir."""
-    needles = [str(env.state).encode(), f"127.0.0.1:{env.redis_port}/".encode()]
-    found: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes()
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        in_state = cwd.startswith(str(env.state))
-        if cmdline and (in_state or any(n in cmdline or n in environ for n in needles)):
-            found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
-    return found
+    """Every live process of this stack (cryptex_launcher.processes)."""
+    return stack_processes(env.state, env.redis_port)
 
 
 def server_pids(env: UpEnv) -> dict[int, str]:

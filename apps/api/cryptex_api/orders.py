@@ -36,7 +36,7 @@ import orjson
 
 from cryptex_common.errors import CryptexError, ErrorCode
 from cryptex_common.markets import MarketSpec, SelfTradePrevention
-from cryptex_common.money import INT64_MAX, MAX_AMOUNT_CHARS, format_steps
+from cryptex_common.money import INT64_MAX, decimal_text, format_steps
 
 MARKET_BUY_COLLAR_BPS = 500  # a market buy by quantity may pay up to 5% over the book estimate
 ALLOWED_FIELDS = frozenset({
@@ -44,7 +44,6 @@ ALLOWED_FIELDS = frozenset({
     "postOnly", "clientOrderId", "selfTradePrevention",
 })
 CLIENT_ORDER_ID = re.compile(r"[A-Za-z0-9_\-:.]{1,36}")  # fullmatch only
-_PLAIN_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")  # money.parse_decimal's rule
 _SIDES = {"buy": "buy", "sell": "sell"}
 _TYPES = {"limit": "limit", "market": "market"}
 _TIFS = {"gtc": "GTC", "ioc": "IOC", "fok": "FOK"}
@@ -155,26 +154,9 @@ def grid(spec: MarketSpec) -> Grid:
 
 
 def _amount(value: object, field: str) -> tuple[int, int, str]:
-    """money.parse_decimal's checks and messages, giving (digits, places, text): value =
+    """money.decimal_text's checks and messages, giving (digits, places, text): value =
     digits x 10**-places, trailing fraction zeros dropped."""
-    if isinstance(value, str):
-        text = value
-    elif (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, Decimal):
-        text = str(value)
-    else:
-        raise CryptexError(ErrorCode.INVALID_FIELD, f"{field} must be a decimal number", field)
-    if len(text) > MAX_AMOUNT_CHARS:
-        raise CryptexError(
-            ErrorCode.INVALID_FIELD, f"{field} is longer than {MAX_AMOUNT_CHARS} characters", field
-        )
-    if text.startswith("-"):
-        raise CryptexError(ErrorCode.INVALID_FIELD, f"{field} must not be negative", field)
-    if not _PLAIN_DECIMAL.fullmatch(text):
-        raise CryptexError(
-            ErrorCode.INVALID_FIELD,
-            f"{field} must be a plain decimal like \"12.5\" (no sign, exponent, NaN or Infinity)",
-            field,
-        )
+    text = decimal_text(value, field)
     whole, _, frac = text.partition(".")
     frac = frac.rstrip("0")
     return int(whole + frac), len(frac), text

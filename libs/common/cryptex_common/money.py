@@ -30,17 +30,15 @@ MAX_AMOUNT_CHARS = 64
 MAX_JSON_DEPTH = 32
 
 
-def parse_decimal(value: object, field: str) -> Decimal:
-    """A non-negative exact decimal from a JSON value: an int, a string, or a JSON number
-    kept as its source text (`parse_json` hands floats over as strings)."""
-    if isinstance(value, bool) or value is None:
-        raise CryptexError(ErrorCode.INVALID_FIELD, f"{field} must be a decimal number", field)
-    if isinstance(value, int):
-        text = str(value)
-    elif isinstance(value, Decimal):
-        text = str(value)  # an exponent form such as 1E+3 fails the pattern below
-    elif isinstance(value, str):
+def decimal_text(value: object, field: str) -> str:
+    """The plain decimal text of a JSON value (an int, a string, or a JSON number kept as
+    its source text: `parse_json` hands floats over as strings), checked as a whole
+    string: at most MAX_AMOUNT_CHARS, digits with an optional fraction, no sign, exponent,
+    spaces or trailing newline. Every refusal names the field."""
+    if isinstance(value, str):
         text = value
+    elif (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, Decimal):
+        text = str(value)  # a Decimal's exponent form such as 1E+3 fails the pattern below
     else:
         raise CryptexError(ErrorCode.INVALID_FIELD, f"{field} must be a decimal number", field)
     if len(text) > MAX_AMOUNT_CHARS:
@@ -55,7 +53,12 @@ def parse_decimal(value: object, field: str) -> Decimal:
             f"{field} must be a plain decimal like \"12.5\" (no sign, exponent, NaN or Infinity)",
             field,
         )
-    return Decimal(text)  # exact: the constructor never rounds
+    return text
+
+
+def parse_decimal(value: object, field: str) -> Decimal:
+    """A non-negative exact decimal from a JSON value (see `decimal_text`)."""
+    return Decimal(decimal_text(value, field))  # exact: the constructor never rounds
 
 
 def to_steps(value: Decimal, step: Decimal, field: str, code: ErrorCode) -> int:
