@@ -1,4 +1,4 @@
-"""cryptex_api.resp against a real Redis: pipelined calls answered in order, coalesced
+"""cryptex_common.resp against a real Redis: pipelined calls answered in order, coalesced
 writes, EVAL after NOSCRIPT, RedisError (answered 503 by the API) when Redis goes away,
 and a working connection again when it is back; the reply subscription delivers pushes."""
 
@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from cryptex_api import resp
+from cryptex_common import resp
 from tests.support.servers import redis_server, wait_for_port
 
 
@@ -81,6 +81,34 @@ async def test_subscribe_delivers_messages_and_returns_when_the_connection_ends(
         await publisher.aclose()
         server.stop()
         await asyncio.wait_for(task, 5)  # returns: the caller resubscribes
+
+
+async def test_pipeline_answers_in_order_with_errors_in_place_decoded(redis_client: aioredis.Redis) -> None:
+    url = redis_client.connection_pool.connection_kwargs
+    client = resp.RespClient(f"redis://{url['host']}:{url['port']}/0", decode=True)
+    try:
+        await redis_client.xadd("s", {"f": "v", "g": "w"}, id="1-1")
+        got = await client.pipeline(("SET", "p", "x"), ("INCR", "p"), ("GET", "p"),
+                                    ("XREAD", "COUNT", 10, "STREAMS", "s", "0-0"))
+        assert got[0] == "OK" and isinstance(got[1], ResponseError) and got[2] == "x"
+        assert got[3] == [["s", [["1-1", ["f", "v", "g", "w"]]]]]
+    finally:
+        await client.aclose()
+
+
+async def test_a_blocking_read_needs_a_timeout_above_its_block_time(redis_client: aioredis.Redis) -> None:
+    """The watchdog fails a call unanswered after `timeout_s`, a blocking XREAD included:
+    the engine's client is given block time + 5 s."""
+    url = redis_client.connection_pool.connection_kwargs
+    ok = resp.RespClient(f"redis://{url['host']}:{url['port']}/0", timeout_s=3)
+    short = resp.RespClient(f"redis://{url['host']}:{url['port']}/0", timeout_s=0.2)
+    try:
+        assert await ok.call("XREAD", "COUNT", 1, "BLOCK", 300, "STREAMS", "empty", "$") is None
+        with pytest.raises(RedisError):
+            await short.call("XREAD", "COUNT", 1, "BLOCK", 5000, "STREAMS", "empty", "$")
+    finally:
+        await ok.aclose()
+        await short.aclose()
 
 
 def test_only_plain_urls_are_supported() -> None:

@@ -41,7 +41,6 @@ from cryptex_api.openapi import OPENAPI
 from cryptex_api.orders import CLIENT_ORDER_ID, cancel_command_json, market_field, validate_order
 from cryptex_api.ratelimit import TokenBuckets
 from cryptex_api.replies import Reply, ReplyFormat, ReplyWaiter
-from cryptex_api.resp import RespClient
 from cryptex_api.settings import ApiSettings
 from cryptex_api.transfers import validate_transfer
 from cryptex_common import auth, keys, metrics, registry, runtime
@@ -55,6 +54,7 @@ from cryptex_common.messages import (
     ReplyType,
 )
 from cryptex_common.money import format_units, parse_json, to_steps
+from cryptex_common.resp import RespClient
 from cryptex_common.wire import WireFormat
 
 log = logging.getLogger("cryptex.api")
@@ -86,7 +86,7 @@ class Api:
                  public_redis: Redis | None = None, order_redis: RespClient | None = None) -> None:
         self.settings = settings
         self.redis = redis  # orders, cancels, balances, admin: authenticated callers only
-        # the enqueue script's pipelined connection (cryptex_api.resp); None: via `redis`
+        # the enqueue script's pipelined connection (cryptex_common.resp); None: via `redis`
         self.order_redis = order_redis
         self._enqueue_source = ledger_script_source("enqueue_order.lua")
         self._enqueue_sha = hashlib.sha1(self._enqueue_source.encode()).hexdigest()

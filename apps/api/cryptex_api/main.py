@@ -14,11 +14,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from cryptex_api import resp
 from cryptex_api.app import Api, create_app
 from cryptex_api.serving import CappedTCPSite
 from cryptex_api.settings import ApiSettings
-from cryptex_common import runtime
+from cryptex_common import resp, runtime
 from cryptex_common.logs import configure_logging
 from cryptex_common.settings import load_settings
 

@@ -19,8 +19,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from cryptex_api import resp
-from cryptex_common import keys
+from cryptex_common import keys, resp
 from cryptex_common.markets import MarketSpec
 
 log = logging.getLogger("cryptex.api.replies")
@@ -33,7 +32,7 @@ def _expire(fut: asyncio.Future[Reply | None]) -> None:
 
 
 class ReplyWaiter:
-    """`url`: subscribe over cryptex_api.resp (hiredis, no per-message redis-py work) when
+    """`url`: subscribe over cryptex_common.resp (hiredis, no per-message redis-py work) when
     it is a plain redis:// URL; otherwise through `redis`'s pubsub."""
 
     def __init__(self, redis: Redis, instance_id: str, url: str | None = None) -> None:

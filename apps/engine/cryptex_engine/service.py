@@ -32,9 +32,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
-from cryptex_common import keys, registry
+from cryptex_common import keys, registry, resp
 from cryptex_common.ledger import (
     Ledger,
     SettleResult,
@@ -93,6 +93,13 @@ class EngineService:
         self.housekeeping = Housekeeping(self)
         self._dead_lettered_upto = ""
         self._state_waiters: list[asyncio.Future[dict[str, Any]]] = []
+        # the hot loop's connection (command XREAD + pipelined settle): the lean hiredis
+        # client when the URL allows (redis-py costs ~60 us of CPU a command); everything
+        # else (lease, snapshots, housekeeping, recovery) stays on `redis`. Its timeout
+        # outlasts a blocking read, like the redis-py socket timeout in main.
+        self.fast: resp.RespClient | None = (
+            resp.RespClient(settings.redis_url, timeout_s=settings.block_ms / 1000 + 5, decode=True)
+            if resp.supports(settings.redis_url) else None)
 
     # --- recovery --------------------------------------------------------------------
     async def sequence_rules_if_needed(self) -> None:
@@ -219,24 +226,45 @@ class EngineService:
         """Run a pending settle call on its own and act on the answer."""
         await self._settled(pending, await self.ledger.run_settle(pending.call))
 
-    async def _settle_and_read(self, pending: PendingSettle, streams: dict[str, str]) -> Any:
+    def _xread_args(self) -> tuple[Any, ...]:
+        return ("XREAD", "COUNT", self.settings.batch_size, "BLOCK", self.settings.block_ms,
+                "STREAMS", self.stream, self.last_stream_id)
+
+    async def _read(self) -> list[tuple[str, dict[str, str]]]:
+        """The next batch of commands after the engine's position (blocks up to block_ms)."""
+        if self.fast is None:
+            reply = await self.redis.xread({self.stream: self.last_stream_id},
+                                           count=self.settings.batch_size, block=self.settings.block_ms)
+            return reply[0][1] if reply else []
+        return _entries(await self.fast.call(*self._xread_args()))
+
+    async def _settle_and_read(self, pending: PendingSettle) -> list[tuple[str, dict[str, str]]]:
         """One round trip: the pending settle call, then the next XREAD, pipelined. The
         read is sent after the settle, so Redis applies (and publishes) the batch before it
         blocks for new entries; the engine learns the settle's outcome with the read."""
         call = pending.call
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.evalsha(self.ledger.settle_sha, len(call.keys), *call.keys, *call.args)
-        pipe.xread(streams, count=self.settings.batch_size, block=self.settings.block_ms)
-        settle_reply, read_reply = await pipe.execute(raise_on_error=False)
-        if isinstance(settle_reply, NoScriptError):  # Redis restarted: load it, settle alone
-            await self.settle(pending)
+        if self.fast is None:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.evalsha(self.ledger.settle_sha, len(call.keys), *call.keys, *call.args)
+            pipe.xread({self.stream: self.last_stream_id}, count=self.settings.batch_size,
+                       block=self.settings.block_ms)
+            settle_reply, read_reply = await pipe.execute(raise_on_error=False)
+        else:
+            settle_reply, read_reply = await self.fast.pipeline(
+                ("EVALSHA", self.ledger.settle_sha, len(call.keys), *call.keys, *call.args),
+                self._xread_args())
+        if isinstance(settle_reply, NoScriptError) or (
+                isinstance(settle_reply, ResponseError) and str(settle_reply).startswith("NOSCRIPT")):
+            await self.settle(pending)  # Redis restarted: load the script, settle alone
         elif isinstance(settle_reply, Exception):
             raise settle_reply
         else:
             await self._settled(pending, settle_result(settle_reply))
         if isinstance(read_reply, Exception):
             raise read_reply
-        return read_reply
+        if self.fast is None:
+            return read_reply[0][1] if read_reply else []
+        return _entries(read_reply)
 
     async def _settled(self, pending: PendingSettle, res: SettleResult) -> None:
         """Act on the settle script's answer: fenced stops the engine, a gap or a negative
@@ -304,6 +332,8 @@ class EngineService:
         finally:
             lease.cancel()
             self.fail_state_requests()
+            if self.fast is not None:
+                await self.fast.aclose()
         # graceful stop: the last batch is settled; snapshot and hand the market over
         stopping = time.monotonic()
         if self.housekeeping.group_at:
@@ -325,21 +355,18 @@ class EngineService:
         self.ready = True
         last_ticker = time.monotonic()
         ticker_every = self.settings.ticker_interval_ms / 1000
-        streams = {self.stream: self.last_stream_id}
         pending: PendingSettle | None = None
         try:
             while not stop.is_set():
                 if lease.done():  # the lease was lost (or Redis failed): stop owning the market
                     lease.result()
                     raise Fenced(f"lease for {self.symbol} lost")
-                streams[self.stream] = self.last_stream_id
                 if pending is None:
-                    reply = await self.redis.xread(streams, count=self.settings.batch_size,
-                                                   block=self.settings.block_ms)
+                    entries = await self._read()
                 else:
-                    reply, pending = await self._settle_and_read(pending, streams), None
-                if reply:
-                    pending = await self.match(reply[0][1])
+                    entries, pending = await self._settle_and_read(pending), None
+                if entries:
+                    pending = await self.match(entries)
                 now = time.monotonic()
                 ticker_due = now - last_ticker >= ticker_every
                 if pending is not None and (ticker_due or self._wants_settled_state(now)):
@@ -360,3 +387,11 @@ class EngineService:
     def _wants_settled_state(self, now: float) -> bool:
         """Whether something due between batches needs the pending settle applied first."""
         return bool(self._state_waiters) or self.snapshots.due() or self.housekeeping.due(now)
+
+
+def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
+    """The entries of a one-stream XREAD reply as the lean client returns it (RESP2, str):
+    [[stream, [[id, [field, value, ...]], ...]]] or None."""
+    if not reply:
+        return []
+    return [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True))) for entry_id, flat in reply[0][1]]

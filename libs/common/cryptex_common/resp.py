@@ -11,8 +11,12 @@ redis.exceptions.RedisError (ConnectionError, TimeoutError, ResponseError), answ
 by the API. A lost connection fails every pending call; the next call reconnects. A call
 unanswered after `timeout_s` closes the connection (its pipeline state is unknown), so
 the pending calls fail. `evalsha` falls back to EVAL on NOSCRIPT (a restarted Redis).
-Only plain TCP and unix-socket URLs are supported (`supports`); the API uses redis-py for
+Only plain TCP and unix-socket URLs are supported (`supports`); callers use redis-py for
 anything else.
+
+Used by the API's order path and by the engine's hot loop (its command XREAD and the
+pipelined settle call). A blocking call (XREAD BLOCK) needs `timeout_s` above its block time.
+`decode=True` answers str instead of bytes (as redis-py's decode_responses).
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ def supports(url: str) -> bool:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.reader = hiredis.Reader(replyError=ResponseError)
+    def __init__(self, encoding: str | None = None) -> None:
+        self.reader = (hiredis.Reader(replyError=ResponseError, encoding=encoding) if encoding
+                       else hiredis.Reader(replyError=ResponseError))
         self.pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self.out: list[bytes] = []
         self.transport: asyncio.Transport | None = None
@@ -124,8 +129,9 @@ class _Endpoint:
 
 
 class RespClient:
-    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 5.0, decode: bool = False) -> None:
         self.timeout_s = timeout_s
+        self._encoding = "utf-8" if decode else None
         self._endpoint = _Endpoint(url)
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
@@ -139,7 +145,7 @@ class RespClient:
                 return self._proto
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    _, proto = await self._endpoint.connect(_Protocol)
+                    _, proto = await self._endpoint.connect(lambda: _Protocol(self._encoding))
                     for command in self._endpoint.handshake():
                         await proto.send(command)
             except TimeoutError:
@@ -164,6 +170,27 @@ class RespClient:
         if proto is None or proto.lost:
             proto = await self._connect()
         return await proto.send(hiredis.pack_command(args))
+
+    async def pipeline(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send `commands` in one write, in order; their replies, a Redis error reply in
+        place as a ResponseError (as redis-py's `execute(raise_on_error=False)`). A lost
+        connection or a timeout raises."""
+        proto = self._proto
+        if proto is None or proto.lost:
+            proto = await self._connect()
+        futures = [proto.send(hiredis.pack_command(c)) for c in commands]
+        results: list[Any] = []
+        try:
+            for fut in futures:
+                try:
+                    results.append(await fut)
+                except ResponseError as exc:
+                    results.append(exc)
+        finally:
+            for fut in futures:  # the connection failed: its other calls' errors are seen
+                if fut.done() and not fut.cancelled():
+                    fut.exception()
+        return results
 
     async def evalsha(self, sha: str, source: str, keys: list[str], args: list[Any]) -> Any:
         try:
