@@ -595,12 +595,16 @@ def exchange_run(redis_srv: Any, postgres: Any,
             start_prometheus(targets) as prom:
         driven = drive_orders(urls["api"], urls["ws"])
         missing = poll_missing_metrics(prom, names, timeout_s=60, nonzero=NONZERO_AFTER_DRIVE)
-        markets_by_metric = {
-            name: _markets_of(prom, f'{name}{{job="{job}"}}')
-            for name, job in PER_MARKET_AT_START.items()
-        }
-        recorded: dict[str, set[str]] = {}
+        # an engine's ops port answers before its service (and its per-market series)
+        # exists: poll until a scrape after that has landed, as for the recorded rules
         deadline = time.monotonic() + 30
+        markets_by_metric: dict[str, set[str]] = {}
+        for name, job in PER_MARKET_AT_START.items():
+            while (got := _markets_of(prom, f'{name}{{job="{job}"}}')) < set(driven.markets) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.5)
+            markets_by_metric[name] = got
+        recorded: dict[str, set[str]] = {}
         for rule in RECORDED_PER_MARKET:
             while (got := _markets_of(prom, rule)) < set(driven.markets) \
                     and time.monotonic() < deadline:
