@@ -40,7 +40,7 @@ from cryptex_api import params
 from cryptex_api.openapi import OPENAPI
 from cryptex_api.orders import CLIENT_ORDER_ID, cancel_command_json, market_field, validate_order
 from cryptex_api.ratelimit import TokenBuckets
-from cryptex_api.replies import Reply, ReplyFormat, ReplyWaiter
+from cryptex_api.replies import Reply, ReplyWaiter
 from cryptex_api.settings import ApiSettings
 from cryptex_api.transfers import validate_transfer
 from cryptex_common import auth, keys, metrics, registry, runtime
@@ -99,7 +99,6 @@ class Api:
         self.asset_decimals: dict[str, int] = {}
         # apiKey -> (userId, secret, cached until (monotonic s)): bounded, short-lived
         self.api_keys: dict[str, tuple[str, bytes, float]] = {}
-        self.reply_formats: dict[str, ReplyFormat] = {}
         self._market_names: dict[str, MarketSpec] = {}
         # per-market metric children, labels resolved once (issue 12)
         self.order_metrics: dict[str, tuple[Any, Any, Any]] = {}
@@ -117,7 +116,6 @@ class Api:
         self._market_names = {name: spec for symbol, spec in self.markets.items()
                                for name in (symbol, symbol.lower(), symbol.replace("/", "_"),
                                             symbol.replace("/", "_").lower())}
-        self.reply_formats = {s: ReplyFormat(spec) for s, spec in self.markets.items()}
         for spec in self.markets.values():
             self.asset_decimals[spec.base_asset] = spec.base_decimals
             self.asset_decimals[spec.quote_asset] = spec.quote_decimals
@@ -375,11 +373,11 @@ class Api:
         return children
 
     def reply_response(self, reply: Reply, spec: MarketSpec) -> web.Response:
-        fmt = self.reply_formats.get(spec.symbol) or ReplyFormat(spec)
+        fmt = self.formats.get(spec.symbol) or WireFormat(spec)
         body: dict[str, Any] = {}
         order = reply.get("order")
         if order is not None:
-            body["order"] = fmt.order(order)
+            body["order"] = fmt.order_dict(order)
         kind = reply["type"]
         if kind == ReplyType.REJECTED:
             code = reply.get("code") or "REJECTED"
@@ -388,8 +386,8 @@ class Api:
                                reply.get("message") or code)
             return json_response({**err.to_wire(), **body}, err.http_status)
         if kind == ReplyType.ORDERS_CANCELLED:
-            return json_response({"cancelled": [fmt.order(o) for o in reply.get("orders") or ()]})
-        body["fills"] = [fmt.fill(f) for f in reply.get("fills") or ()]
+            return json_response({"cancelled": [fmt.order_dict(o) for o in reply.get("orders") or ()]})
+        body["fills"] = [fmt.fill_dict(f) for f in reply.get("fills") or ()]
         return json_response(body)
 
     async def resolve_order(self, user_id: str, query: Any) -> OrderRecord:
@@ -456,7 +454,7 @@ class Api:
             if reply is None:
                 pending.append(spec.symbol)
                 continue
-            cancelled.extend(self.reply_formats[spec.symbol].order(o) for o in reply.get("orders") or ())
+            cancelled.extend(self.formats[spec.symbol].order_dict(o) for o in reply.get("orders") or ())
         return json_response({"cancelled": cancelled, "pendingMarkets": pending},
                              202 if pending else 200)
 

@@ -2,7 +2,7 @@
 the waiting request picks its reply by request id. Subscribed once at start.
 
 Replies are decoded with orjson into plain dicts (the CommandReply shape, camelCase keys,
-as the engine's translate layer builds them) and formatted for clients by `ReplyFormat`;
+as the engine's translate layer builds them) and formatted for clients by `WireFormat.order_dict` / `fill_dict`;
 no pydantic on the order path (issue 12). A request waits on a future resolved by the
 listener or, after its timeout, with None by a timer (no task per request).
 """
@@ -13,14 +13,12 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from decimal import Decimal
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 
 from cryptex_common import keys, resp
-from cryptex_common.markets import MarketSpec
 
 log = logging.getLogger("cryptex.api.replies")
 Reply = dict[str, Any]  # a CommandReply as the engine publishes it
@@ -136,75 +134,3 @@ class ReplyWaiter:
         for fut in self._pending.values():
             if not fut.done():
                 fut.cancel()
-
-
-class _Steps:
-    """format_steps for one step size, its Decimal work done once."""
-
-    __slots__ = ("mult", "places")
-
-    def __init__(self, step: Decimal) -> None:
-        sign, digits, exponent = step.as_tuple()
-        assert isinstance(exponent, int) and not sign
-        self.places = -exponent if exponent < 0 else 0
-        self.mult = int("".join(map(str, digits))) * (10**exponent if exponent > 0 else 1)
-
-    def __call__(self, steps: int | None) -> str | None:
-        if steps is None:
-            return None
-        scaled = steps * self.mult
-        negative = scaled < 0
-        text = str(-scaled if negative else scaled)
-        places = self.places
-        if places:
-            text = text.rjust(places + 1, "0")
-            text = f"{text[:-places]}.{text[-places:]}"
-        return f"-{text}" if negative else text
-
-
-class ReplyFormat:
-    """cryptex_common.wire.WireFormat's order and fill payloads, from the dicts the engine
-    publishes (OrderRecord / FillRecord shape), for one market."""
-
-    def __init__(self, spec: MarketSpec) -> None:
-        self.spec = spec
-        self.price = _Steps(Decimal(spec.tick_size))
-        self.quantity = _Steps(Decimal(spec.lot_size))
-        self.quote = _Steps(Decimal(1).scaleb(-spec.quote_decimals))
-        self.base = _Steps(Decimal(1).scaleb(-spec.base_decimals))
-
-    def order(self, o: Reply) -> dict[str, Any]:
-        return {
-            "orderId": str(o["orderId"]),
-            "clientOrderId": o.get("clientOrderId"),
-            "market": o["market"],
-            "side": o["side"],
-            "type": o["orderType"],
-            "timeInForce": o["timeInForce"],
-            "postOnly": o.get("postOnly", False),
-            "price": self.price(o.get("priceTicks")),
-            "quantity": self.quantity(o.get("quantityLots")),
-            "quoteQuantity": self.quote(o.get("quoteBudgetUnits")),
-            "executedQty": self.quantity(o.get("executedLots", 0)),
-            "executedQuoteQty": self.quote(o.get("executedQuoteUnits", 0)),
-            "status": o["status"],
-            "reason": o.get("reason"),
-            "createdAt": o["createdMs"],
-            "updatedAt": o["updatedMs"],
-        }
-
-    def fill(self, f: Reply) -> dict[str, Any]:
-        fee_format = self.base if f["feeAsset"] == self.spec.base_asset else self.quote
-        return {
-            "tradeId": str(f["tradeId"]),
-            "orderId": str(f["orderId"]),
-            "market": f["market"],
-            "side": f["side"],
-            "price": self.price(f["priceTicks"]),
-            "quantity": self.quantity(f["quantityLots"]),
-            "quoteQuantity": self.quote(f["quoteUnits"]),
-            "fee": fee_format(f["feeUnits"]),
-            "feeAsset": f["feeAsset"],
-            "liquidity": "maker" if f["isMaker"] else "taker",
-            "ts": f["tsMs"],
-        }

@@ -124,24 +124,25 @@ class WireFormat:
         return [[price(p), quantity(q)] for p, q in levels]
 
     def order_dict(self, rec: dict[str, Any]) -> dict[str, Any]:
-        """`order()` of an OrderRecord given as its camelCase dict (the engine's records),
-        without building the model: same keys, same strings."""
-        quote = self.quote
+        """`order()` of an OrderRecord given as its camelCase dict (the engine's records and
+        replies), without building the model: same keys, same strings. Optional fields may
+        be absent (a reply from an older engine)."""
+        get = rec.get
         return {
             "orderId": str(rec["orderId"]),
-            "clientOrderId": rec["clientOrderId"],
+            "clientOrderId": get("clientOrderId"),
             "market": rec["market"],
             "side": rec["side"],
             "type": rec["orderType"],
             "timeInForce": rec["timeInForce"],
-            "postOnly": rec["postOnly"],
-            "price": self.price(rec["priceTicks"]),
-            "quantity": self.quantity(rec["quantityLots"]),
-            "quoteQuantity": quote(rec["quoteBudgetUnits"]),
-            "executedQty": self.quantity_text(rec["executedLots"]),
-            "executedQuoteQty": self.quote_text(rec["executedQuoteUnits"]),
+            "postOnly": get("postOnly", False),
+            "price": self.price(get("priceTicks")),
+            "quantity": self.quantity(get("quantityLots")),
+            "quoteQuantity": self.quote(get("quoteBudgetUnits")),
+            "executedQty": self.quantity_text(get("executedLots", 0)),
+            "executedQuoteQty": self.quote_text(get("executedQuoteUnits", 0)),
             "status": rec["status"],
-            "reason": rec["reason"],
+            "reason": get("reason"),
             "createdAt": rec["createdMs"],
             "updatedAt": rec["updatedMs"],
         }
