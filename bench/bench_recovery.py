@@ -46,7 +46,7 @@ from cryptex_common.ledger import Ledger  # noqa: E402
 from cryptex_common.markets import load_markets_yaml  # noqa: E402
 from cryptex_common.messages import OrderType, PlaceOrderCommand, Side  # noqa: E402
 from cryptex_common.registry import register_market  # noqa: E402
-from cryptex_engine.service import encode_snapshot, gc_paused  # noqa: E402
+from cryptex_engine.snapshots import encode_snapshot, gc_paused  # noqa: E402
 from tests.support.servers import free_port, redis_server, wait_for_port  # noqa: E402
 
 SPEC = next(s for s in load_markets_yaml((ROOT / "markets.yaml").read_text()) if s.symbol == "SOL/USDC")

@@ -27,8 +27,8 @@ from cryptex_common import keys
 from cryptex_common.ledger import Ledger
 from cryptex_common.markets import MarketSpec, load_markets_yaml, market_tag
 from cryptex_common.registry import register_market
+from cryptex_engine.decode import read_entry
 from cryptex_engine.domain.matching import MatchingEngine
-from cryptex_engine.translate import read_entry
 from cryptex_launcher.stack import Stack, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from cryptex_client import CryptexClient
 from cryptex_common import keys
-from cryptex_engine.service import decode_snapshot
+from cryptex_engine.snapshots import decode_snapshot
 from cryptex_launcher.stack import Stack, wait_for_port
 from tests.chaos.support import (
     ADMIN,

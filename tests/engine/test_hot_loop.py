@@ -17,7 +17,15 @@ from redis.exceptions import RedisError, ResponseError
 from cryptex_common import keys
 from cryptex_common.registry import register_market
 from cryptex_engine.service import EngineService
-from tests.engine.test_service_commands import balance, enqueue_raw, fund, place_json, settings, sol_spec
+from tests.engine.test_service_commands import (
+    balance,
+    enqueue_raw,
+    fund,
+    place_json,
+    settings,
+    sol_spec,
+    wait_settled,
+)
 from tests.support.servers import RedisServer, redis_server
 
 SOL = "SOL/USDC"
@@ -29,18 +37,6 @@ async def redis(redis_srv: RedisServer) -> AsyncIterator[aioredis.Redis]:
     await client.flushall()
     yield client
     await client.aclose()
-
-
-async def wait_settled(redis: aioredis.Redis, service: EngineService, task: asyncio.Task[None]) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        last = await redis.xrevrange(keys.commands_stream(SOL), count=1)
-        if service.ready and last and service.last_stream_id == last[0][0] \
-                and service.core.seq == service.settled_seq:
-            return
-        assert time.monotonic() < deadline, "engine did not catch up"
-        assert not task.done(), task.exception()
-        await asyncio.sleep(0.02)
 
 
 async def test_the_hot_loop_uses_the_lean_client_and_survives_an_empty_script_cache(

@@ -54,22 +54,28 @@ def settings(url: str) -> EngineSettings:
                           snapshot_every_commands=0, snapshot_every_s=0, trim_every_s=0)
 
 
+async def wait_settled(redis: aioredis.Redis, service: EngineService, task: asyncio.Task[None],
+                       timeout_s: float = 10.0) -> None:
+    """Until the running engine has read and settled every entry of the command stream."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        last = await redis.xrevrange(keys.commands_stream(SOL), count=1)
+        if service.ready and last and service.last_stream_id == last[0][0] \
+                and service.core.seq == service.settled_seq:
+            return
+        assert time.monotonic() < deadline, "engine did not catch up"
+        assert not task.done(), task.exception()
+        await asyncio.sleep(0.02)
+
+
 async def run_until_settled(redis: aioredis.Redis, url: str, spec: MarketSpec,
                             timeout_s: float = 10.0) -> EngineService:
     """One engine run until it settled the whole stream, then a graceful stop."""
     service = EngineService(settings(url), redis, spec)
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))
-    deadline = time.monotonic() + timeout_s
     try:
-        while True:
-            last = await redis.xrevrange(keys.commands_stream(SOL), count=1)
-            if service.ready and last and service.last_stream_id == last[0][0] \
-                    and service.core.seq == service.settled_seq:
-                break
-            assert time.monotonic() < deadline, "engine did not catch up"
-            assert not task.done(), task.exception()
-            await asyncio.sleep(0.02)
+        await wait_settled(redis, service, task, timeout_s)
     finally:
         stop.set()
         await task

@@ -17,8 +17,9 @@ from cryptex_common.messages import (
     ReplyType,
     TradeRecord,
 )
+from cryptex_engine.decode import decode_entry
 from cryptex_engine.domain.matching import MatchingEngine
-from cryptex_engine.translate import BatchOutput, Translator, decode_entry
+from cryptex_engine.translate import BatchOutput, Translator
 from tests.e2e.conftest import ROOT
 
 

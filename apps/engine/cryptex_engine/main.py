@@ -14,7 +14,9 @@ from cryptex_common import registry, runtime
 from cryptex_common.logs import configure_logging
 from cryptex_common.markets import MarketSpec, normalize_symbol
 from cryptex_common.settings import load_settings
-from cryptex_engine.service import EngineService, Fenced, StreamTrimmed
+from cryptex_engine.housekeeping import StreamTrimmed
+from cryptex_engine.lease import Fenced
+from cryptex_engine.service import EngineService
 from cryptex_engine.settings import EngineSettings
 
 log = logging.getLogger("cryptex.engine")

@@ -41,6 +41,7 @@ from cryptex_common.ledger import (
     settle_result,
 )
 from cryptex_common.markets import MarketSpec
+from cryptex_engine.decode import Decoded, read_entry
 from cryptex_engine.domain.commands import CommandResult
 from cryptex_engine.domain.matching import MatchingEngine
 from cryptex_engine.domain.ticker import RollingTicker
@@ -48,8 +49,6 @@ from cryptex_engine.housekeeping import (
     Housekeeping,
     StreamTrimmed,
     id_tuple,
-    min_stream_id,
-    stream_gap_after,
 )
 from cryptex_engine.lease import Fenced, Lease
 from cryptex_engine.market_data import MarketData
@@ -60,15 +59,9 @@ from cryptex_engine.snapshots import (
     SnapshotError,
     Snapshots,
     decode_snapshot,
-    encode_snapshot,
     gc_paused,
-    snapshot_checksum,
 )
-from cryptex_engine.translate import BatchOutput, Decoded, Translator, read_entry
-
-__all__ = ["EngineService", "Fenced", "SnapshotError", "StreamTrimmed", "decode_snapshot",
-           "encode_snapshot", "gc_paused", "id_tuple", "min_stream_id", "snapshot_checksum",
-           "stream_gap_after"]
+from cryptex_engine.translate import BatchOutput, Translator
 
 log = logging.getLogger("cryptex.engine")
 

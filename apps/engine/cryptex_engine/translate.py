@@ -21,19 +21,9 @@ from cryptex_common.messages import (
     Side,
     TimeInForce,
 )
-from cryptex_engine.decode import (
-    REASON_UNSUPPORTED,
-    Decoded,
-    Unreadable,
-    decode_entry,
-    read_entry,
-    reject_unreadable,
-    stream_ts_ms,
-)
+from cryptex_engine.decode import REASON_UNSUPPORTED, Decoded
 from cryptex_engine.domain.commands import CommandResult, OrderUpdate, PlaceOrder
 
-__all__ = ["TERMINAL", "BatchOutput", "Decoded", "OrderMeta", "Record", "Translator", "Unreadable",
-           "decode_entry", "read_entry", "reject_unreadable", "stream_ts_ms"]
 
 @dataclass(slots=True)
 class OrderMeta:

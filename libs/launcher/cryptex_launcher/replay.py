@@ -21,9 +21,10 @@ import redis.asyncio as aioredis
 
 from cryptex_common import keys, registry
 from cryptex_common.markets import normalize_symbol
+from cryptex_engine.decode import read_entry
 from cryptex_engine.domain.matching import MatchingEngine
-from cryptex_engine.service import decode_snapshot, gc_paused, stream_gap_after
-from cryptex_engine.translate import read_entry
+from cryptex_engine.housekeeping import stream_gap_after
+from cryptex_engine.snapshots import decode_snapshot, gc_paused
 
 
 class ReplayError(SystemExit):
