@@ -3,5 +3,8 @@
 Pure domain modules (no I/O): `streams` (stream names), `subscriptions` (who follows what),
 `book` (local order book, sequence and checksum), `klines` (candles from trades), `protocol`
 (control messages, rate limit, frame encoding). Adapters: `fanout` (per-socket send queues),
-`gateway` (aiohttp + Redis), `__main__` (process entry).
+`publisher` (encode once, fan out), `upstream` (the Redis pub/sub connection), `market_data`
+(market handlers, depth resyncs, candles), `private` (followed users, their registration,
+private events), `sessions` (per-socket protocol), `gateway` (owns and wires them: aiohttp +
+Redis), `__main__` (process entry).
 """
