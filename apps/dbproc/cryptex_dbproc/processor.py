@@ -37,31 +37,21 @@ import asyncpg
 from redis.asyncio import Redis
 
 from cryptex_dbproc.deps import (
-    DATA_DB_ERRORS,
-    TRANSIENT_DB_ERRORS,
-    TRANSIENT_REDIS_ERRORS,
     Dependencies,
     Stopping,
 )
 from cryptex_dbproc.markets import Markets
 from cryptex_dbproc.migrate import migrate
 from cryptex_dbproc.observability import observe_round
-from cryptex_dbproc.reader import RawEntry, RawRound, StreamReader
+from cryptex_dbproc.reader import RawRound, StreamReader
 from cryptex_dbproc.rounds import (
-    INLINE_DECODE_BYTES,
     DecodedRound,
-    Item,
     RoundResult,
     decode,
     decode_round,
 )
 from cryptex_dbproc.settings import DbprocSettings
 from cryptex_dbproc.writer import RoundWriter
-
-__all__ = [
-    "DATA_DB_ERRORS", "INLINE_DECODE_BYTES", "TRANSIENT_DB_ERRORS", "TRANSIENT_REDIS_ERRORS",
-    "DbProcessor", "DecodedRound", "Item", "RawEntry", "RoundResult", "Stopping",
-]
 
 log = logging.getLogger(__name__)
 
