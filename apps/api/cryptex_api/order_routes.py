@@ -30,7 +30,7 @@ from cryptex_common.ledger import Enqueued, enqueue_call, enqueued, ledger_scrip
 from cryptex_common.markets import MarketSpec
 from cryptex_common.messages import TERMINAL_STATUSES, CancelAllCommand, OrderRecord, ReplyType
 from cryptex_common.money import format_units, to_steps
-from cryptex_common.registry import _s
+from cryptex_common.resp import as_text
 from cryptex_common.wire import WireFormat
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ class OrderHandlers:
             found = await api.command("GET", keys.client_order_key(user_id, str(ref.client_order_id)))
             if not found:
                 raise CryptexError(ErrorCode.ORDER_NOT_FOUND, "no order with this clientOrderId", "clientOrderId")
-            order_id = int(_s(found))
+            order_id = int(as_text(found))
         raw = await api.command("HGET", keys.order_key(order_id), "r")
         rec = orjson.loads(raw) if raw else None
         if rec is None or rec.get("userId") != user_id:  # another user's order is "not found" to you
@@ -236,7 +236,7 @@ class OrderHandlers:
             found = await self.api.redis.get(keys.client_order_key(user_id, str(ref.client_order_id)))
             if not found:
                 raise CryptexError(ErrorCode.ORDER_NOT_FOUND, "no order with this clientOrderId", "clientOrderId")
-            order_id = int(_s(found))
+            order_id = int(as_text(found))
         rec, owner = await self.api.load_order(order_id)
         if rec is None or owner != user_id:  # another user's order is "not found" to you
             raise CryptexError(ErrorCode.ORDER_NOT_FOUND, f"order {order_id} not found", "orderId")
@@ -254,7 +254,7 @@ class OrderHandlers:
         ids = await api.redis.zrange(keys.open_orders_key(user_id), 0, 999)
         pipe = api.redis.pipeline(transaction=False)
         for order_id in ids:
-            pipe.hget(keys.order_key(_s(order_id)), "r")
+            pipe.hget(keys.order_key(as_text(order_id)), "r")
         out = []
         for raw_rec in await pipe.execute():
             if raw_rec:

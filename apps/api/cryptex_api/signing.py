@@ -24,7 +24,7 @@ from cryptex_api.responses import RateLimited
 from cryptex_api.settings import ApiSettings
 from cryptex_common import auth, keys
 from cryptex_common.errors import CryptexError, ErrorCode
-from cryptex_common.registry import _s
+from cryptex_common.resp import as_text
 
 API_KEY_CACHE_TTL_S = 60.0  # a key deleted or re-pointed in Redis stops working within this
 API_KEY_CACHE_MAX = 100_000
@@ -96,11 +96,11 @@ class Authenticator:
         if wait_s > 0:
             raise RateLimited(wait_s, "too many unknown API keys from this client address")
         user_id = await self.redis.get(keys.api_key_key(api_key))
-        secret = await self.redis.hget(keys.user_key(_s(user_id)), "apiSecret") if user_id else None
+        secret = await self.redis.hget(keys.user_key(as_text(user_id)), "apiSecret") if user_id else None
         if not user_id or not secret:
             self.key_misses.take(address)
             raise CryptexError(ErrorCode.UNAUTHORIZED, "unknown API key", "X-CX-KEY")
-        user = (_s(user_id), _s(secret).encode(), time.monotonic() + API_KEY_CACHE_TTL_S)
+        user = (as_text(user_id), as_text(secret).encode(), time.monotonic() + API_KEY_CACHE_TTL_S)
         if len(self.api_keys) >= API_KEY_CACHE_MAX:
             self.api_keys.clear()
         self.api_keys[api_key] = user

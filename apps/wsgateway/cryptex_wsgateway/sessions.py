@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 import cryptex_common.metrics as metrics
 from cryptex_common import keys
 from cryptex_common.auth import WS_AUTH_PATH, signature_matches, timestamp_fresh
+from cryptex_common.resp import as_text
 from cryptex_wsgateway.fanout import Connection, Hub
 from cryptex_wsgateway.market_data import MarketData
 from cryptex_wsgateway.private import PrivateFeed
@@ -272,10 +273,10 @@ class Sessions:
         user_id = await self.redis.get(keys.api_key_key(api_key))
         if user_id is None:
             raise RequestFailed("UNAUTHORIZED", "unknown API key")
-        uid = _text(user_id)
+        uid = as_text(user_id)
         secret = await self.redis.hget(keys.user_key(uid), "apiSecret")
         if secret is None or not signature_matches(
-            _text(secret), ts, "GET", WS_AUTH_PATH, b"", signature
+            as_text(secret), ts, "GET", WS_AUTH_PATH, b"", signature
         ):
             raise RequestFailed("BAD_SIGNATURE", "signature does not match")
         if not await self.redis.set(keys.signature_key(signature), 1, nx=True, px=10_000):
@@ -293,8 +294,6 @@ class Sessions:
                 spawn(close_socket(conn, 1000, "idle: no subscription"))
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _request_id(data: str | bytes) -> object:

@@ -21,6 +21,7 @@ from redis.exceptions import WatchError
 from cryptex_common import keys
 from cryptex_common.markets import MarketSpec
 from cryptex_common.messages import ConfigureMarketCommand
+from cryptex_common.resp import as_text
 
 IMMUTABLE_FIELDS = (
     "symbol", "base_asset", "base_decimals", "quote_asset", "quote_decimals", "tick_size",
@@ -37,13 +38,9 @@ class ImmutableFieldChanged(ValueError):
     pass
 
 
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
-
-
 async def load_markets(redis: Redis) -> dict[str, MarketSpec]:
     raw = await redis.hgetall(keys.MARKETS_HASH)
-    return {_s(k): MarketSpec.model_validate_json(v) for k, v in raw.items()}
+    return {as_text(k): MarketSpec.model_validate_json(v) for k, v in raw.items()}
 
 
 async def get_market(redis: Redis, symbol: str) -> MarketSpec | None:

@@ -38,6 +38,11 @@ def _pack(*args: Any) -> bytes:
     return hiredis.pack_command(args)
 
 
+def as_text(value: bytes | str) -> str:
+    """A Redis reply string as str, whichever client (decoding or not) returned it."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def supports(url: str) -> bool:
     """True when `url` is a plain redis:// or unix:// URL (no TLS)."""
     return url.startswith(("redis://", "unix://"))
