@@ -128,6 +128,11 @@ def signature_key(signature: str) -> str:
     return f"sig:{signature}"
 
 
+def listen_key(key: str) -> str:
+    """Binance facade listen key -> user id (cryptex_common.binance.LISTEN_KEY_TTL_S)."""
+    return f"listenkey:{key}"
+
+
 def user_channel(user_id: str) -> str:
     """Private updates (orders, fills, balances) for one user, read by wsgateway."""
     return f"user@{user_id}"
