@@ -1,7 +1,7 @@
 """Copy what the chart needs from elsewhere into the chart (Helm's .Files cannot reach
-outside it), so that the copies are plain files the chart packages.
+outside it), so that the copies are plain files the chart packages. (The shared template
+helpers are not copied: they live once in the library chart charts/cryptex/charts/cryptex-lib.)
 
-- charts/cryptex/templates/_lib.tpl -> every subchart's templates/_lib.tpl;
 - monitoring/grafana/dashboards/*.json -> charts/cryptex/files/dashboards/;
 - monitoring/prometheus/**/*.y*ml holding rule `groups` -> charts/cryptex/files/prometheus/;
 - monitoring/promtail/promtail.yaml -> charts/cryptex/files/promtail/.
@@ -36,10 +36,6 @@ def _is_rules_file(path: Path) -> bool:
 def wanted() -> dict[Path, bytes]:
     """Every copy the chart should hold: destination -> content."""
     copies: dict[Path, bytes] = {}
-    lib = (CHART / "templates" / "_lib.tpl").read_bytes()
-    for sub in sorted((CHART / "charts").iterdir()):
-        if (sub / "Chart.yaml").exists():
-            copies[sub / "templates" / "_lib.tpl"] = lib
     for src in sorted((MONITORING / "grafana" / "dashboards").glob("*.json")):
         copies[CHART / "files" / "dashboards" / src.name] = src.read_bytes()
     prom = MONITORING / "prometheus"

@@ -1,4 +1,5 @@
-"""The chart's copies (helpers in each subchart, monitoring files) equal their sources.
+"""The chart's copies of the monitoring files equal their sources; the shared template helpers
+exist once, in the library chart every subchart depends on (no copies to keep in step).
 
 If monitoring/ has no dashboards or rules yet, there is nothing to copy and nothing to
 check beyond that; whatever JSON/YAML exists must parse.
@@ -7,6 +8,8 @@ check beyond that; whatever JSON/YAML exists must parse.
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,12 +26,35 @@ def test_copies_are_in_sync() -> None:
     assert proc.returncode == 0, f"run `python charts/sync.py`:\n{proc.stderr}"
 
 
-def test_every_subchart_carries_the_helpers() -> None:
-    lib = (ROOT / "charts/cryptex/templates/_lib.tpl").read_text()
-    subcharts = [p for p in (ROOT / "charts/cryptex/charts").iterdir() if p.is_dir()]
+def test_helpers_live_once_in_the_library_chart() -> None:
+    """One library chart defines the helpers; the umbrella and every subchart depend on it,
+    each subchart through a symlink to that one directory, and no chart defines a helper of
+    its own under the library's names (Helm's template names are global: a stale copy would
+    silently win or lose)."""
+    charts = ROOT / "charts" / "cryptex"
+    lib_dir = charts / "charts" / "cryptex-lib"
+    lib_meta = yaml.safe_load((lib_dir / "Chart.yaml").read_text())
+    assert lib_meta["type"] == "library" and lib_meta["name"] == "cryptex-lib"
+    lib_names = set(re.findall(r'define "([^"]+)"', (lib_dir / "templates" / "_lib.tpl").read_text()))
+    assert {"cryptex.fullname", "cryptex.labels", "cryptex.image", "cryptex.probes"} <= lib_names
+
+    umbrella = yaml.safe_load((charts / "Chart.yaml").read_text())
+    assert {"name": "cryptex-lib", "version": lib_meta["version"]} in umbrella["dependencies"]
+    subcharts = [p for p in (charts / "charts").iterdir() if p.is_dir() and p != lib_dir]
     assert {p.name for p in subcharts} == {"api", "wsgateway", "engine", "dbproc", "operator"}
     for sub in subcharts:
-        assert (sub / "templates/_lib.tpl").read_text() == lib, sub.name
+        deps = yaml.safe_load((sub / "Chart.yaml").read_text()).get("dependencies", [])
+        assert {"name": "cryptex-lib", "version": lib_meta["version"],
+                "repository": "file://../cryptex-lib"} in deps, sub.name
+        link = sub / "charts" / "cryptex-lib"
+        assert link.is_symlink() and link.resolve() == lib_dir.resolve(), sub.name
+    templates = [Path(d) / f for d, _, files in os.walk(charts) for f in files  # not via symlinks
+                 if Path(d).name == "templates" and lib_dir not in Path(d).parents]
+    assert len(templates) > 20, templates
+    for tpl in templates:
+        own = set(re.findall(r'define "([^"]+)"', tpl.read_text()))
+        assert not own & lib_names, f"{tpl} redefines {own & lib_names}: use the library's"
+        assert tpl.name != "_lib.tpl", f"{tpl}: a copy of the library's helpers"
 
 
 def test_packaged_monitoring_files_parse() -> None:

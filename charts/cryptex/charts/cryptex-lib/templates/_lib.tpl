@@ -1,7 +1,8 @@
 {{/*
-Shared helpers. The source is charts/cryptex/templates/_lib.tpl; charts/sync.py copies it
-into every subchart (a subchart is linted on its own, so it must carry its helpers), and a
-test checks the copies are identical. Identical copies make Helm's global template names safe.
+Shared helpers, defined once in this library chart (type: library: it renders nothing).
+The umbrella and every component subchart list it under `dependencies` (repository
+file://../cryptex-lib); each subchart reaches it through the symlink charts/cryptex-lib, so
+every subchart still lints and renders on its own, and `helm package` stores the contents.
 */}}
 
 {{/* The chart's name. */}}
