@@ -519,6 +519,30 @@ def finish_profiles(started: list[tuple[str, subprocess.Popen[bytes], Path]]) ->
     return cpu, lines
 
 
+def redis_commandstats(port: int) -> dict[str, tuple[int, int]]:
+    """Redis' own accounting, `INFO commandstats`: command -> (calls, µs inside it). A
+    script's inner commands are counted both in their own rows and in its EVALSHA row."""
+    import redis  # the bench's own venv holds it
+
+    try:
+        with redis.Redis(port=port, socket_timeout=5) as client:
+            info = client.info("commandstats")
+    except redis.RedisError:
+        return {}
+    return {name.removeprefix("cmdstat_"): (int(row["calls"]), int(row["usec"])) for name, row in info.items()}
+
+
+def commandstats_delta(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
+                       orders: int) -> list[tuple[str, float, float]]:
+    """(command, calls per order, µs per order) over a level, largest time first."""
+    rows = []
+    for name, (calls, usec) in after.items():
+        c0, u0 = before.get(name, (0, 0))
+        if calls > c0 and orders:
+            rows.append((name, (calls - c0) / orders, (usec - u0) / orders))
+    return sorted(rows, key=lambda r: -r[2])
+
+
 # --- one level ---------------------------------------------------------------------------------
 def level(args: argparse.Namespace, wrk: str, stack: Stack, procs: Procs, ws: WsClients, users_file: Path,
           clients: int, workdir: Path, round_: int = 0) -> dict[str, Any]:
@@ -531,10 +555,12 @@ def level(args: argparse.Namespace, wrk: str, stack: Stack, procs: Procs, ws: Ws
     ws.ask("mark")
     load0 = os.getloadavg()
     before = cpu_sample(tracked)
+    redis_before = redis_commandstats(stack.redis_port)
     profiles = start_profiles({**procs.python_services(), "ws-clients": ws.proc.pid}, args.seconds) \
         if profiling else []
     res = run_wrk(wrk, stack.api, clients, args.seconds, users_file, out)
     after = cpu_sample(tracked)
+    redis_after = redis_commandstats(stack.redis_port)
     ws_report = json.loads(ws.ask("report") or "{}")
     lag_ms, last_trade = candle_lag_ms(stack.api)
     after_db = cpu_sample(tracked)
@@ -583,6 +609,7 @@ def level(args: argparse.Namespace, wrk: str, stack: Stack, procs: Procs, ws: Ws
         "candle_lag_ms": lag_ms, "last_trade_id": last_trade,
         "profiled": profiling, "profiles": profile_lines,
         "restarted": restarted,
+        "redis_commands": commandstats_delta(redis_before, redis_after, n),
     }
     return result
 
@@ -618,6 +645,9 @@ def print_level(r: dict[str, Any]) -> None:
     ws = r["ws_lag_ms"]
     parts = [f"{k} n={v['count']:,} p50 {v['p50']:.1f} p99 {v['p99']:.1f} max {v['max']:.1f}"
              for k, v in ws.items() if isinstance(v, dict)]
+    if r.get("redis_commands"):
+        print("  redis by command, calls and µs per order: " + ", ".join(
+            f"{name} {calls:.2f}x {us:.0f}" for name, calls, us in r["redis_commands"][:8]))
     print("  WebSocket lag ms: " + ("; ".join(parts) or "no messages") +
           (f"  closed sockets {ws['closed']}" if ws.get("closed") else "") +
           (f"  errors {ws['errors']}" if ws.get("errors") else ""))
