@@ -26,21 +26,10 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from cryptex_common.messages import EVENT_BATCH_ADAPTER, EventBatch
+from cryptex_common.stream_ids import StreamId
 
-StreamId = tuple[int, int]
 Batch = dict[str, Any]  # an EventBatch dumped: mode="json", by_alias=True
-ZERO_ID: StreamId = (0, 0)
 MAX_REASON_CHARS = 500
-
-
-def parse_stream_id(raw: bytes | str) -> StreamId:
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    ms, _, seq = text.partition("-")
-    return (int(ms), int(seq or 0))
-
-
-def format_stream_id(sid: StreamId) -> str:
-    return f"{sid[0]}-{sid[1]}"
 
 
 @dataclass(frozen=True, slots=True)

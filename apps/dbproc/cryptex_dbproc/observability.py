@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 import cryptex_common.metrics as metrics
-from cryptex_dbproc.decode import format_stream_id
+from cryptex_common import stream_ids
 
 if TYPE_CHECKING:
     from cryptex_dbproc.reader import RawRound
@@ -53,4 +53,4 @@ def observe_round(raw: RawRound, result: RoundResult, started: float) -> None:
     log.info("round written", extra={
         "trades": result.stats.trades, "orders": result.stats.orders,
         "deadLetters": result.dead_letters, "skipped": result.skipped,
-        "lastIds": {m: format_stream_id(entries[-1][0]) for m, entries in raw.items() if entries}})
+        "lastIds": {m: stream_ids.text(entries[-1][0]) for m, entries in raw.items() if entries}})

@@ -21,8 +21,8 @@ from typing import Any
 
 import redis.exceptions as redis_errors
 
-from cryptex_common import keys
-from cryptex_dbproc.decode import StreamId, format_stream_id, parse_stream_id
+from cryptex_common import keys, stream_ids
+from cryptex_common.stream_ids import StreamId
 from cryptex_dbproc.deps import Dependencies
 from cryptex_dbproc.markets import Markets
 
@@ -48,7 +48,7 @@ class StreamReader:
         out: RawRound = {}
         for stream, entries in pairs:
             name = stream.decode() if isinstance(stream, bytes) else stream
-            out[self.markets.stream_market[name]] = [(parse_stream_id(i), f) for i, f in entries]
+            out[self.markets.stream_market[name]] = [(stream_ids.parse(i), f) for i, f in entries]
         return out
 
     async def _read_pending(self) -> RawRound:
@@ -62,7 +62,7 @@ class StreamReader:
         for market in list(self.pending_from):
             entries = got.get(market) or []
             if entries:
-                self.pending_from[market] = format_stream_id(entries[-1][0])
+                self.pending_from[market] = stream_ids.text(entries[-1][0])
                 result[market] = entries
             else:
                 del self.pending_from[market]

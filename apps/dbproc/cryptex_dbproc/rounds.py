@@ -17,8 +17,9 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from cryptex_common import stream_ids
 from cryptex_dbproc import store
-from cryptex_dbproc.decode import ZERO_ID, Batch, Decoded, Malformed, decode_entry
+from cryptex_dbproc.decode import Batch, Decoded, Malformed, decode_entry
 from cryptex_dbproc.reader import RawRound
 
 log = logging.getLogger("cryptex_dbproc.processor")  # the name log lines always carried
@@ -107,5 +108,5 @@ def plan_round(items: Items, cursors: dict[str, store.Cursor]) -> RoundPlan:
     """The cursor rule (module doc) applied to every market of the round, in order."""
     plan = RoundPlan()
     for market, market_items in items.items():
-        _plan_market(plan, market, market_items, cursors.get(market, store.Cursor(ZERO_ID, 0)))
+        _plan_market(plan, market, market_items, cursors.get(market, store.Cursor(stream_ids.ZERO_ID, 0)))
     return plan

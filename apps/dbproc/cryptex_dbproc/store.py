@@ -34,8 +34,9 @@ from typing import Any
 import asyncpg
 
 from cryptex_common.markets import MarketSpec
+from cryptex_common.stream_ids import StreamId
 from cryptex_dbproc.candles import FIRST_MONDAY_MS, INTERVAL_MS, MINUTE_MS
-from cryptex_dbproc.decode import Batch, StreamId
+from cryptex_dbproc.decode import Batch
 
 TRADE_COLUMNS = (
     "market", "trade_id", "seq", "ts_ms", "price_ticks", "quantity_lots", "quote_units",

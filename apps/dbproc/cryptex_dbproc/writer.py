@@ -20,9 +20,9 @@ import time
 
 import asyncpg
 
-from cryptex_common import keys, metrics
+from cryptex_common import keys, metrics, stream_ids
 from cryptex_dbproc import store
-from cryptex_dbproc.decode import Decoded, Malformed, format_stream_id
+from cryptex_dbproc.decode import Decoded, Malformed
 from cryptex_dbproc.deps import DATA_DB_ERRORS, Dependencies
 from cryptex_dbproc.markets import Markets
 from cryptex_dbproc.observability import TABLES, observe_lag
@@ -43,7 +43,7 @@ class RoundWriter:
         await self.deps.redis.xadd(
             keys.dead_letter_stream(market),
             {
-                "id": format_stream_id(item.stream_id),
+                "id": stream_ids.text(item.stream_id),
                 "market": market,
                 "reason": item.reason,
                 "b": item.raw,
@@ -54,7 +54,7 @@ class RoundWriter:
         metrics.DBPROC_DEAD_LETTERS.labels(market).inc()
         log.warning(
             "malformed event dead-lettered",
-            extra={"market": market, "streamId": format_stream_id(item.stream_id),
+            extra={"market": market, "streamId": stream_ids.text(item.stream_id),
                    "reason": item.reason},
         )
 
@@ -144,7 +144,7 @@ class RoundWriter:
         async def ack() -> None:
             async with self.deps.redis.pipeline(transaction=False) as pipe:
                 for market, entries in raw.items():
-                    ids = [format_stream_id(sid) for sid, _ in entries]
+                    ids = [stream_ids.text(sid) for sid, _ in entries]
                     pipe.xack(keys.events_stream(market), keys.DBPROC_GROUP, *ids)
                 await pipe.execute()
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import orjson
 
-from cryptex_common import ledger
+from cryptex_common import ledger, stream_ids
 from cryptex_common.markets import MarketSpec, SelfTradePrevention
 from cryptex_common.messages import (
     COMMAND_ADAPTER,
@@ -76,10 +76,6 @@ class Decoded:
     request_id: str | None = None
     correlation_id: str | None = None
     unreadable: Unreadable | None = None  # what an undecodable order entry still tells
-
-
-def stream_ts_ms(stream_id: str) -> int:
-    return int(stream_id.split("-", 1)[0])
 
 
 _SIDES = {s.value: s for s in Side}
@@ -165,7 +161,7 @@ def _fast_place(stream_id: str, ts_ms: int, doc: dict[str, Any], user_id: str, r
 
 def decode_entry(stream_id: str, fields: dict[str, str]) -> Decoded:
     """Raises ValueError/pydantic.ValidationError for an entry that is not a command."""
-    ts_ms = stream_ts_ms(stream_id)
+    ts_ms = stream_ids.ts_ms(stream_id)
     raw = fields["c"]
     fast = _fast_decode(stream_id, ts_ms, raw, fields)
     if fast is not None:
@@ -244,7 +240,7 @@ def reject_unreadable(stream_id: str, fields: dict[str, str], spec: MarketSpec) 
         correlation_id=_pick(doc, "correlationId", str),
     )
     command = RejectOrder(order_id, user_id, side, asset, units, REASON_UNSUPPORTED)
-    return Decoded(stream_id, stream_ts_ms(stream_id), "unsupported", command, order_id,
+    return Decoded(stream_id, stream_ids.ts_ms(stream_id), "unsupported", command, order_id,
                    wire.reply_to, wire.request_id, wire.correlation_id, wire)
 
 

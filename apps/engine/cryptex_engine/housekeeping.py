@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
-from cryptex_common import keys, metrics
+from cryptex_common import keys, metrics, stream_ids
 
 if TYPE_CHECKING:
     from cryptex_engine.service import EngineService
@@ -31,18 +31,6 @@ log = logging.getLogger("cryptex.engine")
 
 class StreamTrimmed(RuntimeError):
     """The command stream no longer holds what this state needs (no valid snapshot)."""
-
-
-def id_tuple(stream_id: str) -> tuple[int, int]:
-    ms, _, n = stream_id.partition("-")
-    return int(ms), int(n or 0)
-
-
-def min_stream_id(*ids: str | None) -> str | None:
-    """The smallest of the given stream ids; None if any is None (unknown = keep all)."""
-    if not ids or any(i is None for i in ids):
-        return None
-    return min((i for i in ids if i is not None), key=id_tuple)
 
 
 async def stream_gap_after(redis: Redis, stream: str, from_id: str) -> str | None:
@@ -61,9 +49,9 @@ async def stream_gap_after(redis: Redis, stream: str, from_id: str) -> str | Non
     first_id = first[0] if first else info.get("last-generated-id") or "0-0"
     if isinstance(first_id, bytes):
         first_id = first_id.decode()
-    if first is None and id_tuple(first_id) <= id_tuple(from_id):
+    if first is None and stream_ids.parse(first_id) <= stream_ids.parse(from_id):
         return None  # emptied up to its last entry, which this state already includes
-    if first is not None and id_tuple(first_id) <= id_tuple(from_id):
+    if first is not None and stream_ids.parse(first_id) <= stream_ids.parse(from_id):
         return None
     return f"{stream} was trimmed ({added - length} entries removed, first left {first_id}) past {from_id}"
 
@@ -130,7 +118,7 @@ class Housekeeping:
         info = await self.redis.xinfo_stream(self.stream)
         added = int(info.get("entries-added") or 0)
         last_generated = info.get("last-generated-id") or "0-0"
-        if id_tuple(last_generated) <= id_tuple(last_id):
+        if stream_ids.parse(last_generated) <= stream_ids.parse(last_id):
             return added
         after = await self.redis.xrange(self.stream, min=f"({last_id}", max=last_generated)
         return added - len(after)
@@ -174,10 +162,10 @@ class Housekeeping:
                 positions.append(summary.get("min"))
             else:
                 positions.append(g["last-delivered-id"])
-        return min_stream_id(*positions)
+        return stream_ids.min_id(*positions)
 
     def _minid_with_margin(self, minid: str) -> str:
-        ms = id_tuple(minid)[0]
+        ms = stream_ids.parse(minid)[0]
         margin = self.settings.trim_margin_ms
         return minid if margin <= 0 else f"{max(0, ms - margin)}-0"
 
@@ -188,7 +176,7 @@ class Housekeeping:
         dbproc group exists. Both keep `trim_margin_ms` more of history."""
         removed = {"commands": 0, "events": 0}
         acked = await self.acked_position(self.stream, keys.ENGINE_GROUP)
-        minid = min_stream_id(self.owner.snapshots.stored_id, acked)
+        minid = stream_ids.min_id(self.owner.snapshots.stored_id, acked)
         if minid is not None:
             removed["commands"] = int(await self.redis.xtrim(
                 self.stream, minid=self._minid_with_margin(minid), approximate=False))
@@ -212,7 +200,7 @@ class Housekeeping:
         if lag:
             nxt = await self.redis.xrange(self.stream, min=f"({self.owner.last_stream_id}", count=1)
             if nxt:
-                age = max(0.0, time.time() - int(nxt[0][0].split("-")[0]) / 1000)
+                age = max(0.0, time.time() - stream_ids.ts_ms(nxt[0][0]) / 1000)
         m.oldest_age.set(age)
         m.snapshot_age.set(time.monotonic() - self.owner.snapshots.at)
 

@@ -34,7 +34,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
-from cryptex_common import keys, registry, resp
+from cryptex_common import keys, registry, resp, stream_ids
 from cryptex_common.ledger import (
     Ledger,
     SettleResult,
@@ -45,11 +45,7 @@ from cryptex_engine.decode import Decoded, read_entry
 from cryptex_engine.domain.commands import CommandResult
 from cryptex_engine.domain.matching import MatchingEngine
 from cryptex_engine.domain.ticker import RollingTicker
-from cryptex_engine.housekeeping import (
-    Housekeeping,
-    StreamTrimmed,
-    id_tuple,
-)
+from cryptex_engine.housekeeping import Housekeeping, StreamTrimmed
 from cryptex_engine.lease import Fenced, Lease
 from cryptex_engine.market_data import MarketData
 from cryptex_engine.observe import EngineMetrics, log_commands
@@ -202,7 +198,7 @@ class EngineService:
     async def dead_letter(self, stream_id: str, error: str, rejected: bool) -> None:
         """Copy an undecodable entry's id and error to the dead-letter stream under the same
         stream id, so a replay of it adds nothing (XADD refuses an id not above the last)."""
-        if self._dead_lettered_upto and id_tuple(stream_id) <= id_tuple(self._dead_lettered_upto):
+        if self._dead_lettered_upto and stream_ids.parse(stream_id) <= stream_ids.parse(self._dead_lettered_upto):
             return
         log.error("undecodable command" + (": order rejected, lock released" if rejected else " skipped"),
                   extra={"market": self.symbol, "streamId": stream_id, "error": error})
