@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 
 from cryptex_api import params
 from cryptex_api.admin_routes import AdminHandlers
+from cryptex_api.binance import add_routes as add_binance_routes
 from cryptex_api.middleware import errors_and_metrics, order_route, private, public
 from cryptex_api.order_routes import OrderHandlers
 from cryptex_api.public_routes import PublicHandlers
@@ -231,6 +232,7 @@ def create_app(api: Api) -> web.Application:
                           ("trades", pub.trades), ("ticker", pub.ticker), ("tickers", pub.tickers),
                           ("time", pub.server_time), ("openapi.json", pub.openapi)):
         r.add_get(f"{PREFIX}/{path}", public(api, handler))
+    add_binance_routes(app, api)  # /api/v3: the Binance-compatible facade (docs/binance-compat.md)
     runtime.add_ops_routes(app, api.ready, with_metrics=False)  # /metrics: the ops port only
     if STATIC_DIR.is_dir():  # the browser trading page (plain modules, no build step)
         r.add_get("/", public(api, _index))
