@@ -23,8 +23,8 @@ from cryptex_api import params
 from cryptex_api.orders import CLIENT_ORDER_ID, cancel_command_json, market_field, validate_order
 from cryptex_api.replies import Reply
 from cryptex_api.responses import GuardChecked, json_response
-from cryptex_api.signing import REPLAY_GUARD_MS
 from cryptex_common import keys, metrics
+from cryptex_common.auth import REPLAY_GUARD_MS
 from cryptex_common.errors import CryptexError, ErrorCode
 from cryptex_common.ledger import Enqueued, enqueue_call, enqueued, ledger_script_source
 from cryptex_common.markets import MarketSpec

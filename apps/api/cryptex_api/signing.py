@@ -23,12 +23,12 @@ from cryptex_api.ratelimit import TokenBuckets
 from cryptex_api.responses import RateLimited
 from cryptex_api.settings import ApiSettings
 from cryptex_common import auth, keys
+from cryptex_common.auth import REPLAY_GUARD_MS
 from cryptex_common.errors import CryptexError, ErrorCode
 from cryptex_common.resp import as_text
 
 API_KEY_CACHE_TTL_S = 60.0  # a key deleted or re-pointed in Redis stops working within this
 API_KEY_CACHE_MAX = 100_000
-REPLAY_GUARD_MS = 2 * auth.TIMESTAMP_WINDOW_MS
 
 
 class Authenticator:

@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 
 import cryptex_common.metrics as metrics
 from cryptex_common import keys
-from cryptex_common.auth import WS_AUTH_PATH, signature_matches, timestamp_fresh
+from cryptex_common.auth import REPLAY_GUARD_MS, WS_AUTH_PATH, signature_matches, timestamp_fresh
 from cryptex_common.resp import as_text
 from cryptex_wsgateway.fanout import Connection, Hub
 from cryptex_wsgateway.market_data import MarketData
@@ -279,7 +279,7 @@ class Sessions:
             as_text(secret), ts, "GET", WS_AUTH_PATH, b"", signature
         ):
             raise RequestFailed("BAD_SIGNATURE", "signature does not match")
-        if not await self.redis.set(keys.signature_key(signature), 1, nx=True, px=10_000):
+        if not await self.redis.set(keys.signature_key(signature), 1, nx=True, px=REPLAY_GUARD_MS):
             raise RequestFailed("REPLAYED_REQUEST", "this signature was already used")
         if conn.user_id is not None and conn.user_id != uid:
             raise RequestFailed("FORBIDDEN", "socket is already authenticated as another user")

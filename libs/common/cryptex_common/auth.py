@@ -14,6 +14,9 @@ import hashlib
 import hmac
 
 TIMESTAMP_WINDOW_MS = 5_000
+# A timestamp is accepted from window ms behind to window ms ahead of the server clock, so
+# one signature can be presented over 2 * window ms: its replay guard lives that long.
+REPLAY_GUARD_MS = 2 * TIMESTAMP_WINDOW_MS
 WS_AUTH_PATH = "/ws"
 
 

@@ -367,7 +367,7 @@ class Ledger:
         def row(asset: str) -> dict[str, int]:
             return report.setdefault(asset, {"held": 0, "deposits": 0, "withdrawals": 0})
 
-        async for key in self.redis.scan_iter(match="balance:*", count=1000):
+        async for key in self.redis.scan_iter(match=keys.balance_key("*"), count=1000):
             for field, value in (await self.redis.hgetall(key)).items():
                 asset, _kind = _s(field).rsplit(":", 1)
                 row(asset)["held"] += int(_s(value))
