@@ -50,6 +50,7 @@ from redis.exceptions import RedisError
 import cryptex_common.metrics as metrics
 from cryptex_common import keys
 from cryptex_common.runtime import add_ops_routes
+from cryptex_wsgateway.binance import add_binance_routes
 from cryptex_wsgateway.book import DepthTracker
 from cryptex_wsgateway.fanout import Connection, Hub
 from cryptex_wsgateway.market_data import MarketData
@@ -157,6 +158,7 @@ class Gateway:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/ws", self.ws_handler)
+        add_binance_routes(app, self)  # the Binance-compatible facade under /binance
         # the chart's probes use this port; /metrics is on the ops port only (__main__)
         add_ops_routes(app, self.is_ready, with_metrics=False)
 

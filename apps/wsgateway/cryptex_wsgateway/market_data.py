@@ -175,11 +175,11 @@ class MarketData:
         if not builders:
             return
         parsed = parse_trades(trades)  # once, not once per interval
-        subs = self.publisher.subs
+        wanted = self.publisher.wanted
         for builder in builders:
             topic = f"kline_{builder.interval}@{market}"
             # every candle is kept up to date; its message is built only for subscribers
-            for msg in builder.fold(parsed, report=bool(subs.subscribers(topic))):
+            for msg in builder.fold(parsed, report=wanted(topic)):
                 self.publisher.publish(topic, "kline", msg)
 
     def _on_ticker(self, market: str, raw: bytes) -> None:

@@ -95,8 +95,8 @@ class PrivateFeed:
             await self.upstream.pubsub.unsubscribe(channel)
 
     def _follows(self, user_id: str) -> bool:
-        subs = self.publisher.subs
-        return any(subs.subscribers(private_topic(s, user_id)) for s in PRIVATE_STREAMS)
+        wanted = self.publisher.wanted  # a socket's subscription or a tap (Binance user data)
+        return any(wanted(private_topic(s, user_id)) for s in PRIVATE_STREAMS)
 
     async def _register(self, user_ids: list[str]) -> None:
         """Tell the engines these users have live private subscriptions (keys.PRIVATE_SUBSCRIBERS,
@@ -137,7 +137,7 @@ class PrivateFeed:
     def refresh_balances(self, user_id: str, assets: list[str]) -> None:
         """Push absolute balances read from Redis; one read in flight per user, so the
         last message a subscriber gets is never older than the last hint."""
-        if not self.publisher.subs.subscribers(private_topic("user.balances", user_id)):
+        if not self.publisher.wanted(private_topic("user.balances", user_id)):
             return
         pending = self._balance_dirty.get(user_id)
         if pending is not None:

@@ -1,0 +1,197 @@
+"""Binance market streams on the gateway's own data: taps on the native topics, translated
+once per Binance stream and fanned out through the gateway's `Hub`.
+
+Invariants:
+- a native topic carries a tap exactly while some Binance socket follows a stream derived
+  from it (`by_native`), so nothing is translated for a stream nobody follows and native
+  sockets are served exactly as before;
+- each payload is encoded once per delivery form: bare (a `/ws` socket) and wrapped as
+  `{"stream","data"}` (a combined socket); every subscriber gets the same bytes;
+- a new subscriber first gets what Binance would send it soon anyway: the current partial
+  book, ticker, bookTicker or open candle (nothing for diff depth, trades);
+- partial-book streams send the book as of the tracker's last forwarded update id, never
+  twice for the same id.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+import cryptex_common.metrics as metrics
+from cryptex_wsgateway.binance import payloads as p
+from cryptex_wsgateway.binance.streams import BinanceStream, parse_binance_stream
+from cryptex_wsgateway.fanout import Connection
+from cryptex_wsgateway.protocol import encode_text_frame
+from cryptex_wsgateway.publisher import now_ms, stream_type
+from cryptex_wsgateway.subscriptions import Subscriptions
+
+if TYPE_CHECKING:
+    from cryptex_wsgateway.gateway import Gateway
+
+log = logging.getLogger("cryptex_wsgateway.binance")
+
+
+def wrap(stream: str, body: bytes) -> bytes:
+    """A combined-stream message around an encoded payload."""
+    return b'{"stream":' + orjson.dumps(stream) + b',"data":' + body + b"}"
+
+
+class PublicFeed:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.subs = Subscriptions()
+        self.combined: set[Connection] = set()  # sockets that get {"stream","data"}
+        self.streams: dict[str, BinanceStream] = {}  # followed Binance name -> stream
+        self.by_native: dict[str, set[str]] = {}  # native topic -> Binance names
+        self._partial_sent: dict[str, int] = {}
+        self._zeros: dict[str, p.Zeros] = {}
+
+    # --- subscriptions ------------------------------------------------------------------
+    def parse(self, names: list[Any]) -> list[BinanceStream]:
+        """Every name parsed (BinanceStreamError on the first bad one)."""
+        markets = self.gw.market.markets
+        return [parse_binance_stream(n, markets) for n in names]
+
+    def subscribe(self, conn: Connection, streams: list[BinanceStream], limit: int) -> list[BinanceStream]:
+        """All or nothing (TooManyStreams); returns the streams newly held by `conn`."""
+        new = set(self.subs.add(conn, [s.name for s in streams], limit))
+        added = []
+        for s in streams:
+            if s.name in new:
+                new.discard(s.name)
+                added.append(s)
+                self._follow(s)
+        return added
+
+    def unsubscribe(self, conn: Connection, names: list[str]) -> None:
+        for name in self.subs.remove(conn, names):
+            self._maybe_unfollow(name)
+
+    def drop(self, conn: Connection) -> None:
+        self.combined.discard(conn)
+        for name in self.subs.drop(conn):
+            self._maybe_unfollow(name)
+
+    def names_of(self, conn: Connection) -> list[str]:
+        return sorted(self.subs.topics_of(conn))
+
+    def _follow(self, s: BinanceStream) -> None:
+        if s.name in self.streams:
+            return
+        self.streams[s.name] = s
+        native = s.native
+        names = self.by_native.setdefault(native, set())
+        names.add(s.name)
+        self.gw.publisher.taps[native] = lambda payload: self._on_native(native, payload)
+
+    def _maybe_unfollow(self, name: str) -> None:
+        if self.subs.subscribers(name):
+            return
+        s = self.streams.pop(name, None)
+        self._partial_sent.pop(name, None)
+        if s is None:
+            return
+        names = self.by_native.get(s.native)
+        if names is not None:
+            names.discard(name)
+            if not names:
+                del self.by_native[s.native]
+                self.gw.publisher.taps.pop(s.native, None)
+
+    # --- data ---------------------------------------------------------------------------
+    def _on_native(self, native: str, payload: Any) -> None:
+        data = orjson.loads(payload) if isinstance(payload, bytes | bytearray) else payload
+        now = now_ms()
+        kind = stream_type(native)
+        for name in list(self.by_native.get(native, ())):
+            stream = self.streams[name]
+            for out in self._translate(stream, data, now):
+                self.send(name, out, kind)
+
+    def _translate(self, s: BinanceStream, data: Any, now: int) -> list[p.Payload]:
+        symbol, channel = s.symbol, s.channel
+        if channel == "depth":
+            update = p.depth_update(symbol, data, now)
+            return [update] if update is not None else []
+        if s.levels is not None:
+            return self._partial(s)
+        if channel == "trade":
+            return [p.trade(symbol, t) for t in data]
+        if channel == "aggTrade":
+            return [p.agg_trade(symbol, t) for t in data]
+        if s.interval is not None:
+            return [p.kline(symbol, data, now)]
+        zeros = self.zeros(s.market)
+        if channel == "miniTicker":
+            return [p.mini_ticker(symbol, data, zeros)]
+        if channel == "ticker":
+            return [p.ticker(symbol, data, self._book_ticker(s.market), zeros)]
+        return [p.book_ticker(symbol, data, zeros)]
+
+    def _partial(self, s: BinanceStream) -> list[p.Payload]:
+        tracker = self.gw.market.trackers.get(s.market)
+        if tracker is None or not tracker.live or s.levels is None:
+            return []
+        if self._partial_sent.get(s.name) == tracker.emitted_u:
+            return []
+        self._partial_sent[s.name] = tracker.emitted_u
+        bids, asks = tracker.book.top(s.levels)
+        return [p.partial_depth(tracker.emitted_u, bids, asks)]
+
+    def _book_ticker(self, market: str) -> dict[str, Any] | None:
+        raw = self.gw.market.last_book_ticker.get(market)
+        return orjson.loads(raw) if raw else None
+
+    def zeros(self, market: str) -> p.Zeros:
+        z = self._zeros.get(market)
+        if z is None:
+            z = self._zeros[market] = p.Zeros(self.gw.market.markets[market])
+        return z
+
+    def send(self, name: str, payload: p.Payload, kind: str) -> None:
+        """Encode once per delivery form and queue on every subscriber of `name`."""
+        conns = self.subs.subscribers(name)
+        if not conns:
+            return
+        body = orjson.dumps(payload)
+        bare = [c for c in conns if c not in self.combined]
+        wrapped = [c for c in conns if c in self.combined]
+        hub = self.gw.hub
+        sent = 0
+        if bare:
+            sent += hub.broadcast(bare, encode_text_frame(body))  # type: ignore[arg-type]
+        if wrapped:
+            sent += hub.broadcast(wrapped, encode_text_frame(wrap(name, body)))  # type: ignore[arg-type]
+        metrics.WS_MESSAGES_SENT.labels(kind).inc(sent)
+
+    def frame_for(self, conn: Connection, name: str, payload: p.Payload) -> bytes:
+        body = orjson.dumps(payload)
+        return encode_text_frame(wrap(name, body) if conn in self.combined else body)
+
+    # --- a new subscriber -----------------------------------------------------------------
+    def initial(self, conn: Connection, s: BinanceStream) -> None:
+        """What a new subscriber gets at once (see the module's invariants)."""
+        payload = self._initial_payload(s)
+        if payload is not None:
+            self.gw.hub.send(conn, self.frame_for(conn, s.name, payload))
+
+    def _initial_payload(self, s: BinanceStream) -> p.Payload | None:
+        market, now = self.gw.market, now_ms()
+        if s.levels is not None:
+            tracker = market.trackers.get(s.market)
+            if tracker is None or not tracker.live:
+                return None
+            bids, asks = tracker.book.top(s.levels)
+            return p.partial_depth(tracker.emitted_u, bids, asks)
+        if s.channel in ("ticker", "miniTicker") and s.market in market.last_ticker:
+            return self._translate(s, orjson.loads(market.last_ticker[s.market]), now)[0]
+        if s.channel == "bookTicker" and s.market in market.last_book_ticker:
+            return self._translate(s, orjson.loads(market.last_book_ticker[s.market]), now)[0]
+        if s.interval is not None:
+            for b in market.klines.get(s.market, ()):
+                if b.interval == s.interval and b.current is not None:
+                    return p.kline(s.symbol, b.current.to_wire(s.market, b.interval, False), now)
+        return None

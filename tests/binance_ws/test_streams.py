@@ -1,0 +1,151 @@
+"""Binance market streams on the real stack with raw WebSocket clients (aiohttp): every
+stream type's payload after a crossing pair, raw and combined delivery, and the live
+SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS / SET_PROPERTY protocol with its errors."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import pytest
+
+from cryptex_client import CryptexClient
+from tests.binance_ws.conftest import SYM, Exchange, call, cross, recv, until
+
+pytestmark = pytest.mark.slow
+
+ALL = [f"{SYM}@{c}" for c in ("trade", "aggTrade", "kline_1m", "miniTicker", "ticker", "bookTicker",
+                              "depth5", "depth10@100ms", "depth20", "depth", "depth@100ms")]
+
+
+def by_stream(msgs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [m["data"] for m in msgs if m.get("stream") == name]
+
+
+async def collect(ws: aiohttp.ClientWebSocketResponse, sink: list[Any]) -> None:
+    async for msg in ws:
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            return
+        sink.append(msg.json())
+
+
+async def test_every_stream_type_after_a_crossing_pair(exchange: Exchange, admin: CryptexClient,
+                                                       session: aiohttp.ClientSession) -> None:
+    combined = await session.ws_connect(f"{exchange.ws}/stream?streams={'/'.join(ALL)}")
+    raw = await session.ws_connect(f"{exchange.ws}/ws/{SYM}@trade")
+    msgs: list[dict[str, Any]] = []
+    raw_msgs: list[dict[str, Any]] = []
+    readers = [asyncio.create_task(collect(combined, msgs)), asyncio.create_task(collect(raw, raw_msgs))]
+    await asyncio.sleep(0.2)
+    _seller, _buyer, sell, buy = await cross(admin, "101.25", "1.500")
+    trade_id = int(buy["fills"][0]["tradeId"])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    wanted = ("trade", "aggTrade", "kline_1m", "miniTicker", "ticker", "bookTicker", "depth5",
+              "depth10@100ms", "depth20", "depth", "depth@100ms")
+    while not all(by_stream(msgs, f"{SYM}@{w}") for w in wanted) or not raw_msgs or \
+            by_stream(msgs, f"{SYM}@ticker")[-1]["c"] != "101.25":
+        assert loop.time() < deadline, {w: len(by_stream(msgs, f"{SYM}@{w}")) for w in wanted}
+        await asyncio.sleep(0.1)
+
+    # @trade: one message per trade, Binance fields; the bare socket gets the same payload
+    trades = [t for t in by_stream(msgs, f"{SYM}@trade") if t["t"] == trade_id]
+    assert len(trades) == 1
+    t = trades[0]
+    assert t == {"e": "trade", "E": t["E"], "s": "SOLUSDC", "t": trade_id, "p": "101.25", "q": "1.500",
+                 "T": t["T"], "m": False, "M": True}
+    assert t in raw_msgs and all("stream" not in m for m in raw_msgs)
+    agg = [a for a in by_stream(msgs, f"{SYM}@aggTrade") if a["a"] == trade_id]
+    assert agg == [{"e": "aggTrade", "E": t["E"], "s": "SOLUSDC", "a": trade_id, "p": "101.25",
+                    "q": "1.500", "f": trade_id, "l": trade_id, "T": t["T"], "m": False, "M": True}]
+    # @kline_1m: the open candle of the trade's minute, closing at the trade's price
+    k = [m["k"] for m in by_stream(msgs, f"{SYM}@kline_1m") if m["k"]["t"] <= t["T"] <= m["k"]["T"]][-1]
+    assert k["s"] == "SOLUSDC" and k["i"] == "1m" and k["c"] == "101.25" and k["x"] is False
+    assert k["T"] - k["t"] == 59_999 and k["n"] >= 1 and Decimal(k["v"]) >= Decimal("1.5")
+    # tickers
+    ticker = by_stream(msgs, f"{SYM}@ticker")[-1]
+    assert ticker["e"] == "24hrTicker" and ticker["s"] == "SOLUSDC" and ticker["c"] == "101.25"
+    assert Decimal(ticker["h"]) >= Decimal("101.25") >= Decimal(ticker["l"])
+    assert Decimal(ticker["p"]) == Decimal(ticker["c"]) - Decimal(ticker["o"])
+    mini = by_stream(msgs, f"{SYM}@miniTicker")[-1]
+    assert mini["e"] == "24hrMiniTicker" and set(mini) == {"e", "E", "s", "c", "o", "h", "l", "v", "q"}
+    assert mini["v"] == ticker["v"] and mini["q"] == ticker["q"]
+    # @bookTicker: the sell order's level appeared on the ask while it rested
+    books = by_stream(msgs, f"{SYM}@bookTicker")
+    assert all(set(b) == {"u", "s", "b", "B", "a", "A"} and b["s"] == "SOLUSDC" for b in books)
+    # diff depth: the sell level added, then removed, each message continuing the previous
+    diffs = by_stream(msgs, f"{SYM}@depth")
+    assert by_stream(msgs, f"{SYM}@depth@100ms") == diffs
+    for prev, nxt in itertools.pairwise(diffs):
+        assert nxt["U"] == prev["u"] + 1 and nxt["pu"] == prev["u"]
+    levels = [lvl for d in diffs for lvl in d["a"] if lvl[0] == "101.25"]
+    assert levels[:1] == [["101.25", "1.500"]] and levels[-1] == ["101.25", "0.000"]
+    assert all(d["e"] == "depthUpdate" and d["s"] == "SOLUSDC" for d in diffs)
+    # partial books: at most N levels, ids growing
+    for n, name in ((5, "depth5"), (10, "depth10@100ms"), (20, "depth20")):
+        books_n = by_stream(msgs, f"{SYM}@{name}")
+        assert all(set(b) == {"lastUpdateId", "bids", "asks"} for b in books_n)
+        assert all(len(b["bids"]) <= n and len(b["asks"]) <= n for b in books_n)
+        ids = [b["lastUpdateId"] for b in books_n]
+        assert ids == sorted(set(ids)), ids
+        assert any(["101.25", "1.500"] in b["asks"] for b in books_n)
+    assert sell["order"]["status"] == "new" and buy["order"]["status"] == "filled"
+    for ws in (combined, raw):
+        await ws.close()
+    for r in readers:
+        r.cancel()
+
+
+async def test_live_subscribe_unsubscribe_and_list(exchange: Exchange, admin: CryptexClient,
+                                                   session: aiohttp.ClientSession) -> None:
+    ws = await session.ws_connect(f"{exchange.ws}/ws/0")  # ccxt.pro's path
+    assert await call(ws, "SUBSCRIBE", [f"{SYM}@trade", "SOLUSDC@bookTicker"], 1) == {"result": None, "id": 1}
+    assert await call(ws, "LIST_SUBSCRIPTIONS", rid=2) == {
+        "result": [f"{SYM}@bookTicker", f"{SYM}@trade"], "id": 2}
+    assert await call(ws, "UNSUBSCRIBE", [f"{SYM}@trade"], 3) == {"result": None, "id": 3}
+    assert await call(ws, "LIST_SUBSCRIPTIONS", rid=4) == {"result": [f"{SYM}@bookTicker"], "id": 4}
+    assert await call(ws, "SUBSCRIBE", [f"{SYM}@aggTrade"], 5) == {"result": None, "id": 5}
+    # after UNSUBSCRIBE no trade comes; the aggTrade subscribed after does
+    _s, _b, _sell, buy = await cross(admin, "99.50", "0.250")
+    trade_id = int(buy["fills"][0]["tradeId"])
+    seen: list[dict[str, Any]] = []
+    agg = await until(ws, lambda m: seen.append(m) or (m.get("e") == "aggTrade" and m["a"] == trade_id))
+    assert agg["p"] == "99.50" and agg["q"] == "0.250"
+    assert not [m for m in seen if m.get("e") == "trade"]
+    # SET_PROPERTY combined: later messages come wrapped
+    assert await call(ws, "GET_PROPERTY", ["combined"], 6) == {"result": False, "id": 6}
+    assert await call(ws, "SET_PROPERTY", ["combined", True], 7) == {"result": None, "id": 7}
+    assert await call(ws, "GET_PROPERTY", ["combined"], 8) == {"result": True, "id": 8}
+    await cross(admin, "99.75", "0.125")
+    wrapped = await until(ws, lambda m: m.get("stream") == f"{SYM}@aggTrade")
+    assert wrapped["data"]["p"] == "99.75"
+    await ws.close()
+
+
+async def test_bad_requests_get_binance_errors(exchange: Exchange, session: aiohttp.ClientSession) -> None:
+    ws = await session.ws_connect(f"{exchange.ws}/ws")
+    bad_symbol = await call(ws, "SUBSCRIBE", ["dogeusdc@trade"], 1)
+    assert bad_symbol["id"] == 1 and bad_symbol["error"]["code"] == 2
+    assert "dogeusdc" in bad_symbol["error"]["msg"]
+    assert (await call(ws, "SUBSCRIBE", [f"{SYM}@depth@250ms"], 2))["error"]["code"] == 2
+    assert (await call(ws, "SUBSCRIBE", [f"{SYM}@trade@100ms"], 3))["error"]["code"] == 2
+    assert (await call(ws, "SUBSCRIBE", [], 4))["error"]["code"] == 2
+    assert (await call(ws, "FROBNICATE", [], 5))["error"]["code"] == 2
+    assert (await call(ws, "SET_PROPERTY", ["colour", True], 6))["error"] == {"code": 0, "msg": "Unknown property"}
+    assert (await call(ws, "SET_PROPERTY", ["combined", "yes"], 7))["error"]["code"] == 1
+    # all or nothing: one bad name and nothing is subscribed
+    assert (await call(ws, "SUBSCRIBE", [f"{SYM}@trade", "x@trade"], 8))["error"]["code"] == 2
+    assert await call(ws, "LIST_SUBSCRIPTIONS", rid=9) == {"result": [], "id": 9}
+    await ws.send_str("{not json")
+    assert (await recv(ws))["error"]["code"] == 3
+    await ws.send_str('{"method": "LIST_SUBSCRIPTIONS", "id": -4}')
+    assert (await recv(ws)) == {"error": {"code": 2, "msg": "Invalid request: request ID must be an unsigned integer"},
+                                "id": None}
+    await ws.close()
+    for path in (f"/ws/{SYM}@nope", "/ws/dogeusdc@trade", f"/stream?streams={SYM}@trade/nope@x"):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await session.ws_connect(f"{exchange.ws}{path}")
+        assert err.value.status == 400, path
