@@ -8,6 +8,7 @@ import ccxt
 import ccxt.async_support as accxt
 
 from tests.binance.conftest import User
+from tests.binance.spec_check import RECORDER
 
 CCXT_OPTIONS = {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False, "fetchMargins": False}
 
@@ -20,15 +21,39 @@ def _urls(exchange: Any, base: str) -> None:
     assert not any("binance" in url for url in exchange.urls["api"].values())
 
 
-def ccxt_sync(base: str, user: User | None = None) -> ccxt.binance:
+class _Recording:
+    """Every answer ccxt receives is recorded for the spec check (spec_check.RECORDER)."""
+
+    def on_rest_response(self, code: Any, reason: Any, url: Any, method: Any, response_headers: Any,
+                         response_body: Any, request_headers: Any, request_body: Any) -> Any:
+        RECORDER.record(method, url, int(code), response_body)
+        return response_body.strip()
+
+
+class RecordingBinance(_Recording, ccxt.binance):  # type: ignore[misc]
+    pass
+
+
+class AsyncRecordingBinance(_Recording, accxt.binance):  # type: ignore[misc]
+    pass
+
+
+def record_requests(session: Any) -> Any:
+    """A requests.Session whose answers are recorded for the spec check."""
+    session.hooks["response"].append(
+        lambda r, *a, **k: RECORDER.record(r.request.method, r.url, r.status_code, r.content))
+    return session
+
+
+def ccxt_sync(base: str, user: User | None = None) -> RecordingBinance:
     keys = {"apiKey": user.api_key, "secret": user.api_secret} if user else {}
-    exchange = ccxt.binance({**keys, "options": dict(CCXT_OPTIONS), "enableRateLimit": False})
+    exchange = RecordingBinance({**keys, "options": dict(CCXT_OPTIONS), "enableRateLimit": False})
     _urls(exchange, base)
     return exchange
 
 
-def ccxt_async(base: str, user: User | None = None) -> accxt.binance:
+def ccxt_async(base: str, user: User | None = None) -> AsyncRecordingBinance:
     keys = {"apiKey": user.api_key, "secret": user.api_secret} if user else {}
-    exchange = accxt.binance({**keys, "options": dict(CCXT_OPTIONS), "enableRateLimit": False})
+    exchange = AsyncRecordingBinance({**keys, "options": dict(CCXT_OPTIONS), "enableRateLimit": False})
     _urls(exchange, base)
     return exchange

@@ -89,6 +89,16 @@ def live(binance_redis: RedisServer, postgres: PostgresServer) -> Iterator[Live]
     assert all(c in (0, None) for c in codes.values()), codes
 
 
+@pytest.fixture(autouse=True)
+def spec_checked() -> Iterator[None]:
+    """Every facade answer a test's clients received validates against Binance's spec."""
+    from tests.binance.spec_check import RECORDER
+
+    RECORDER.drain()
+    yield
+    RECORDER.check()
+
+
 def eventually(check: Callable[[], Any], timeout_s: float = 15.0) -> Any:
     """Poll `check` until it returns something truthy (dbproc commits asynchronously)."""
     deadline = time.monotonic() + timeout_s
