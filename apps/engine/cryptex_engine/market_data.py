@@ -1,5 +1,6 @@
 """Market data of one market, built from each settled batch: replies, the depth diff, the
 REST depth book, the book ticker, public trades, private user updates, the 24 h ticker.
+The public payloads' shapes are `cryptex_common.market_data`'s.
 
 Everything a batch publishes travels in its settle script call (`MarketDataWrite`), so it
 is written and published only once the batch is applied, in one round trip.
@@ -27,6 +28,7 @@ import orjson
 from redis.asyncio import Redis
 
 from cryptex_common import keys
+from cryptex_common import market_data as payloads
 from cryptex_common.keys import FEE_ACCOUNT
 from cryptex_common.ledger import MarketDataWrite, Payload
 from cryptex_common.markets import MarketSpec
@@ -128,12 +130,11 @@ class MarketData:
         publishes: list[tuple[str, Payload]] = self._replies(out)
         depth_json = None
         ptext, qtext = self.price_text, self.fmt.quantity_text
-        diff = {
-            "market": self.symbol, "U": first_seq, "u": last_seq, "pu": first_seq - 1,
-            "bids": [[ptext(p), qtext(q)] for (s, p), q in levels.items() if s is Side.BUY],
-            "asks": [[ptext(p), qtext(q)] for (s, p), q in levels.items() if s is Side.SELL],
-            "ts": ts_ms,
-        }
+        diff = payloads.depth_diff(
+            self.symbol, first_seq, last_seq,
+            [[ptext(p), qtext(q)] for (s, p), q in levels.items() if s is Side.BUY],
+            [[ptext(p), qtext(q)] for (s, p), q in levels.items() if s is Side.SELL],
+            ts_ms)
         publishes.append((self._channels[0], orjson.dumps(diff)))
         if levels:
             depth_json = self._book(core, levels, last_seq, ts_ms, publishes)
@@ -166,23 +167,16 @@ class MarketData:
         bid, ask = self.bids.best(), self.asks.best()
         if (bid, ask) != self._last_top:
             self._last_top = (bid, ask)
-            publishes.append((self._channels[1], orjson.dumps({
-                "market": self.symbol,
-                "bidPrice": bid[0] if bid else None, "bidQty": bid[1] if bid else None,
-                "askPrice": ask[0] if ask else None, "askQty": ask[1] if ask else None,
-                "u": last_seq, "ts": ts_ms,
-            })))
-        return orjson.dumps({"market": self.symbol, "lastUpdateId": last_seq,
-                             "bids": self.bids.json, "asks": self.asks.json, "ts": ts_ms})
+            publishes.append((self._channels[1],
+                              orjson.dumps(payloads.book_ticker(self.symbol, bid, ask, last_seq, ts_ms))))
+        return orjson.dumps(payloads.depth_book(self.symbol, last_seq, self.bids.json, self.asks.json, ts_ms))
 
     def _public_trades(self, trades: list[Record]) -> list[Payload]:
         ptext, fmt, symbol = self.price_text, self.fmt, self.symbol
-        return [orjson.dumps({
-            "tradeId": str(t["tradeId"]), "market": symbol, "price": ptext(t["priceTicks"]),
-            "quantity": fmt.quantity_text(t["quantityLots"]),
-            "quoteQuantity": fmt.quote_text(t["quoteUnits"]), "takerSide": t["takerSide"],
-            "ts": t["tsMs"], "seq": t["seq"],
-        }) for t in trades]
+        return [orjson.dumps(payloads.public_trade(
+            t["tradeId"], symbol, ptext(t["priceTicks"]), fmt.quantity_text(t["quantityLots"]),
+            fmt.quote_text(t["quoteUnits"]), t["takerSide"], t["tsMs"], t["seq"],
+        )) for t in trades]
 
     # --- private updates ---------------------------------------------------------------
     @staticmethod
@@ -260,15 +254,15 @@ class MarketData:
         if v.open_ticks and v.last_ticks is not None:
             # percentage with 2 decimals, exact: integer arithmetic on ticks
             change_pct = f"{(v.last_ticks - v.open_ticks) * 10000 // v.open_ticks / 100:.2f}"
-        body = orjson.dumps({
-            "market": self.symbol,
-            "open": fmt.price(v.open_ticks), "high": fmt.price(v.high_ticks),
-            "low": fmt.price(v.low_ticks), "last": fmt.price(v.last_ticks),
-            "volume": fmt.quantity(v.volume_lots), "quoteVolume": fmt.quote(v.quote_units),
-            "changePercent": change_pct, "count": v.count,
-            "bestBid": fmt.price(core.best_bid()), "bestAsk": fmt.price(core.best_ask()),
-            "openTime": v.open_time_ms, "closeTime": v.close_time_ms, "ts": now_ms,
-        })
+        body = orjson.dumps(payloads.ticker(
+            self.symbol,
+            open_=fmt.price(v.open_ticks), high=fmt.price(v.high_ticks),
+            low=fmt.price(v.low_ticks), last=fmt.price(v.last_ticks),
+            volume=fmt.quantity(v.volume_lots), quote_volume=fmt.quote(v.quote_units),
+            change_percent=change_pct, count=v.count,
+            best_bid=fmt.price(core.best_bid()), best_ask=fmt.price(core.best_ask()),
+            open_time_ms=v.open_time_ms, close_time_ms=v.close_time_ms, ts_ms=now_ms,
+        ))
         pipe = redis.pipeline(transaction=False)
         pipe.set(keys.ticker_key(self.symbol), body)
         pipe.publish(keys.ticker_channel(self.symbol), body)

@@ -2,10 +2,10 @@
 
 Pure, no I/O. `DepthTracker` turns the engine's `depth@M` messages into what clients get.
 
-Engine contract (one message per settled batch): `{"market","U","u","pu","bids","asks","ts"}`,
-consecutive messages satisfy `U == previous u + 1`; levels are absolute totals for their price,
-a zero quantity removes the level. The `depth:{M}` key holds `{"lastUpdateId","bids","asks"}`
-written after the batch is published and only when the book changed, so it can lag.
+Input: the engine's `DepthDiff` messages and its `DepthBook` key, both declared in
+`cryptex_common.market_data` (consecutive diffs satisfy `U == previous u + 1`; a level's
+quantity is its absolute total, zero removes it). The book key is written with every batch
+that changed a level but read separately from the diffs, so it can lag or lead them.
 
 Invariants:
 - while `live`, the book equals the engine's book after update `last_u` (for every price the
