@@ -30,11 +30,11 @@ class _Recording:
         return response_body.strip()
 
 
-class RecordingBinance(_Recording, ccxt.binance):  # type: ignore[misc]
+class RecordingBinance(_Recording, ccxt.binance):
     pass
 
 
-class AsyncRecordingBinance(_Recording, accxt.binance):  # type: ignore[misc]
+class AsyncRecordingBinance(_Recording, accxt.binance):
     pass
 
 

@@ -36,20 +36,6 @@ def _fix_order_oneof(doc: dict[str, Any]) -> None:
     schema["anyOf"] = schema.pop("oneOf")
 
 
-def _fix_cancel_order(doc: dict[str, Any]) -> None:
-    """DELETE /api/v3/order refers to the `order` schema of GET, which requires `time`,
-    `updateTime`, `isWorking`, `stopPrice`, `icebergQty`; Binance's cancel answer has none
-    of them (it has `transactTime`): the cancel answer is checked against `order` with
-    those five not required."""
-    schema = dict(doc["components"]["schemas"]["order"])
-    schema["required"] = [r for r in schema.get("required", [])
-                          if r not in ("time", "updateTime", "isWorking", "stopPrice", "icebergQty",
-                                       "workingTime", "origQuoteOrderQty")]
-    doc["components"]["schemas"]["canceledOrder"] = schema
-    ref = {"$ref": "#/components/schemas/canceledOrder"}
-    doc["paths"]["/api/v3/order"]["delete"]["responses"]["200"]["content"][JSON]["schema"] = ref
-
-
 _FILTER_FIELDS = {
     "PRICE_FILTER": ["minPrice", "maxPrice", "tickSize"],
     "LOT_SIZE": ["minQty", "maxQty", "stepSize"],
@@ -77,7 +63,7 @@ def _fix_agg_trade_time(doc: dict[str, Any]) -> None:
     doc["components"]["schemas"]["aggTrade"]["properties"]["T"] = {"type": "integer", "format": "int64"}
 
 
-SPEC_FIXES = [_fix_order_oneof, _fix_cancel_order, _fix_filters, _fix_agg_trade_time]
+SPEC_FIXES = [_fix_order_oneof, _fix_filters, _fix_agg_trade_time]
 
 
 @functools.cache
@@ -95,7 +81,7 @@ def response_schema(method: str, path: str, status: int) -> dict[str, Any]:
         raise AssertionError(f"the spec has no {method} {path}")
     listed = op["responses"].get(str(status))
     if listed is not None and JSON in listed.get("content", {}):
-        return listed["content"][JSON]["schema"]  # type: ignore[no-any-return]
+        return listed["content"][JSON]["schema"]
     if status >= 400:
         return {"$ref": "#/components/schemas/error"}
     raise AssertionError(f"the spec lists no {status} answer for {method} {path}")

@@ -150,7 +150,7 @@ def test_errors_map_to_ccxt_exceptions(live: Live, case: str) -> None:
         with pytest.raises(ccxt.AuthenticationError):
             ex.fetch_balance()
     elif case == "nonce":
-        ex.nonce = lambda: ex.milliseconds() - 120_000  # type: ignore[method-assign]
+        ex.nonce = lambda: ex.milliseconds() - 120_000
         with pytest.raises(ccxt.InvalidNonce):
             ex.fetch_balance()
     elif case == "post_only":

@@ -31,8 +31,8 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from cryptex_api.binance.errors import BinanceError, illegal, mandatory, rate_limited
-from cryptex_api.signing import REPLAY_GUARD_MS
 from cryptex_common import keys
+from cryptex_common.auth import REPLAY_GUARD_MS
 from cryptex_common.errors import CryptexError
 
 if TYPE_CHECKING:
