@@ -38,6 +38,7 @@ LANES = ("unit", "integration", "e2e")
 # Paths relative to tests/: a directory ("engine/") covers everything below it.
 UNIT = (
     "test_boundaries.py",
+    "support/",
     "engine/",
     "api/test_validation.py",
     "api/test_hostile_input.py",

@@ -7,8 +7,7 @@ import asyncio
 import contextlib
 import random
 import subprocess
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -129,14 +128,8 @@ async def running(settings: DbprocSettings) -> AsyncIterator[DbProcessor]:
         await redis.aclose()
 
 
-async def wait_until(pred: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            if await pred():
-                return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout_s}s")
+# dbproc commits asynchronously; a database not answering yet means "not yet"
+DB_NOT_YET = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 async def count(db_url: str, sql: str) -> int:

@@ -23,6 +23,7 @@ from cryptex_common.errors import CryptexError, ErrorCode
 from cryptex_dbproc.candles import INTERVALS
 from tests.dbproc.support import (
     BTC,
+    DB_NOT_YET,
     MONDAY_2024_01_08_MS,
     SOL,
     BatchGen,
@@ -30,9 +31,9 @@ from tests.dbproc.support import (
     running,
     settings_for,
     stream_drained,
-    wait_until,
     xadd_batches,
 )
+from tests.support.eventually import eventually
 from tests.support.servers import RedisServer
 
 
@@ -50,7 +51,7 @@ async def reader(
         async def done() -> bool:
             return (await stream_drained(redis_client, SOL.symbol)
                     and await stream_drained(redis_client, BTC.symbol))
-        await wait_until(done)
+        await eventually(done, timeout_s=30, ignoring=DB_NOT_YET)
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
     try:
         yield HistoryReader(pool, {SOL.symbol: SOL, BTC.symbol: BTC})

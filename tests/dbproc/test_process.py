@@ -14,6 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.dbproc.support import (
+    DB_NOT_YET,
     SOL,
     BatchGen,
     candles_from_db,
@@ -21,9 +22,9 @@ from tests.dbproc.support import (
     count,
     register,
     stream_drained,
-    wait_until,
     xadd_batches,
 )
+from tests.support.eventually import eventually
 from tests.support.servers import RedisServer
 
 
@@ -68,7 +69,7 @@ async def test_kill_9_mid_batch_then_restart_leaves_one_row_per_trade(
             n = await count(db_url, "SELECT count(*) FROM trades")
             return n > 0 and await in_transaction(db_url)
 
-        await wait_until(some_committed_and_mid_round, timeout_s=60)
+        await eventually(some_committed_and_mid_round, timeout_s=60, ignoring=DB_NOT_YET)
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(10) == -signal.SIGKILL
     finally:
@@ -81,7 +82,7 @@ async def test_kill_9_mid_batch_then_restart_leaves_one_row_per_trade(
 
     proc = spawn(db_url, redis_srv.url, log)
     try:
-        await wait_until(lambda: stream_drained(redis_client, SOL.symbol), timeout_s=120)
+        await eventually(lambda: stream_drained(redis_client, SOL.symbol), timeout_s=120, ignoring=DB_NOT_YET)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
@@ -108,7 +109,7 @@ async def test_sigterm_exits_zero_and_migrate_command(
     await xadd_batches(redis_client, SOL.symbol, [gen.batch(2) for _ in range(3)])
     proc = spawn(db_url, redis_srv.url, log)
     try:
-        await wait_until(lambda: stream_drained(redis_client, SOL.symbol), timeout_s=60)
+        await eventually(lambda: stream_drained(redis_client, SOL.symbol), timeout_s=60, ignoring=DB_NOT_YET)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:

@@ -19,6 +19,7 @@ from cryptex_common.wire import fills_for_trade
 from cryptex_dbproc.migrate import migrate
 from tests.dbproc.support import (
     BTC,
+    DB_NOT_YET,
     MONDAY_2024_01_08_MS,
     SOL,
     BatchGen,
@@ -32,9 +33,9 @@ from tests.dbproc.support import (
     running,
     settings_for,
     stream_drained,
-    wait_until,
     xadd_batches,
 )
+from tests.support.eventually import eventually
 from tests.support.servers import RedisServer, new_database, start_postgres
 
 
@@ -56,7 +57,7 @@ async def test_writes_trades_fills_orders_and_exact_candles(
     await xadd_batches(redis_client, SOL.symbol, sol_batches)
     await xadd_batches(redis_client, BTC.symbol, btc_batches)
     async with running(settings_for(db_url, redis_srv.url)):
-        await wait_until(lambda: drained(redis_client, SOL.symbol, BTC.symbol))
+        await eventually(lambda: drained(redis_client, SOL.symbol, BTC.symbol), timeout_s=30, ignoring=DB_NOT_YET)
     n_sol = sol.trade_id
     assert await count(db_url, "SELECT count(*) FROM trades WHERE market='SOL/USDC'") == n_sol
     assert await count(db_url, "SELECT count(*) FROM trades WHERE market='BTC/USDC'") == 120
@@ -116,7 +117,7 @@ async def test_out_of_order_batches_give_the_same_candles(
     async with running(settings_for(db_url, redis_srv.url, dbproc_read_count=7)):
         for i in range(0, 60, 10):  # several rounds
             await xadd_batches(redis_client, SOL.symbol, batches[i:i + 10])
-            await wait_until(lambda: drained(redis_client, SOL.symbol))
+            await eventually(lambda: drained(redis_client, SOL.symbol), timeout_s=30, ignoring=DB_NOT_YET)
     assert await count(db_url, "SELECT count(*) FROM trades") == 300
     assert await candles_from_db(db_url) == await candles_recomputed(db_url)
 
@@ -130,7 +131,7 @@ async def test_replaying_the_whole_stream_twice_changes_nothing(
     await xadd_batches(redis_client, BTC.symbol, [btc.batch(2) for _ in range(30)])
     settings = settings_for(db_url, redis_srv.url)
     async with running(settings):
-        await wait_until(lambda: drained(redis_client, SOL.symbol, BTC.symbol))
+        await eventually(lambda: drained(redis_client, SOL.symbol, BTC.symbol), timeout_s=30, ignoring=DB_NOT_YET)
     first = await dump(db_url)
     assert len(first["trades"]) == 380
 
@@ -144,7 +145,7 @@ async def test_replaying_the_whole_stream_twice_changes_nothing(
         for spec in (SOL, BTC):
             await redis_client.xgroup_setid(keys.events_stream(spec.symbol), "dbproc", "0")
         async with running(settings):
-            await wait_until(lambda: drained(redis_client, SOL.symbol, BTC.symbol))
+            await eventually(lambda: drained(redis_client, SOL.symbol, BTC.symbol), timeout_s=30, ignoring=DB_NOT_YET)
         assert await dump(db_url) == first
 
 
@@ -177,7 +178,7 @@ async def test_malformed_entries_are_dead_lettered_and_processing_continues(
     await redis_client.xadd(stream, {"b": json.dumps(huge).encode()})  # orjson: 64 bits max
     await redis_client.xadd(stream, {"b": encode(good_2)})
     async with running(settings_for(db_url, redis_srv.url)):
-        await wait_until(lambda: drained(redis_client, SOL.symbol))
+        await eventually(lambda: drained(redis_client, SOL.symbol), timeout_s=30, ignoring=DB_NOT_YET)
     reasons = [f[b"reason"].decode() for _, f in await redis_client.xrange(dead)]
     assert len(reasons) == 6, reasons
     assert "invalid EventBatch" in reasons[0] and "missing field 'b'" in reasons[1]
@@ -213,7 +214,7 @@ async def test_a_round_mixing_stored_and_new_trades_counts_only_the_new_ones(
                                                   for _ in range(20)])
     settings = settings_for(db_url, redis_srv.url)
     async with running(settings):
-        await wait_until(lambda: drained(redis_client, SOL.symbol))
+        await eventually(lambda: drained(redis_client, SOL.symbol), timeout_s=30, ignoring=DB_NOT_YET)
     middle = cast(list[Any], await redis_client.xrange(stream))[9][0]  # 10th entry's id
     conn = await asyncpg.connect(db_url)
     await conn.execute("DELETE FROM stream_cursors")
@@ -222,7 +223,7 @@ async def test_a_round_mixing_stored_and_new_trades_counts_only_the_new_ones(
     await xadd_batches(redis_client, SOL.symbol, [gen.batch(5, step_ms=20_000)
                                                   for _ in range(10)])
     async with running(settings):
-        await wait_until(lambda: drained(redis_client, SOL.symbol))
+        await eventually(lambda: drained(redis_client, SOL.symbol), timeout_s=30, ignoring=DB_NOT_YET)
     assert await count(db_url, "SELECT count(*) FROM trades") == 150
     assert await count(db_url, "SELECT count(*) FROM fills") == 300
     assert await candles_from_db(db_url) == await candles_recomputed(db_url)
@@ -247,7 +248,7 @@ async def test_light_traffic_is_written_in_few_rounds(
         for _ in range(20):
             await xadd_batches(redis_client, SOL.symbol, [gen.batch(1)])
             await asyncio.sleep(0.005)
-        await wait_until(lambda: drained(redis_client, SOL.symbol))
+        await eventually(lambda: drained(redis_client, SOL.symbol), timeout_s=30, ignoring=DB_NOT_YET)
     assert sum(rounds) == 20
     assert len(rounds) <= 3, rounds  # 1 + the rest after the linger (+1 if the box stalled)
     assert await candles_from_db(db_url) == await candles_recomputed(db_url)
@@ -263,7 +264,7 @@ async def test_full_reads_never_linger(
     await xadd_batches(redis_client, SOL.symbol, [gen.batch(2) for _ in range(40)])
     settings = settings_for(db_url, redis_srv.url, dbproc_read_count=5, dbproc_linger_ms=10_000)
     async with running(settings):
-        await wait_until(lambda: drained(redis_client, SOL.symbol))
+        await eventually(lambda: drained(redis_client, SOL.symbol), timeout_s=30, ignoring=DB_NOT_YET)
     assert await count(db_url, "SELECT count(*) FROM trades") == 80
 
 
@@ -288,7 +289,7 @@ async def test_staging_tables_are_emptied_every_round_and_truncated(
     async with running(settings_for(db_url, redis_srv.url, dbproc_linger_ms=0)) as proc:
         for _ in range(6):
             await xadd_batches(redis_client, SOL.symbol, [gen.batch(3) for _ in range(4)])
-            await wait_until(lambda: drained(redis_client, SOL.symbol))
+            await eventually(lambda: drained(redis_client, SOL.symbol), timeout_s=30, ignoring=DB_NOT_YET)
         assert proc.conn is not None  # idle between rounds: nothing else uses it now
         for table in (store.TMP_TRADES, store.TMP_ORDERS):
             assert await proc.conn.fetchval(f"SELECT count(*) FROM {table}") == 0
@@ -311,7 +312,7 @@ async def test_resumes_from_own_pending_entries_after_a_crash(
     assert len(delivered[0][1]) == 10  # now pending, never acked
     await xadd_batches(redis_client, SOL.symbol, [gen.batch(2) for _ in range(5)])
     async with running(settings_for(db_url, redis_srv.url)):
-        await wait_until(lambda: drained(redis_client, SOL.symbol))
+        await eventually(lambda: drained(redis_client, SOL.symbol), timeout_s=30, ignoring=DB_NOT_YET)
     assert await count(db_url, "SELECT count(*) FROM trades") == 30
 
 
@@ -320,10 +321,10 @@ async def test_discovers_a_market_registered_while_running(
 ) -> None:
     await register(redis_client, SOL)
     async with running(settings_for(db_url, redis_srv.url)):
-        await wait_until(lambda: stream_drained(redis_client, SOL.symbol))
+        await eventually(lambda: stream_drained(redis_client, SOL.symbol), timeout_s=30, ignoring=DB_NOT_YET)
         await register(redis_client, BTC)  # publishes markets:changed
         await xadd_batches(redis_client, BTC.symbol, [BatchGen(BTC).batch(2)])
-        await wait_until(lambda: _has_trades(db_url, 2), timeout_s=10)
+        await eventually(lambda: _has_trades(db_url, 2), timeout_s=10, ignoring=DB_NOT_YET)
 
 
 async def _has_trades(db_url: str, n: int) -> bool:
@@ -342,7 +343,7 @@ async def test_database_outage_waits_retries_and_resumes_without_loss(
         errors_before = metrics.POSTGRES_ERRORS.labels("dbproc")._value.get()
         async with running(settings_for(db_url, redis_srv.url)):
             await xadd_batches(redis_client, SOL.symbol, [gen.batch(3) for _ in range(20)])
-            await wait_until(lambda: drained(redis_client, SOL.symbol))
+            await eventually(lambda: drained(redis_client, SOL.symbol), timeout_s=30, ignoring=DB_NOT_YET)
             pg.stop()
             await xadd_batches(redis_client, SOL.symbol, [gen.batch(3) for _ in range(30)])
             await asyncio.sleep(2.0)  # dbproc retries with backoff meanwhile
@@ -350,7 +351,7 @@ async def test_database_outage_waits_retries_and_resumes_without_loss(
             assert not await stream_drained(redis_client, SOL.symbol), "acked while DB down"
             restart_postgres(pg)
             await xadd_batches(redis_client, SOL.symbol, [gen.batch(3) for _ in range(10)])
-            await wait_until(lambda: drained(redis_client, SOL.symbol))
+            await eventually(lambda: drained(redis_client, SOL.symbol), timeout_s=30, ignoring=DB_NOT_YET)
         assert await count(db_url, "SELECT count(*) FROM trades") == 180
         assert await count(db_url, "SELECT count(DISTINCT trade_id) FROM trades") == 180
         assert await candles_from_db(db_url) == await candles_recomputed(db_url)

@@ -13,6 +13,7 @@ import pytest
 from cryptex_client import CryptexClient
 from cryptex_launcher.stack import Stack
 from tests.e2e.conftest import ADMIN, make_stack, register_all
+from tests.support.eventually import eventually
 from tests.support.servers import PostgresServer, RedisServer, new_database
 
 
@@ -34,14 +35,6 @@ async def hist_admin(history_stack: Stack) -> AsyncIterator[CryptexClient]:
         yield c
 
 
-async def eventually(check, timeout_s: float = 15.0):  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        result = await check()
-        if result or asyncio.get_running_loop().time() > deadline:
-            return result
-        await asyncio.sleep(0.2)
-
 
 async def test_fills_orders_and_klines_come_back_from_postgres(hist_admin: CryptexClient) -> None:
     seller = await hist_admin.new_funded_user({"SOL": "10"}, tx_prefix=uuid.uuid4().hex[:6])
@@ -54,7 +47,7 @@ async def test_fills_orders_and_klines_come_back_from_postgres(hist_admin: Crypt
         r = await buyer.fills(market="SOL/USDC")
         return r.body if r.status == 200 and r.body else None
 
-    fills = await eventually(buyer_fills)
+    fills = await eventually(buyer_fills, 15, interval_s=0.2)
     assert fills and fills[0]["price"] == "100.00" and fills[0]["quantity"] == "2.000"
     assert fills[0]["fee"] == "0.004000000" and fills[0]["liquidity"] == "taker"
     history = await buyer.order_history(market="SOL/USDC")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import kopf
@@ -27,7 +28,11 @@ from cryptex_engine.service import EngineService
 from cryptex_engine.settings import EngineSettings
 from cryptex_operator import handlers, render  # noqa: F401  (registers the handlers)
 from cryptex_operator.config import OperatorSettings
+from tests.support.eventually import eventually as poll
 from tests.support.servers import RedisServer
+
+# kopf writes objects in stages: a key or an item not there yet means "not yet"
+eventually = functools.partial(poll, ignoring=(KeyError, IndexError, AssertionError))
 
 NS = "cryptex"
 MARKETS = "cryptex.io/v1alpha1/markets"
@@ -49,20 +54,6 @@ def market(name: str = "sol-usdc", spec: dict[str, Any] | None = None) -> dict[s
                          "resourceVersion": "1"},  # kmock keeps what it is given
             "spec": copy.deepcopy(spec or SOL)}
 
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except (KeyError, IndexError, AssertionError):
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met in {timeout}s")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ with the SOL/USDC market registered, and small helpers for WebSocket clients."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import socket
@@ -23,6 +22,7 @@ from cryptex_common.markets import MarketSpec
 from cryptex_common.registry import register_market
 from cryptex_wsgateway.gateway import Gateway
 from cryptex_wsgateway.settings import WsSettings
+from tests.support.eventually import eventually
 
 SOL = MarketSpec.model_validate({
     "symbol": "SOL/USDC", "baseAsset": "SOL", "baseDecimals": 9, "quoteAsset": "USDC",
@@ -62,7 +62,7 @@ async def start_gateway(redis_url: str, **overrides: Any) -> GatewayUnderTest:
     settings = WsSettings(redis_url=redis_url, **{**TEST_LIMITS, **overrides})
     gw = Gateway(settings, aioredis.Redis.from_url(redis_url))
     await gw.start()
-    await wait_for(lambda: gw.ready and all(t.live for t in gw.trackers.values()))
+    await eventually(lambda: gw.ready and all(t.live for t in gw.trackers.values()), 5, interval_s=0.01)
     server = TestServer(gw.app())
     await server.start_server()
     return GatewayUnderTest(gw, server)
@@ -99,13 +99,6 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
         yield s
 
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.01)
 
 
 async def recv(ws: aiohttp.ClientWebSocketResponse, timeout: float = 3.0) -> Any:

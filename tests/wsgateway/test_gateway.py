@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from cryptex_common import keys
 from cryptex_common.runtime import start_ops_server
 from cryptex_wsgateway.book import checksum
+from tests.support.eventually import eventually
 from tests.wsgateway.conftest import (
     GatewayUnderTest,
     auth_params,
@@ -24,7 +25,6 @@ from tests.wsgateway.conftest import (
     recv,
     request,
     subscribe,
-    wait_for,
 )
 
 M = "SOL/USDC"
@@ -238,7 +238,7 @@ async def test_slow_client_dropped_while_fast_one_gets_everything(
     slow.sendall(client_frame(b'{"method":"SUBSCRIBE","params":["trades@SOL/USDC"],"id":1}'))
     async with session.ws_connect(gw.ws_url, max_msg_size=0) as fast:
         await subscribe(fast, "trades@SOL/USDC")
-        await wait_for(lambda: len(gw.gateway.subs.subscribers("trades@SOL/USDC")) == 2)
+        await eventually(lambda: len(gw.gateway.subs.subscribers("trades@SOL/USDC")) == 2, 5, interval_s=0.01)
         count, pad = 300, "x" * 30_000
         received: list[int] = []
 
@@ -254,8 +254,8 @@ async def test_slow_client_dropped_while_fast_one_gets_everything(
                 "pad": pad}]))
         await asyncio.wait_for(reader, 30)
         assert received == list(range(count))
-        await wait_for(lambda: metric("cryptex_ws_slow_clients_dropped_total") == dropped + 1)
-        await wait_for(lambda: len(gw.gateway.conns) == 1)
+        await eventually(lambda: metric("cryptex_ws_slow_clients_dropped_total") == dropped + 1, 5, interval_s=0.01)
+        await eventually(lambda: len(gw.gateway.conns) == 1, 5, interval_s=0.01)
         await ping_ok(fast)
     slow.close()
 

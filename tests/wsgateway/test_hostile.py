@@ -19,6 +19,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from tests.support.eventually import eventually
 from tests.wsgateway.conftest import (
     GatewayUnderTest,
     auth_params,
@@ -27,7 +28,6 @@ from tests.wsgateway.conftest import (
     raw_ws_connect,
     recv,
     request,
-    wait_for,
 )
 
 FRAME_LIMIT = 16_384  # the production default, so 5,000-deep JSON fits in one frame
@@ -113,7 +113,7 @@ async def test_malformed_auth_gets_an_error_naming_the_field_then_close_1008(
         assert field in reply["error"]["message"], (case, reply)
         assert len(reply["error"]["message"]) < 200  # never echoes a huge value back
         assert "auth failed" in await expect_close(ws, 1008)
-    await wait_for(lambda: not hgw.gateway.conns)  # the server side is gone too
+    await eventually(lambda: not hgw.gateway.conns, 5, interval_s=0.01)  # the server side is gone too
 
 
 async def test_fresh_timestamp_with_non_ascii_signature_is_refused_not_crashing(

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 
 from cryptex_common import keys
 from cryptex_wsgateway import gateway as gateway_module
+from tests.support.eventually import eventually
 from tests.support.servers import RedisServer
 from tests.wsgateway.conftest import (
     GatewayUnderTest,
@@ -32,7 +33,6 @@ from tests.wsgateway.conftest import (
     start_gateway,
     stop_gateway,
     subscribe,
-    wait_for,
 )
 
 
@@ -187,7 +187,7 @@ async def test_after_a_pubsub_reconnect_private_subscribe_is_confirmed_again(
         await subscribe(b, "user.orders", rid=2)  # possibly while the gateway reconnects
         for user, ws in (("45", a), ("46", b)):
             order = {"orderId": user, "status": "new"}
-            await wait_for(lambda: gw.gateway.pubsub is not None)
+            await eventually(lambda: gw.gateway.pubsub is not None, 5, interval_s=0.01)
             deadline = time.monotonic() + 3
             while not await redis_client.publish(keys.user_channel(user), orjson.dumps(
                     {"type": "order", "data": order})):
