@@ -8,6 +8,7 @@ so the facade can never accept an order the native route would refuse.
 
 from __future__ import annotations
 
+import itertools
 import re
 import secrets
 from dataclasses import dataclass
@@ -28,6 +29,12 @@ COMMON = frozenset({"symbol", "side", "type", "timestamp", "recvWindow", "newCli
                     "selfTradePreventionMode", "computeCommissionRates"})
 UNSUPPORTED = ("stopPrice", "trailingDelta", "icebergQty", "strategyId", "strategyType", "pegPriceType",
                "pegOffsetValue", "pegOffsetType")
+
+
+# generated client order ids: a random per-process prefix and a counter (unique without
+# drawing random bytes per order)
+_ID_PREFIX = "cx" + secrets.token_hex(5)
+_ID_COUNTER = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +135,7 @@ def new_order(params: dict[str, str], market: str) -> NewOrder:
     if coid is not None and not _CLIENT_ID.fullmatch(coid):
         raise illegal("newClientOrderId", "^[a-zA-Z0-9-_]{1,36}$")
     # Binance names every order: one is generated when none was sent
-    body["clientOrderId"] = coid or "cx" + secrets.token_urlsafe(16).replace("-", "_")[:20]
+    body["clientOrderId"] = coid or f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
     stp = params.get("selfTradePreventionMode")
     if stp is not None:
         if stp not in STP_MODES:
