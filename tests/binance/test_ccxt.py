@@ -177,3 +177,28 @@ async def test_async_ccxt(live: Live) -> None:
         assert "bids" in book
     finally:
         await ex.close()
+
+
+def test_more_unified_methods(live: Live) -> None:
+    """fetch_time, fetch_orders / closed / canceled (allOrders), fetch_order_trades
+    (myTrades by orderId), fetch_bids_asks (bookTicker), fetch_last_prices (ticker/price),
+    limit IOC and FOK through params."""
+    maker = ccxt_sync(live.base, live.fund({"SOL": "5"}))
+    taker = ccxt_sync(live.base, live.fund({"USDC": "2000"}))
+    assert abs(taker.fetch_time() - taker.milliseconds()) < 5_000
+    ask = maker.create_order(SYMBOL, "limit", "sell", 1, 140)
+    ioc = taker.create_order(SYMBOL, "limit", "buy", 2, 140, {"timeInForce": "IOC"})
+    assert ioc["status"] == "expired" and ioc["filled"] == 1  # the unfilled rest of an IOC expires
+    fok = taker.create_order(SYMBOL, "limit", "buy", 1, 140, {"timeInForce": "FOK"})
+    assert fok["status"] == "expired" and fok["filled"] == 0
+    resting = taker.create_order(SYMBOL, "limit", "buy", 1, 11)
+    taker.cancel_order(resting["id"], SYMBOL)
+    orders = eventually(lambda: len(o := taker.fetch_orders(SYMBOL)) == 3 and o)
+    assert [o["id"] for o in orders] == [ioc["id"], fok["id"], resting["id"]]
+    assert [o["id"] for o in taker.fetch_canceled_orders(SYMBOL)] == [resting["id"]]
+    assert {o["id"] for o in taker.fetch_closed_orders(SYMBOL)} <= {ioc["id"], fok["id"]}
+    trades = eventually(lambda: taker.fetch_order_trades(ioc["id"], SYMBOL))
+    assert [(t["order"], t["amount"], t["price"]) for t in trades] == [(ioc["id"], 1.0, 140.0)]
+    assert set(taker.fetch_bids_asks([SYMBOL])) == {SYMBOL}
+    assert set(taker.fetch_last_prices()) >= {SYMBOL}
+    assert maker.fetch_order(ask["id"], SYMBOL)["status"] == "closed"
