@@ -92,8 +92,14 @@ def test_replay_refused_only_when_state_changes(live: Live) -> None:
         assert http.call("POST", "order", raw=order).status_code == 200
         again = http.call("POST", "order", raw=order)
         assert again.status_code == 400 and again.json()["code"] == -1022, again.text
-    assert len(http.call("GET", "openOrders", {"symbol": SOL}, signed=True).json()) == 2
-    http.call("DELETE", "openOrders", {"symbol": SOL}, signed=True)
+    open_orders = http.call("GET", "openOrders", {"symbol": SOL}, signed=True).json()
+    assert len(open_orders) == 2
+    cancel = http.signed_query({"symbol": SOL, "orderId": open_orders[0]["orderId"]})
+    assert http.call("DELETE", "order", raw=cancel).json()["status"] == "CANCELED"
+    assert http.call("DELETE", "order", raw=cancel).json()["code"] == -1022  # refused as a replay first
+    cancel_all = http.signed_query({"symbol": SOL})
+    assert len(http.call("DELETE", "openOrders", raw=cancel_all).json()) == 1
+    assert http.call("DELETE", "openOrders", raw=cancel_all).json()["code"] == -1022
 
 
 def test_bad_input_changes_nothing(live: Live) -> None:

@@ -109,6 +109,8 @@ class Facade:
             resp = BinanceError(-1015, "Too many new orders; current limit is "
                                 f"{int(self.api.settings.rate_limit_per_s)} orders per SECOND.", 429,
                                 {"Retry-After": str(max(1, int(rl.retry_after_s + 0.999)))}).response()
+        except web.HTTPRequestEntityTooLarge:
+            resp = BinanceError(-1101, "Too many parameters; the request is too large.").response()
         except (RedisError, OSError) as exc:
             log.warning("redis unavailable", extra={"path": request.path, "error": repr(exc)})
             resp = BinanceError(-1001, "Internal error; unable to process your request. Please try again.",
