@@ -38,8 +38,10 @@ def test_signed_params_in_query_or_body(live: Live, in_body: bool) -> None:
     assert got.json()["orderId"] == order["orderId"] and got.json()["isWorking"] is True
     by_coid = http.call("GET", "order", {"symbol": SOL, "origClientOrderId": order["clientOrderId"]}, signed=True)
     assert by_coid.json()["orderId"] == order["orderId"]
-    gone = http.call("DELETE", "order", {"symbol": SOL, "orderId": order["orderId"]}, signed=True, in_body=in_body)
+    ref = {"origClientOrderId": order["clientOrderId"]} if in_body else {"orderId": order["orderId"]}
+    gone = http.call("DELETE", "order", {"symbol": SOL, **ref}, signed=True, in_body=in_body)
     assert gone.status_code == 200 and gone.json()["status"] == "CANCELED", gone.text
+    assert gone.json()["orderId"] == order["orderId"] and gone.json()["origClientOrderId"] == order["clientOrderId"]
     assert "X-MBX-USED-WEIGHT-1M" in gone.headers and int(gone.headers["X-MBX-USED-WEIGHT-1M"]) >= 1
     assert live.balances(user)["USDC"] == {"available": "100.000000", "locked": "0.000000"}
 
