@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import redis.asyncio as aioredis
 from cryptex_client import CryptexClient
 from cryptex_launcher.stack import Stack
 from tests.e2e.conftest import ADMIN, make_stack, register_all
+from tests.support.eventually import eventually_sync
 from tests.support.servers import PostgresServer, RedisServer, new_database, redis_server
 
 pytestmark = pytest.mark.slow
@@ -101,9 +101,4 @@ def spec_checked() -> Iterator[None]:
 
 def eventually(check: Callable[[], Any], timeout_s: float = 15.0) -> Any:
     """Poll `check` until it returns something truthy (dbproc commits asynchronously)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.2)
+    return eventually_sync(check, timeout_s, interval_s=0.2)
