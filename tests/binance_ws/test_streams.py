@@ -112,7 +112,12 @@ async def test_live_subscribe_unsubscribe_and_list(exchange: Exchange, admin: Cr
     _s, _b, _sell, buy = await cross(admin, "99.50", "0.250")
     trade_id = int(buy["fills"][0]["tradeId"])
     seen: list[dict[str, Any]] = []
-    agg = await until(ws, lambda m: seen.append(m) or (m.get("e") == "aggTrade" and m["a"] == trade_id))
+
+    def is_our_agg_trade(m: dict[str, Any]) -> bool:
+        seen.append(m)
+        return m.get("e") == "aggTrade" and m["a"] == trade_id
+
+    agg = await until(ws, is_our_agg_trade)
     assert agg["p"] == "99.50" and agg["q"] == "0.250"
     assert not [m for m in seen if m.get("e") == "trade"]
     # SET_PROPERTY combined: later messages come wrapped
