@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-import orjson
 from redis.asyncio import Redis
 
 from cryptex_common import keys, registry
+from cryptex_common.depth import level_counts
 from cryptex_common.markets import MarketSpec, MarketState
 
 
@@ -90,17 +90,16 @@ async def commands_pending(redis: Redis, symbol: str) -> int:
 
 
 async def drain_state(redis: Redis, symbol: str) -> Drain:
-    """The registry state, the book (the engine's depth key) and the pending commands. The
-    pending count is read first: when it is 0, every batch before was settled and its depth
-    key written (the engine writes it before it reads the next batch)."""
+    """The registry state, the stored book's level count per side and the pending commands.
+    The pending count is read first: when it is 0, every batch before was settled and its
+    book written (the settle script writes it before the engine reads the next batch)."""
     pending = await commands_pending(redis, symbol)
-    raw = await redis.get(keys.depth_key(symbol))
-    book = orjson.loads(raw) if raw else {}
+    bid_levels, ask_levels = await level_counts(redis, symbol)
     spec = await registry.get_market(redis, symbol)
     return Drain(
         state=spec.state if spec is not None else None,
-        bid_levels=len(book.get("bids") or []),
-        ask_levels=len(book.get("asks") or []),
+        bid_levels=bid_levels,
+        ask_levels=ask_levels,
         commands_pending=pending,
     )
 

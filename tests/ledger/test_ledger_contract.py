@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from redis.exceptions import ResponseError
 
 from cryptex_common import keys
+from cryptex_common.depth import read_depth
 from cryptex_common.ledger import (
     ENTRY_COMMAND,
     ENTRY_LOCK_ASSET,
@@ -33,6 +34,7 @@ from cryptex_common.ledger import (
     settle_call,
 )
 from tests.ledger.test_ledger_properties import snapshot
+from tests.support.depth_book import store_book
 
 SYMBOL = "SOL/USDC"
 INT64_MAX = 2**63 - 1
@@ -93,7 +95,10 @@ def valid_call(script: str) -> ScriptCall:
 
 
 # the market-data part of a settle call: every kind of write and publish it can carry
-MARKET_DATA = MarketDataWrite(SYMBOL, depth_json='{"lastUpdateId":2}', recent_keep=2,
+HEADER = '{"market":"SOL/USDC","lastUpdateId":2,"ts":5}'
+MARKET_DATA = MarketDataWrite(SYMBOL, depth_header=HEADER,
+                              depth_levels=[("b", 100, "1.00 5"), ("b", 99, "0.99 1"), ("a", 101, "1.01 2")],
+                              recent_keep=2,
                               trades=['{"t":1}', '{"t":2}', '{"t":3}'],
                               publishes=[("reply:a", "[1]"), (keys.depth_channel(SYMBOL), "{}")],
                               user_messages=[("1", keys.user_channel("1"), ["o1", "f1"]),
@@ -228,18 +233,53 @@ async def test_settle_writes_and_publishes_market_data_only_when_applied(
         assert res == SettleResult("ok", subscribed=frozenset({"1"}))
         assert await received() == [("reply:a", "[1]"), (keys.depth_channel(SYMBOL), "{}"),
                                     (keys.user_channel("1"), "o1"), (keys.user_channel("1"), "f1")]
-        assert await redis_client.get(keys.depth_key(SYMBOL)) == b'{"lastUpdateId":2}'
+        book = await read_depth(redis_client, SYMBOL, 10)
+        assert book == {"market": SYMBOL, "lastUpdateId": 2, "ts": 5, "bids": [["1.00", "5"], ["0.99", "1"]],
+                        "asks": [["1.01", "2"]]}
         assert await redis_client.lrange(keys.recent_trades_key(SYMBOL), 0, -1) == [b'{"t":3}', b'{"t":2}']
         refused = await ledger.settle(symbol=SYMBOL, epoch=1, first_seq=1, last_seq=1, batch_json="",
                                       balances=[], orders=[], now_ms=1000,
-                                      market_data=MarketDataWrite(SYMBOL, depth_json="x", trades=["y"],
+                                      market_data=MarketDataWrite(SYMBOL, depth_header="x", trades=["y"],
+                                                                  depth_levels=[("b", 100, "")],
                                                                   publishes=[("reply:a", "z")]))
         assert refused.status == "duplicate"
         assert await received() == []
-        assert await redis_client.get(keys.depth_key(SYMBOL)) == b'{"lastUpdateId":2}'
+        assert await read_depth(redis_client, SYMBOL, 10) == book
         assert await redis_client.llen(keys.recent_trades_key(SYMBOL)) == 2
     finally:
         await pubsub.aclose()
+
+
+async def test_the_stored_book_changes_level_by_level(redis_client: aioredis.Redis) -> None:
+    """issue 12: a batch writes only its changed levels (a new total, or "" = gone) and the
+    header; `depth_replace` drops the stored book first (after an engine restart)."""
+    ledger = Ledger(redis_client)
+    await redis_client.set(keys.engine_epoch_key(SYMBOL), "1")
+    await redis_client.set(keys.engine_lease_key(SYMBOL), "1")
+
+    async def settle(seq: int, levels: list[tuple[str, int, str]], replace: bool = False) -> None:
+        header = f'{{"market":"{SYMBOL}","lastUpdateId":{seq},"ts":{seq}}}'
+        res = await ledger.settle(symbol=SYMBOL, epoch=1, first_seq=seq, last_seq=seq, batch_json="",
+                                  balances=[], orders=[], market_data=MarketDataWrite(
+                                      SYMBOL, depth_header=header, depth_levels=levels, depth_replace=replace))
+        assert res.status == "ok"
+
+    await settle(1, [("b", 100, "1.00 5"), ("b", 98, "0.98 1"), ("a", 103, "1.03 2"), ("a", 101, "1.01 4")])
+    await settle(2, [("b", 100, ""), ("b", 99, "0.99 7"), ("a", 101, "1.01 1")])
+    book = await read_depth(redis_client, SYMBOL, 10)
+    assert book is not None and book["lastUpdateId"] == 2
+    assert (book["bids"], book["asks"]) == ([["0.99", "7"], ["0.98", "1"]], [["1.01", "1"], ["1.03", "2"]])
+    top = await read_depth(redis_client, SYMBOL, 1)
+    assert top is not None and (top["bids"], top["asks"]) == ([["0.99", "7"]], [["1.01", "1"]])
+    await settle(3, [("a", 105, "1.05 3")], replace=True)
+    book = await read_depth(redis_client, SYMBOL, 10)
+    assert book is not None and (book["bids"], book["asks"]) == ([], [["1.05", "3"]])
+    # the tests' stand-in for the engine stores a book that reads back the same
+    await store_book(redis_client, "BTC/USDC", 3, [["0.98", "1"], ["0.99", "7"]], [["1.01", "1"]], ts_ms=3)
+    stored = await read_depth(redis_client, "BTC/USDC", 10)
+    assert stored == {"market": "BTC/USDC", "lastUpdateId": 3, "ts": 3, "bids": [["0.99", "7"], ["0.98", "1"]],
+                      "asks": [["1.01", "1"]]}
+    assert await read_depth(redis_client, "ETH/USDC", 10) is None  # nothing stored yet
 
 
 async def test_settle_pushes_more_recent_trades_than_one_unpack(redis_client: aioredis.Redis) -> None:

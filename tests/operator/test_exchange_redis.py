@@ -3,7 +3,6 @@ and the drain (book depth, commands not yet settled, the state rule)."""
 
 from __future__ import annotations
 
-import orjson
 import pytest
 import redis.asyncio as aioredis
 
@@ -12,6 +11,7 @@ from cryptex_common.markets import MarketSpec, MarketState
 from cryptex_common.messages import COMMAND_ADAPTER
 from cryptex_operator import exchange
 from tests.operator.test_operator_kmock import SOL
+from tests.support.depth_book import store_book
 
 SYMBOL = "SOL/USDC"
 
@@ -44,10 +44,10 @@ async def test_drain_step_closes_only_when_settled_and_empty(redis_client: aiore
     assert (state.state, state.commands_pending, state.done) == ("cancelOnly", 2, False)
     assert await exchange.drain_step(redis_client, SYMBOL, wait_s=0) == state  # a retry changes nothing
     await settle_everything(redis_client)
-    await redis_client.set(keys.depth_key(SYMBOL), orjson.dumps({"bids": [["1", "1"]], "asks": []}))
+    await store_book(redis_client, SYMBOL, 1, [["1", "1"]], [])
     state = await exchange.drain_step(redis_client, SYMBOL, wait_s=0)
     assert (state.state, state.bid_levels, state.done) == ("cancelOnly", 1, False)
-    await redis_client.set(keys.depth_key(SYMBOL), orjson.dumps({"bids": [], "asks": []}))
+    await store_book(redis_client, SYMBOL, 2, [], [])
     state = await exchange.drain_step(redis_client, SYMBOL, wait_s=0)
     assert (state.state, state.commands_pending, state.done) == ("closed", 1, False)
     await settle_everything(redis_client)
@@ -63,11 +63,11 @@ async def test_drain_step_sends_a_closed_market_with_orders_back_to_cancel_only(
     cancelOnly (a closed market refuses cancels), and closed again once the book is empty."""
     await exchange.register(redis_client, MarketSpec.model_validate({**SOL, "state": "closed"}))
     await settle_everything(redis_client)
-    await redis_client.set(keys.depth_key(SYMBOL), orjson.dumps({"bids": [["1", "1"]], "asks": []}))
+    await store_book(redis_client, SYMBOL, 1, [["1", "1"]], [])
     state = await exchange.drain_step(redis_client, SYMBOL, wait_s=0)
     assert not state.done and await states(redis_client) == ["closed", "cancelOnly"]
     await settle_everything(redis_client)
-    await redis_client.set(keys.depth_key(SYMBOL), orjson.dumps({"bids": [], "asks": []}))
+    await store_book(redis_client, SYMBOL, 2, [], [])
     await exchange.drain_step(redis_client, SYMBOL, wait_s=0)
     await settle_everything(redis_client)
     assert (await exchange.drain_step(redis_client, SYMBOL, wait_s=0)).done
@@ -98,8 +98,7 @@ async def test_pending_counts_every_entry_not_settled_nor_skipped(redis_client: 
 async def test_drain_state_reads_book_state_and_pending(redis_client: aioredis.Redis) -> None:
     assert await exchange.drain_state(redis_client, SYMBOL) == exchange.Drain(None, 0, 0, 0)
     await exchange.register(redis_client, MarketSpec.model_validate(SOL))
-    await redis_client.set(keys.depth_key(SYMBOL), orjson.dumps(
-        {"bids": [["1", "1"], ["0.9", "2"]], "asks": [["1.1", "1"]]}))
+    await store_book(redis_client, SYMBOL, 1, [["1", "1"], ["0.9", "2"]], [["1.1", "1"]])
     state = await exchange.drain_state(redis_client, SYMBOL)
     assert state == exchange.Drain(MarketState.OPEN, 2, 1, 1) and not state.book_empty
 

@@ -28,6 +28,7 @@ from cryptex_engine.service import EngineService
 from cryptex_engine.settings import EngineSettings
 from cryptex_operator import handlers, render  # noqa: F401  (registers the handlers)
 from cryptex_operator.config import OperatorSettings
+from tests.support.depth_book import store_book
 from tests.support.eventually import eventually as poll
 from tests.support.servers import RedisServer
 
@@ -226,8 +227,7 @@ async def test_delete_drains_then_closes_then_removes_the_engine(
     await eventually(lambda: alive(api, DEPLOYMENTS, "engine-sol-usdc"))
     # The engine's side, played by the test: everything settled, a book with orders.
     await settle_everything(redis_client, symbol)
-    book = {"lastUpdateId": 7, "bids": [["20.00", "1.5"]], "asks": [["21.00", "2"]]}
-    await redis_client.set(keys.depth_key(symbol), orjson.dumps(book))
+    await store_book(redis_client, symbol, 7, [["20.00", "1.5"]], [["21.00", "2"]])
 
     await delete(api)
     await eventually(lambda: obj(api, MARKETS, "sol-usdc")["status"]["phase"] == "Draining")
@@ -241,7 +241,7 @@ async def test_delete_drains_then_closes_then_removes_the_engine(
     assert alive(api, MARKETS, "sol-usdc") and alive(api, DEPLOYMENTS, "engine-sol-usdc")
 
     # The users cancel; the book empties. The engine has not yet settled `closed`: still waiting.
-    await redis_client.set(keys.depth_key(symbol), orjson.dumps({"bids": [], "asks": []}))
+    await store_book(redis_client, symbol, 8, [], [])
     await eventually(lambda: "closed: 0 bid and 0 ask levels resting, 1 commands"
                      in obj(api, MARKETS, "sol-usdc")["status"]["message"])
     assert alive(api, DEPLOYMENTS, "engine-sol-usdc")

@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from cryptex_common import keys
 from cryptex_common.runtime import start_ops_server
 from cryptex_wsgateway.book import checksum
+from tests.support.depth_book import store_book
 from tests.support.eventually import eventually
 from tests.wsgateway.conftest import (
     GatewayUnderTest,
@@ -142,9 +143,7 @@ async def test_auth_errors_and_success(
 async def test_depth_snapshot_then_diffs_with_checksums(
     make_gateway: Any, session: aiohttp.ClientSession, redis_client: aioredis.Redis
 ) -> None:
-    await redis_client.set(keys.depth_key(M), orjson.dumps({
-        "market": M, "lastUpdateId": 10, "bids": [["100.00", "1.000"]],
-        "asks": [["101.00", "2.000"]], "ts": 1}))
+    await store_book(redis_client, M, 10, [["100.00", "1.000"]], [["101.00", "2.000"]])
     gw = await make_gateway()
     async with session.ws_connect(gw.ws_url) as ws:
         await subscribe(ws, "depth@SOL/USDC")
@@ -195,9 +194,7 @@ async def test_gap_triggers_resnapshot(
         await publish(1, 1, [["10.00", "1.000"]])
         assert (await recv(ws))["data"]["u"] == 1
         # 2..3 are lost on the way; the engine's key already has them.
-        await redis_client.set(keys.depth_key(M), orjson.dumps({
-            "market": M, "lastUpdateId": 3, "bids": [["10.00", "2.000"], ["9.00", "1.000"]],
-            "asks": [], "ts": 1}))
+        await store_book(redis_client, M, 3, [["10.00", "2.000"], ["9.00", "1.000"]], [])
         await publish(4, 4, [["11.00", "1.000"]])
         snap = (await recv(ws))["data"]
         assert (snap["e"], snap["reason"], snap["lastUpdateId"]) == ("depthSnapshot", "resync", 3)

@@ -25,6 +25,7 @@ from cryptex_api.replies import Reply
 from cryptex_api.responses import GuardChecked, json_response
 from cryptex_common import keys, metrics
 from cryptex_common.auth import REPLAY_GUARD_MS
+from cryptex_common.depth import read_depth
 from cryptex_common.errors import CryptexError, ErrorCode
 from cryptex_common.ledger import Enqueued, enqueue_call, enqueued, ledger_script_source
 from cryptex_common.markets import MarketSpec
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from cryptex_api.app import Api
 
 log = logging.getLogger("cryptex.api")
+VISIBLE_ASK_LEVELS = 1000  # how deep a market buy by quantity looks to price its lock
 
 
 class OrderHandlers:
@@ -63,14 +65,15 @@ class OrderHandlers:
 
     # --- placing ---------------------------------------------------------------------
     async def visible_asks(self, spec: MarketSpec) -> list[tuple[int, int]]:
-        """The published ask levels as (price ticks, quantity lots), best first."""
-        raw = await self.api.redis.get(keys.depth_key(spec.symbol))
-        if not raw:
+        """The best VISIBLE_ASK_LEVELS published ask levels as (price ticks, quantity lots),
+        best first."""
+        book = await read_depth(self.api.redis, spec.symbol, VISIBLE_ASK_LEVELS)
+        if book is None:
             return []
         tick, lot = Decimal(spec.tick_size), Decimal(spec.lot_size)
         return [(to_steps(Decimal(p), tick, "price", ErrorCode.OFF_TICK),
                  to_steps(Decimal(q), lot, "quantity", ErrorCode.OFF_LOT))
-                for p, q in orjson.loads(raw)["asks"]]
+                for p, q in book["asks"]]
 
     async def place_order(self, request: web.Request, user_id: str, body: dict[str, Any],
                           signature: str | None = None) -> web.Response:

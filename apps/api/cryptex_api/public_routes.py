@@ -10,7 +10,7 @@ history reads answer 503 HISTORY_UNAVAILABLE while PostgreSQL is away.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
@@ -20,6 +20,8 @@ from cryptex_api import params
 from cryptex_api.openapi import OPENAPI
 from cryptex_api.responses import json_response
 from cryptex_common import keys
+from cryptex_common.depth import read_depth
+from cryptex_common.market_data import empty_book
 
 if TYPE_CHECKING:
     from cryptex_api.app import Api
@@ -37,11 +39,8 @@ class PublicHandlers:
     async def depth(self, request: web.Request) -> web.Response:
         spec = self.api.market(request.query.get("market"))
         limit = params.int_param(request.query, "limit", 100, 1, 200)
-        raw = await self.api.public_redis.get(keys.depth_key(spec.symbol))
-        book: dict[str, Any] = orjson.loads(raw) if raw else {"market": spec.symbol, "lastUpdateId": 0,
-                                               "bids": [], "asks": [], "ts": 0}
-        book["bids"], book["asks"] = book["bids"][:limit], book["asks"][:limit]
-        return json_response(book)
+        book = await read_depth(self.api.public_redis, spec.symbol, limit)
+        return json_response(book or empty_book(spec.symbol))
 
     async def trades(self, request: web.Request) -> web.Response:
         """Recent trades from Redis; older pages (`beforeId`) from PostgreSQL."""

@@ -8,10 +8,10 @@ is written and published only once the batch is applied, in one round trip.
 Invariants:
 - The depth diff of a batch holds, per changed level, its absolute total after the batch
   (0 = gone); `U`..`u` are the batch's first and last seq (gap-free across batches).
-- The REST book (`depth:{M}`) is written with every batch that changed a level, like the
-  diff, so its `lastUpdateId` never lags a published diff; only a side whose top N may have
-  changed is re-read and re-serialised (a change beyond the Nth level cannot alter it), and
-  within it only levels whose total changed are formatted again.
+- The REST book (`keys.depth_keys`) is written with every batch that changed a level, like
+  the diff, so its `lastUpdateId` never lags a published diff; only the changed levels are
+  written (their count, not the book's size, is the cost). After a snapshot load or a
+  replay the next settled batch replaces the stored book whole (`rewrite_book`).
 - Private updates go only to users whose subscription the settle script finds live. The
   engine formats them up front for users it has seen subscribed; a user the script reports
   subscribed for whom nothing was sent (just subscribed) gets them right after, before the
@@ -21,7 +21,6 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -44,48 +43,6 @@ from cryptex_engine.translate import BatchOutput, Record
 PRICE_CACHE_MAX = 100_000  # formatted prices kept; the cache starts over beyond this
 
 
-class TopLevels:
-    """The best `n` levels of one book side as [price, quantity] strings, kept between
-    batches: `refresh` re-reads the side and formats only levels whose total changed."""
-
-    __slots__ = ("is_buy", "json", "levels", "n", "rows")
-
-    def __init__(self, is_buy: bool, n: int) -> None:
-        self.is_buy = is_buy
-        self.n = n
-        self.levels: dict[int, tuple[int, list[str]]] = {}  # price -> (lots, [p, q])
-        self.rows: list[list[str]] = []  # best first
-        self.json = orjson.Fragment(b"[]")
-
-    def may_change(self, prices: Iterable[int]) -> bool:
-        """False only when every changed price lies beyond a full top n (worse than its
-        last level), which cannot alter the top n."""
-        if len(self.rows) < self.n or not self.levels:
-            return True
-        floor = min(self.levels) if self.is_buy else max(self.levels)
-        if self.is_buy:
-            return any(p >= floor for p in prices)
-        return any(p <= floor for p in prices)
-
-    def refresh(self, side: BookSide, price_text: Any, quantity_text: Any) -> None:
-        sign = 1 if self.is_buy else -1
-        book_levels, old, new = side.levels, self.levels, {}
-        rows = []
-        for key in side.keys[: -self.n - 1 : -1]:  # best first
-            price = sign * key
-            lots = book_levels[price].total_lots
-            hit = old.get(price)
-            if hit is None or hit[0] != lots:
-                hit = (lots, [price_text(price), quantity_text(lots)])
-            new[price] = hit
-            rows.append(hit[1])
-        self.levels, self.rows = new, rows
-        self.json = orjson.Fragment(orjson.dumps(rows))
-
-    def best(self) -> list[str] | None:
-        return self.rows[0] if self.rows else None
-
-
 class MarketData:
     """The market-data builder an EngineService owns."""
 
@@ -96,10 +53,9 @@ class MarketData:
         self.fmt = WireFormat(spec)
         self.ticker = RollingTicker()
         self.ticker_dirty = False
-        self.bids = TopLevels(True, settings.depth_levels)
-        self.asks = TopLevels(False, settings.depth_levels)
         self._prices: dict[int, str] = {}
         self._last_top: tuple[Any, Any] = (None, None)
+        self.rewrite_book = True  # the stored book may differ from the core's: send it whole
         self.subscribers: set[str] = set()  # users last seen with a live private subscription
         self._channels = (keys.depth_channel(self.symbol), keys.book_ticker_channel(self.symbol),
                           keys.trades_channel(self.symbol))
@@ -114,9 +70,8 @@ class MarketData:
 
     def invalidate(self) -> None:
         """The book changed without this builder seeing it (a snapshot was loaded, settled
-        commands were replayed): both sides are re-read at the next batch that changes one."""
-        self.bids.rows = []
-        self.asks.rows = []
+        commands were replayed): the next settled batch replaces the stored book whole."""
+        self.rewrite_book = True
 
     # --- one batch ---------------------------------------------------------------------
     def build(self, core: MatchingEngine, out: BatchOutput, results: list[CommandResult],
@@ -128,7 +83,6 @@ class MarketData:
                 for side, price, qty in r.depth_changes:
                     levels[(side, price)] = qty
         publishes: list[tuple[str, Payload]] = self._replies(out)
-        depth_json = None
         ptext, qtext = self.price_text, self.fmt.quantity_text
         diff = payloads.depth_diff(
             self.symbol, first_seq, last_seq,
@@ -136,13 +90,45 @@ class MarketData:
             [[ptext(p), qtext(q)] for (s, p), q in levels.items() if s is Side.SELL],
             ts_ms)
         publishes.append((self._channels[0], orjson.dumps(diff)))
-        if levels:
-            depth_json = self._book(core, levels, last_seq, ts_ms, publishes)
+        header, stored, replace = None, [], self.rewrite_book
+        if replace:
+            stored = self._whole_book(core)
+            self.rewrite_book = False
+        else:
+            stored = [("b" if s is Side.BUY else "a", p, f"{ptext(p)} {qtext(q)}" if q else "")
+                      for (s, p), q in levels.items()]
+        if stored or replace:
+            header = orjson.dumps(payloads.depth_header(self.symbol, last_seq, ts_ms))
+            self._book_ticker(core, last_seq, ts_ms, publishes)
         trades: list[Payload] = []
         if out.trades:
             trades = self._public_trades(out.trades)
             publishes.append((self._channels[2], b"[" + b",".join(trades) + b"]"))  # type: ignore[arg-type]
-        return MarketDataWrite(self.symbol, depth_json, self.settings.recent_trades, trades, publishes)
+        return MarketDataWrite(self.symbol, header, stored, replace, self.settings.recent_trades, trades, publishes)
+
+    def _whole_book(self, core: MatchingEngine) -> list[tuple[str, int, str]]:
+        """Every level of the core's book, as the stored book's entries."""
+        ptext, qtext = self.price_text, self.fmt.quantity_text
+        return [(tag, price, f"{ptext(price)} {qtext(level.total_lots)}")
+                for tag, side in (("b", core.book.bids), ("a", core.book.asks))
+                for price, level in side.levels.items()]
+
+    def _book_ticker(self, core: MatchingEngine, last_seq: int, ts_ms: int,
+                     publishes: list[tuple[str, Payload]]) -> None:
+        """The book ticker, published when the best bid or ask (price or quantity) moved."""
+        top = (self._best(core.book.bids), self._best(core.book.asks))
+        if top == self._last_top:
+            return
+        self._last_top = top
+        bid, ask = top
+        publishes.append((self._channels[1], orjson.dumps(payloads.book_ticker(
+            self.symbol, [self.price_text(bid[0]), self.fmt.quantity_text(bid[1])] if bid else None,
+            [self.price_text(ask[0]), self.fmt.quantity_text(ask[1])] if ask else None, last_seq, ts_ms))))
+
+    @staticmethod
+    def _best(side: BookSide) -> tuple[int, int] | None:
+        price = side.best_price()
+        return None if price is None else (price, side.levels[price].total_lots)
 
     @staticmethod
     def _replies(out: BatchOutput) -> list[tuple[str, Payload]]:
@@ -155,21 +141,6 @@ class MarketData:
             else:
                 group.append(reply)
         return [(channel, orjson.dumps(replies)) for channel, replies in by_channel.items()]
-
-    def _book(self, core: MatchingEngine, levels: dict[tuple[Side, int], int], last_seq: int,
-              ts_ms: int, publishes: list[tuple[str, Payload]]) -> bytes:
-        """The REST depth book after this batch (and the book ticker when the top moved)."""
-        ptext, qtext = self.price_text, self.fmt.quantity_text
-        for top, side, book_side in ((self.bids, Side.BUY, core.book.bids),
-                                     (self.asks, Side.SELL, core.book.asks)):
-            if top.may_change(p for (s, p) in levels if s is side):
-                top.refresh(book_side, ptext, qtext)
-        bid, ask = self.bids.best(), self.asks.best()
-        if (bid, ask) != self._last_top:
-            self._last_top = (bid, ask)
-            publishes.append((self._channels[1],
-                              orjson.dumps(payloads.book_ticker(self.symbol, bid, ask, last_seq, ts_ms))))
-        return orjson.dumps(payloads.depth_book(self.symbol, last_seq, self.bids.json, self.asks.json, ts_ms))
 
     def _public_trades(self, trades: list[Record]) -> list[Payload]:
         ptext, fmt, symbol = self.price_text, self.fmt, self.symbol

@@ -13,7 +13,6 @@ class EngineSettings(ServiceSettings):
     batch_size: int = Field(default=500, ge=1, le=10_000)
     block_ms: int = Field(default=50, ge=1, le=10_000)
     lease_ttl_ms: int = Field(default=5_000, ge=500)
-    depth_levels: int = Field(default=200, ge=1, le=5_000)
     ticker_interval_ms: int = Field(default=1_000, ge=100)
     recent_trades: int = Field(default=1_000, ge=1)
     # Snapshots: every N commands or T seconds, whichever comes first (0 disables either).

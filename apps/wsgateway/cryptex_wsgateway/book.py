@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import zlib
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -130,9 +131,9 @@ class DepthTracker:
         return self._apply(diff)
 
     def on_snapshot(
-        self, snap: dict[str, Any] | None, force: bool = False
+        self, snap: Mapping[str, Any] | None, force: bool = False
     ) -> list[dict[str, Any]] | None:
-        """Adopt a `depth:{M}` snapshot (None: the key does not exist, an empty book).
+        """Adopt a stored-book snapshot (None: no book stored yet, an empty book).
 
         Returns the messages to send (a `depthSnapshot`, then buffered updates), or None when
         the snapshot is older than the buffered updates can continue: ask again a little

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 import cryptex_common.metrics as metrics
 from cryptex_common import keys
+from cryptex_common.depth import read_depth
 from cryptex_common.markets import MarketSpec
 from cryptex_common.registry import load_markets
 from cryptex_wsgateway.book import DepthTracker
@@ -35,6 +36,7 @@ from cryptex_wsgateway.streams import KLINE_INTERVALS_MS, Stream
 from cryptex_wsgateway.upstream import SERVICE, Handler, Upstream
 
 log = logging.getLogger("cryptex_wsgateway.gateway")
+SNAPSHOT_LEVELS = 200  # levels per side a depth subscriber's snapshot holds
 Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
 
 
@@ -124,7 +126,7 @@ class MarketData:
         tracker = self.trackers[market]
         was_live = tracker.live
         for msg in tracker.on_diff(orjson.loads(raw)):
-            self.publisher.publish(f"depth@{market}", "depth", msg, msg.get("ts"))
+            self.publisher.publish(keys.depth_channel(market), "depth", msg, msg.get("ts"))
         if was_live and not tracker.live:
             metrics.WS_RESNAPSHOTS.labels(market).inc()
             log.warning("depth sequence gap, re-snapshotting", extra={"market": market})
@@ -136,7 +138,8 @@ class MarketData:
             self._spawn(self._resync(market))
 
     async def _resync(self, market: str) -> None:
-        """Read `depth:{M}` until it continues the buffered updates (or the wait is over)."""
+        """Read the stored book (`cryptex_common.depth`) until it continues the buffered
+        updates (or the wait is over)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.resync_wait_s
         delay = 0.01
@@ -146,17 +149,15 @@ class MarketData:
                 if tracker is None or tracker.live:
                     return
                 try:
-                    raw = await self.redis.get(keys.depth_key(market))
+                    book = await read_depth(self.redis, market, SNAPSHOT_LEVELS)
                 except (RedisError, OSError):
                     metrics.REDIS_ERRORS.labels(SERVICE).inc()
                     await asyncio.sleep(0.5)
                     continue
-                out = tracker.on_snapshot(
-                    orjson.loads(raw) if raw else None, force=loop.time() >= deadline
-                )
+                out = tracker.on_snapshot(book, force=loop.time() >= deadline)
                 if out is not None:
                     for msg in out:
-                        self.publisher.publish(f"depth@{market}", "depth", msg)
+                        self.publisher.publish(keys.depth_channel(market), "depth", msg)
                     if not tracker.live:  # a further gap inside the buffered updates
                         metrics.WS_RESNAPSHOTS.labels(market).inc()
                         deadline = loop.time() + self.resync_wait_s
@@ -170,7 +171,7 @@ class MarketData:
     def _on_trades(self, market: str, raw: bytes) -> None:
         trades = orjson.loads(raw)
         ts = trades[0].get("ts") if trades else None
-        self.publisher.publish_raw(f"trades@{market}", "trades", raw, ts)
+        self.publisher.publish_raw(keys.trades_channel(market), "trades", raw, ts)
         builders = self.klines.get(market)
         if not builders:
             return
@@ -184,11 +185,11 @@ class MarketData:
 
     def _on_ticker(self, market: str, raw: bytes) -> None:
         self.last_ticker[market] = raw
-        self.publisher.publish_raw(f"ticker@{market}", "ticker", raw, None)
+        self.publisher.publish_raw(keys.ticker_channel(market), "ticker", raw, None)
 
     def _on_book_ticker(self, market: str, raw: bytes) -> None:
         self.last_book_ticker[market] = raw
-        self.publisher.publish_raw(f"bookTicker@{market}", "bookTicker", raw, None)
+        self.publisher.publish_raw(keys.book_ticker_channel(market), "bookTicker", raw, None)
 
     def close_candles(self, now_ms: int) -> None:
         """Publish the candles whose bucket ended before `now_ms`."""

@@ -40,7 +40,28 @@ def dead_letter_stream(symbol: str) -> str:
 
 
 def depth_key(symbol: str) -> str:
+    """The REST book's header: JSON `market_data.DepthHeader` (the batch it is as of)."""
     return f"depth:{{{market_tag(symbol)}}}"
+
+
+def depth_bids_key(symbol: str) -> str:
+    """Sorted set of the bid levels' prices: member and score = price ticks."""
+    return f"depth:{{{market_tag(symbol)}}}:bids"
+
+
+def depth_asks_key(symbol: str) -> str:
+    """Sorted set of the ask levels' prices: member and score = price ticks."""
+    return f"depth:{{{market_tag(symbol)}}}:asks"
+
+
+def depth_levels_key(symbol: str) -> str:
+    """Hash: price ticks -> "<price> <quantity>" (the level's wire strings), both sides."""
+    return f"depth:{{{market_tag(symbol)}}}:levels"
+
+
+def depth_keys(symbol: str) -> list[str]:
+    """The REST book's keys in the order the scripts take them: header, bids, asks, levels."""
+    return [depth_key(symbol), depth_bids_key(symbol), depth_asks_key(symbol), depth_levels_key(symbol)]
 
 
 def recent_trades_key(symbol: str) -> str:

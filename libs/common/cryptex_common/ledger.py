@@ -99,13 +99,17 @@ Payload = str | bytes
 @dataclass(frozen=True, slots=True)
 class MarketDataWrite:
     """What the settle script writes and publishes after the batch's settle writes, in the
-    same call, and only when the batch was applied ("ok"): the REST depth book (None =
-    leave the key as it is), public trades pushed on the recent-trades list (kept to
+    same call, and only when the batch was applied ("ok"): the REST depth book's changed
+    levels (side "b"/"a", price ticks, "<price> <quantity>" or "" when gone; with
+    `depth_replace` the stored book is dropped first and these are all its levels) and its
+    header (None = leave it), public trades pushed on the recent-trades list (kept to
     `recent_keep`), messages published in order, then per user (user id, channel,
     messages) published only when that user's private subscription is live at `now_ms`."""
 
     symbol: str
-    depth_json: Payload | None = None
+    depth_header: Payload | None = None
+    depth_levels: list[tuple[str, int, str]] = dataclasses.field(default_factory=list)
+    depth_replace: bool = False
     recent_keep: int = 1000
     trades: list[Payload] = dataclasses.field(default_factory=list)
     publishes: list[tuple[str, Payload]] = dataclasses.field(default_factory=list)
@@ -205,7 +209,7 @@ def settle_call(
     now_ms: int = 0, market_data: MarketDataWrite | None = None,
 ) -> ScriptCall:
     """settle_batch.lua's call: one KEYS entry per changed balance field, two per order,
-    then (with `market_data`) the depth and recent-trades keys."""
+    then (with `market_data`) the depth book's four keys and the recent-trades key."""
     changes = _net_changes(balances)
     users = list(dict.fromkeys(notify_users))
     script_keys = [keys.engine_epoch_key(symbol), keys.engine_lease_key(symbol),
@@ -226,11 +230,14 @@ def settle_call(
 
 
 def _market_data_args(md: MarketDataWrite, script_keys: list[str], args: list[Any]) -> None:
-    script_keys += [keys.depth_key(md.symbol), keys.recent_trades_key(md.symbol)]
+    script_keys += [*keys.depth_keys(md.symbol), keys.recent_trades_key(md.symbol)]
     if md.recent_keep < 1:
         raise ValueError("recent_keep must be positive")
-    args += [md.depth_json if md.depth_json is not None else "", md.recent_keep,
-             len(md.trades), *md.trades, len(md.publishes)]
+    args += [md.depth_header if md.depth_header is not None else "", "1" if md.depth_replace else "0",
+             len(md.depth_levels)]
+    for side, ticks, text in md.depth_levels:
+        args += [side, ticks, text]
+    args += [md.recent_keep, len(md.trades), *md.trades, len(md.publishes)]
     for channel, message in md.publishes:
         args += [channel, message]
     args.append(len(md.user_messages))

@@ -7,8 +7,10 @@ command sequence; `ts` is milliseconds since the epoch.
 - `DepthDiff` (channel `keys.depth_channel`, one per settled batch): per changed level its
   absolute total after the batch (`"0"` = gone); `U`..`u` are the batch's first and last
   seq and `pu == U - 1`, so consecutive diffs satisfy `U == previous u + 1`.
-- `DepthBook` (key `keys.depth_key`): the top levels after the batch `lastUpdateId`, best
-  first; `bids`/`asks` may be pre-serialised JSON fragments.
+- `DepthHeader` (key `keys.depth_key`): the batch the stored book is as of; the levels
+  themselves live in `keys.depth_bids_key`/`depth_asks_key`/`depth_levels_key`, changed
+  level by level; `cryptex_common.depth.read_depth` reads them as a `DepthBook` (best
+  first).
 - `BookTicker` (channel `keys.book_ticker_channel`): the best bid and ask after batch `u`,
   published only when either changed.
 - `PublicTrade` (a JSON array of them per batch on `keys.trades_channel`; the recent ones in
@@ -19,7 +21,7 @@ command sequence; `ts` is milliseconds since the epoch.
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import TypedDict
 
 Level = list[str]  # [price, quantity]
 
@@ -34,11 +36,17 @@ class DepthDiff(TypedDict):
     ts: int
 
 
+class DepthHeader(TypedDict):
+    market: str
+    lastUpdateId: int
+    ts: int
+
+
 class DepthBook(TypedDict):
     market: str
     lastUpdateId: int
-    bids: Any  # list[Level] or an orjson.Fragment of one
-    asks: Any
+    bids: list[Level]
+    asks: list[Level]
     ts: int
 
 
@@ -86,8 +94,18 @@ def depth_diff(market: str, first_seq: int, last_seq: int, bids: list[Level], as
             "bids": bids, "asks": asks, "ts": ts_ms}
 
 
-def depth_book(market: str, last_seq: int, bids: Any, asks: Any, ts_ms: int) -> DepthBook:
-    return {"market": market, "lastUpdateId": last_seq, "bids": bids, "asks": asks, "ts": ts_ms}
+def depth_header(market: str, last_seq: int, ts_ms: int) -> DepthHeader:
+    return {"market": market, "lastUpdateId": last_seq, "ts": ts_ms}
+
+
+def depth_book(header: DepthHeader, bids: list[Level], asks: list[Level]) -> DepthBook:
+    return {"market": header["market"], "lastUpdateId": header["lastUpdateId"], "bids": bids, "asks": asks,
+            "ts": header["ts"]}
+
+
+def empty_book(market: str) -> DepthBook:
+    """The book of a market whose engine has written nothing yet."""
+    return {"market": market, "lastUpdateId": 0, "bids": [], "asks": [], "ts": 0}
 
 
 def book_ticker(market: str, bid: Level | None, ask: Level | None, last_seq: int, ts_ms: int) -> BookTicker:

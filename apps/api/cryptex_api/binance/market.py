@@ -18,7 +18,9 @@ from cryptex_api.binance.errors import BinanceError, illegal, mandatory
 from cryptex_api.binance.exchange_info import exchange_info
 from cryptex_common import keys
 from cryptex_common.binance import binance_symbol
+from cryptex_common.depth import read_depth
 from cryptex_common.intervals import CANDLE_INTERVALS_MS
+from cryptex_common.market_data import empty_book
 from cryptex_common.markets import MarketSpec
 
 if TYPE_CHECKING:
@@ -68,8 +70,8 @@ class Market:
     async def depth(self, _: Any, params: dict[str, str]) -> Any:
         spec = self.facade.spec(params)
         limit = uint(params, "limit", 100, 5000) or 100
-        book = await self._json(keys.depth_key(spec.symbol)) or {"lastUpdateId": 0, "bids": [], "asks": []}
-        return {"lastUpdateId": book["lastUpdateId"], "bids": book["bids"][:limit], "asks": book["asks"][:limit]}
+        book = await read_depth(self.api.public_redis, spec.symbol, limit) or empty_book(spec.symbol)
+        return {"lastUpdateId": book["lastUpdateId"], "bids": book["bids"], "asks": book["asks"]}
 
     async def _recent(self, spec: MarketSpec, limit: int) -> list[dict[str, Any]]:
         """The newest `limit` public trades, oldest first."""
@@ -120,8 +122,8 @@ class Market:
         symbols = [s.symbol for s in specs]
         redis = self.api.public_redis
         tickers = await redis.mget([keys.ticker_key(s) for s in symbols])
-        books = await redis.mget([keys.depth_key(s) for s in symbols])
-        return [build(spec, orjson.loads(t) if t else {}, orjson.loads(b) if b else {})
+        books: list[Any] = [await read_depth(redis, s, 1) or {} for s in symbols]
+        return [build(spec, orjson.loads(t) if t else {}, b)
                 for spec, t, b in zip(specs, tickers, books, strict=True)]
 
     async def ticker_24hr(self, _: Any, params: dict[str, str]) -> Any:

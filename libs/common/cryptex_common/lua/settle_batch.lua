@@ -2,14 +2,17 @@
 -- writes or none.
 -- KEYS: 1 epoch, 2 lease, 3 settled sequence, 4 events stream, 5 private subscribers zset,
 --       then one balance hash per change (n), then per order (m): order hash, open-order set
---       optionally followed by the market-data keys: depth book (string), recent trades (list)
+--       optionally followed by the market-data keys: the depth book's header (string), bid
+--       prices (zset), ask prices (zset), levels (hash), recent trades (list)
 -- ARGV: 1 epoch, 2 first seq, 3 last seq, 4 event batch JSON ("" for none),
 --       5 order TTL seconds once terminal, 6 now ms, 7 n,
 --       then per change: field, delta (canonical integer, may be negative),
 --       then m, then per order: order id, record JSON, terminal ("1"/"0"),
 --       then k, then k user ids to look up in the subscribers zset;
---       with the market-data keys, then: depth book JSON ("" = leave the key), recent
---       trades to keep, r, r trade JSONs (LPUSHed in order), p, p (channel, message)
+--       with the market-data keys, then: depth header JSON ("" = leave the key), replace
+--       the book first ("1"/"0"), d, d changed levels (side "b"/"a", price ticks, the
+--       level's "<price> <quantity>" or "" when it is gone), recent trades to keep, r, r
+--       trade JSONs (LPUSHed in order), p, p (channel, message)
 --       pairs, u, then per user: user id, channel, c, c messages (published only when
 --       that user's subscriber score >= now ms)
 -- After every write, and only on "ok", the market data is written and published (one round
@@ -25,9 +28,26 @@ local function settle_count(s)
   return tonumber(s)
 end
 
--- the market-data part starting at ARGV[at]: {at, r, p, user blocks {at of id, c}} when
--- it has the documented shape up to exactly the last ARGV, else nil
-local function settle_market_layout(at)
+-- the depth part starting at ARGV[at]: its d when every level is well formed, else nil
+local function settle_depth_layout(at)
+  if ARGV[at + 1] ~= "0" and ARGV[at + 1] ~= "1" then return nil end
+  local d = settle_count(ARGV[at + 2] or "")
+  if not d then return nil end
+  for j = 1, d do
+    local side, ticks, text = ARGV[at + 3 * j], ARGV[at + 3 * j + 1], ARGV[at + 3 * j + 2]
+    if side ~= "b" and side ~= "a" then return nil end
+    -- ticks are sorted-set scores (doubles): exact below 2**53
+    if not dec_is_positive(ticks or "") or #ticks > 15 or text == nil then return nil end
+  end
+  return d
+end
+
+-- the market-data part starting at ARGV[at]: {depth_at, d, at, r, p, user blocks {at of
+-- id, c}} when it has the documented shape up to exactly the last ARGV, else nil
+local function settle_market_layout(depth_at)
+  local d = settle_depth_layout(depth_at)
+  if not d then return nil end
+  local at = depth_at + 2 + 3 * d
   local keep, r = ARGV[at + 1], settle_count(ARGV[at + 2] or "")
   if not r or not dec_is_positive(keep or "") or #keep > 7 then return nil end
   local p = settle_count(ARGV[at + 3 + r] or "")
@@ -43,7 +63,7 @@ local function settle_market_layout(at)
     pos = pos + 3 + c
   end
   if #ARGV ~= pos then return nil end
-  return {at = at, r = r, p = p, users = users}
+  return {depth_at = depth_at, d = d, at = at, r = r, p = p, users = users}
 end
 
 -- the counts n, m, k (and the market-data layout or false) when ARGV and KEYS have the
@@ -57,16 +77,34 @@ local function settle_layout()
   if not k then return nil end
   local base = 9 + 2 * n + 3 * m + k
   if #KEYS == 5 + n + 2 * m and #ARGV == base then return n, m, k, false end
-  if #KEYS ~= 7 + n + 2 * m then return nil end
+  if #KEYS ~= 10 + n + 2 * m then return nil end
   local market = settle_market_layout(base + 1)
   if not market then return nil end
   return n, m, k, market
 end
 
+-- apply the changed depth levels (after every settle write): one sorted-set and one hash
+-- write per changed level, so the cost follows the change, not the book
+local function settle_depth(market, book)
+  local at = market.depth_at
+  if ARGV[at + 1] == "1" then redis.call("DEL", book[2], book[3], book[4]) end
+  for j = 1, market.d do
+    local prices, ticks, text = ARGV[at + 3 * j] == "b" and book[2] or book[3], ARGV[at + 3 * j + 1], ARGV[at + 3 * j + 2]
+    if text == "" then
+      redis.call("ZREM", prices, ticks)
+      redis.call("HDEL", book[4], ticks)
+    else
+      redis.call("ZADD", prices, ticks, ticks)
+      redis.call("HSET", book[4], ticks, text)
+    end
+  end
+  if ARGV[at] ~= "" then redis.call("SET", book[1], ARGV[at]) end
+end
+
 -- write and publish the market data (after every settle write)
-local function settle_market_data(market, depth_key, trades_key, now_ms)
+local function settle_market_data(market, book, trades_key, now_ms)
+  settle_depth(market, book)
   local at = market.at
-  if ARGV[at] ~= "" then redis.call("SET", depth_key, ARGV[at]) end
   local r = market.r
   for from = 1, r, 500 do  -- unpack() has a stack limit: push in chunks, in order
     redis.call("LPUSH", trades_key, unpack(ARGV, at + 2 + from, at + 2 + math.min(r, from + 499)))
@@ -151,9 +189,12 @@ if not rows then return refusal end
 refusal = settle_orders_refusal(n, m)
 if refusal then return refusal end
 if ARGV[4] ~= "" and not key_type_is(KEYS[4], "stream") then return {"corrupt", KEYS[4], ""} end
-local depth_key, trades_key = KEYS[6 + n + 2 * m], KEYS[7 + n + 2 * m]
+local md_at = 5 + n + 2 * m
+local book, trades_key = {KEYS[md_at + 1], KEYS[md_at + 2], KEYS[md_at + 3], KEYS[md_at + 4]}, KEYS[md_at + 5]
 if market then
-  if not key_type_is(depth_key, "string") then return {"corrupt", depth_key, ""} end
+  for j, want in ipairs({"string", "zset", "zset", "hash"}) do
+    if not key_type_is(book[j], want) then return {"corrupt", book[j], ""} end
+  end
   if not key_type_is(trades_key, "list") then return {"corrupt", trades_key, ""} end
 end
 local reply = settle_subscribed(n, m, k)
@@ -174,5 +215,5 @@ if ARGV[4] ~= "" then
   redis.call("XADD", KEYS[4], "*", "b", ARGV[4])
 end
 redis.call("SET", KEYS[3], ARGV[3])
-if market then settle_market_data(market, depth_key, trades_key, tonumber(ARGV[6])) end
+if market then settle_market_data(market, book, trades_key, tonumber(ARGV[6])) end
 return reply
