@@ -33,7 +33,8 @@ def pro_binance(ex: Exchange, user: CryptexClient | None = None) -> Any:
     api = exchange.urls["api"]
     rest = {k: f"{ex.api}/api/v3" if k in ("public", "private") else f"{ex.api}/unsupported/{k}"
             for k in api if k != "ws"}
-    ws = {k: f"{ex.ws}/ws" if k == "spot" else f"{ex.ws}/unsupported/{k}" for k in api["ws"] if k != "ws-api"}
+    ws: dict[str, Any] = {k: f"{ex.ws}/ws" if k == "spot" else f"{ex.ws}/unsupported/{k}"
+                          for k in api["ws"] if k != "ws-api"}
     ws["ws-api"] = {k: f"{ex.ws}/ws-api/v3" if k == "spot" else f"{ex.ws}/unsupported/{k}"
                     for k in api["ws"]["ws-api"]}
     exchange.urls["api"] = {**rest, "ws": ws}

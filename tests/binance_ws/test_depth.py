@@ -68,7 +68,7 @@ async def rest_depth(s: aiohttp.ClientSession, ex: Exchange, limit: int = 1000) 
 async def flow(users: list[CryptexClient], rng: random.Random, n: int) -> int:
     """Random limit and market orders around 100 on FLOW_MARKET and some cancels; returns
     how many orders were accepted."""
-    accepted, open_orders = 0, []
+    accepted, open_orders = 0, list[tuple[int, str]]()
     for _ in range(n):
         u = rng.randrange(len(users))
         if rng.random() < 0.15 and open_orders:
