@@ -172,3 +172,23 @@ async def test_deleted_listen_key_ends_the_stream(exchange: Exchange, admin: Cry
     assert event["e"] == "listenKeyExpired" and event["listenKey"] == key
     closed = await ws.receive(timeout=5)
     assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+
+
+async def test_deposit_and_withdrawal_are_balance_updates(
+        exchange: Exchange, admin: CryptexClient, session: aiohttp.ClientSession) -> None:
+    user = await funded(admin, {"USDC": "10"})
+    sink: list[dict[str, Any]] = []
+    ws = await session.ws_connect(f"{exchange.ws}/ws/{await new_listen_key(session, exchange, user)}")
+    reader = asyncio.create_task(events(ws, sink))
+    uid = user.user_id  # type: ignore[attr-defined]
+    assert (await admin.deposit(uid, "USDC", "25.5", f"bu-{uid}-1")).status == 200
+    assert (await admin.withdraw(uid, "USDC", "0.25", f"bu-{uid}-2")).status == 200
+    assert (await admin.deposit(uid, "USDC", "25.5", f"bu-{uid}-1")).status == 200  # a replay: no event
+    await wait_for(lambda: last_balances(sink).get("USDC") == ("35.250000", "0.000000"))
+    await asyncio.sleep(0.3)
+    updates = [(e["a"], e["d"]) for e in sink if e.get("e") == "balanceUpdate"]
+    assert updates == [("USDC", "25.500000"), ("USDC", "-0.250000")]
+    first = next(i for i, e in enumerate(sink) if e.get("e") == "balanceUpdate")
+    assert any(e.get("e") == "outboundAccountPosition" for e in sink[first + 1:])  # then the balance
+    await ws.close()
+    reader.cancel()

@@ -39,6 +39,9 @@ from cryptex_wsgateway.upstream import SERVICE, Upstream
 
 log = logging.getLogger("cryptex_wsgateway.gateway")
 SUBSCRIBE_CONFIRM_S = 5.0  # how long a private SUBSCRIBE waits for Redis's confirmation
+# A user's deposits and withdrawals `{"asset", "delta" (smallest units), "txId"}`: a topic
+# only taps follow (no client stream carries it; the native user.balances shows the result).
+TRANSFERS = "user.transfers"
 # KEYS[1] the private-subscribers ZSET; ARGV[1] ttl ms, ARGV[2..] user ids. Expiries come from
 # Redis's clock and only grow (GT); expired members are removed. Returns the expiry written.
 REGISTER_LUA = """
@@ -131,8 +134,10 @@ class PrivateFeed:
         elif kind == "fill":
             publish(private_topic("user.fills", user_id), "user.fills", msg["data"])
         elif kind == "balance":
-            assets = (msg.get("data") or {}).get("assets") or list(self.market.asset_decimals)
-            self.refresh_balances(user_id, assets)
+            data = msg.get("data") or {}
+            if data.get("transfer") is not None:  # a deposit or withdrawal: for taps (Binance)
+                publish(private_topic(TRANSFERS, user_id), "user.balances", data["transfer"])
+            self.refresh_balances(user_id, data.get("assets") or list(self.market.asset_decimals))
 
     def refresh_balances(self, user_id: str, assets: list[str]) -> None:
         """Push absolute balances read from Redis; one read in flight per user, so the

@@ -257,14 +257,20 @@ def settle_result(reply: list[Any]) -> SettleResult:
 def move_call(
     *, kind: str, user_id: str, asset: str, units: int, tx_id: str, record: dict[str, Any]
 ) -> ScriptCall:
-    """move_funds.lua's call; see Ledger.move_funds."""
+    """move_funds.lua's call; see Ledger.move_funds. Once written, the move is published on
+    the user's channel as a balance hint that carries the transfer (`delta` in smallest
+    units, negative for a withdrawal): gateways refresh the balance and the Binance facade
+    sends `balanceUpdate`."""
     if kind not in ("deposit", "withdraw"):
         raise ValueError("kind must be deposit or withdraw")
     amount = _units(units, "units")
     totals_field = f"{asset}:{'deposits' if kind == 'deposit' else 'withdrawals'}"
+    hint = {"type": "balance", "data": {"assets": [asset], "transfer": {
+        "asset": asset, "delta": amount if kind == "deposit" else f"-{amount}", "txId": tx_id}}}
     return ScriptCall(
         keys=[keys.tx_key(tx_id), keys.balance_key(user_id), keys.LEDGER_TOTALS],
-        args=[kind, keys.available_field(asset), amount, totals_field, orjson.dumps(record).decode()],
+        args=[kind, keys.available_field(asset), amount, totals_field, orjson.dumps(record).decode(),
+              keys.user_channel(user_id), orjson.dumps(hint).decode()],
     )
 
 

@@ -17,7 +17,7 @@ Invariants:
 - a socket gets only its own user's events; each event is encoded once per delivery form
   (bare, or wrapped for a combined stream or a WebSocket API subscription);
 - the balances of one refresh (one native message per asset, published together) become
-  one `outboundAccountPosition`.
+  one `outboundAccountPosition`; a deposit or withdrawal becomes one `balanceUpdate`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from cryptex_common.money import format_units
 from cryptex_wsgateway.binance.orders import ExecutionReports, account_position
 from cryptex_wsgateway.binance.payloads import Zeros
 from cryptex_wsgateway.fanout import Connection
+from cryptex_wsgateway.private import TRANSFERS
 from cryptex_wsgateway.protocol import encode_text_frame
 from cryptex_wsgateway.publisher import now_ms
 from cryptex_wsgateway.subscriptions import private_topic
@@ -98,7 +99,7 @@ class UserData:
             return
         del self.feeds[user_id]
         taps = self.gw.publisher.taps
-        for stream in ("user.orders", "user.fills", "user.balances"):
+        for stream in ("user.orders", "user.fills", "user.balances", TRANSFERS):
             taps.pop(private_topic(stream, user_id), None)
         with contextlib.suppress(RedisError, OSError):
             await self.gw.private.unfollow_if_unused(user_id)
@@ -110,6 +111,15 @@ class UserData:
         taps[private_topic("user.fills", user_id)] = \
             lambda f: self._send(feed, feed.reports.on_fill(f, now_ms()))
         taps[private_topic("user.balances", user_id)] = lambda b: self._on_balance(feed, b)
+        taps[private_topic(TRANSFERS, user_id)] = lambda t: self._on_transfer(feed, t)
+
+    def _on_transfer(self, feed: _UserFeed, transfer: dict[str, Any]) -> None:
+        """A deposit or withdrawal as Binance's `balanceUpdate` (`d` signed, asset decimals)."""
+        decimals = self.gw.market.asset_decimals.get(transfer["asset"])
+        if decimals is not None:
+            now = now_ms()
+            delta = format_units(int(transfer["delta"]), decimals)
+            self._send(feed, [{"e": "balanceUpdate", "E": now, "a": transfer["asset"], "d": delta, "T": now}])
 
     def _on_balance(self, feed: _UserFeed, balance: dict[str, Any]) -> None:
         """Native balances come one asset per message, all in one go: send them together

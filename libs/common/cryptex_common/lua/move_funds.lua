@@ -1,12 +1,13 @@
 -- Deposit or withdraw, exactly once per txId; all writes or none.
 -- KEYS: 1 tx key, 2 balance hash, 3 ledger totals
 -- ARGV: 1 "deposit" | "withdraw", 2 available field, 3 units (canonical integer > 0),
---       4 totals field, 5 tx record JSON
+--       4 totals field, 5 tx record JSON; optionally 6 the user's channel and 7 the message
+--       published there once the move is written (gateways turn it into balance events)
 -- Returns {"ok"} | {"dup", stored record} | {"insufficient"} | {"invalid", argname}
 --       | {"corrupt", key, field}; every reply but "ok" wrote nothing.
 -- Amounts are decimal strings (lib_decimal): neither a balance nor an all-time total has a
 -- size limit, and every check runs before the first write.
-if #KEYS ~= 3 or #ARGV ~= 5 then return {"invalid", "layout"} end
+if #KEYS ~= 3 or (#ARGV ~= 5 and #ARGV ~= 7) then return {"invalid", "layout"} end
 if ARGV[1] ~= "deposit" and ARGV[1] ~= "withdraw" then return {"invalid", "kind"} end
 if not dec_is_positive(ARGV[3]) then return {"invalid", "units"} end
 local stored = redis.call("GET", KEYS[1])
@@ -26,4 +27,5 @@ end
 redis.call("HSET", KEYS[2], ARGV[2], left)
 redis.call("HSET", KEYS[3], ARGV[4], dec_add(total, ARGV[3]))
 redis.call("SET", KEYS[1], ARGV[5])
+if #ARGV == 7 then redis.call("PUBLISH", ARGV[6], ARGV[7]) end
 return {"ok"}
