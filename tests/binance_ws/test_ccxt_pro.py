@@ -131,3 +131,41 @@ async def test_watch_orders_and_my_trades(exchange: Exchange, admin: CryptexClie
         await sell_pro.close()
         await buy_pro.close()
     assert M == SYMBOL
+
+
+async def test_watch_ohlcv_bids_asks_and_tickers(exchange: Exchange, admin: CryptexClient, pro: Any) -> None:
+    await pro.load_markets()
+    candles = asyncio.create_task(pro.watch_ohlcv(SYMBOL, "1m"))
+    quotes = asyncio.create_task(pro.watch_bids_asks([SYMBOL]))
+    await asyncio.sleep(0.5)
+    _s, _b, _sell, buy = await cross(admin, "97.60", "0.200")
+    trade_ts = buy["fills"][0]["ts"]
+    ohlcv = await asyncio.wait_for(candles, 10)
+    while not ohlcv or ohlcv[-1][4] != 97.60:
+        ohlcv = await asyncio.wait_for(pro.watch_ohlcv(SYMBOL, "1m"), 10)
+    t, _o, h, low, c, v = ohlcv[-1]
+    assert t == trade_ts - trade_ts % 60_000 and h >= 97.60 >= low and c == 97.60 and v >= 0.2
+    bid_ask = (await asyncio.wait_for(quotes, 10))[SYMBOL]
+    assert bid_ask["symbol"] == SYMBOL and {"bid", "ask", "bidVolume", "askVolume"} <= set(bid_ask)
+    tickers = await asyncio.wait_for(pro.watch_tickers([SYMBOL]), 10)
+    assert tickers[SYMBOL]["last"] is not None and tickers[SYMBOL]["symbol"] == SYMBOL
+
+
+async def test_watch_balance_follows_deposits_and_orders(exchange: Exchange, admin: CryptexClient) -> None:
+    user = await funded(admin, {"USDC": "100"})
+    ex = pro_binance(exchange, user)
+    try:
+        await ex.load_markets()
+        watch = asyncio.create_task(ex.watch_balance())
+        await asyncio.sleep(1.0)  # subscribed
+        uid = user.user_id  # type: ignore[attr-defined]
+        assert (await admin.deposit(uid, "USDC", "50", f"wb-{uid}")).status == 200
+        balance = await asyncio.wait_for(watch, 10)
+        while balance.get("USDC", {}).get("free") != 150.0:
+            balance = await asyncio.wait_for(ex.watch_balance(), 10)
+        await ex.create_order(SYMBOL, "limit", "buy", 0.5, 10.0)
+        while balance["USDC"]["used"] != 5.0:
+            balance = await asyncio.wait_for(ex.watch_balance(), 10)
+        assert (balance["USDC"]["free"], balance["USDC"]["total"]) == (145.0, 150.0)
+    finally:
+        await ex.close()
