@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 for sub in ("libs/common", "apps/engine"):
     sys.path.insert(0, str(ROOT / sub))
 
+from cryptex_common.keys import FEE_ACCOUNT  # noqa: E402
 from cryptex_common.markets import MarketRules, MarketState  # noqa: E402
 from cryptex_common.messages import OrderType, Side, TimeInForce  # noqa: E402
 from cryptex_engine.domain.commands import (  # noqa: E402
@@ -151,7 +152,7 @@ def fix_cancel_owners(commands: list) -> None:
 
 
 def new_engine() -> MatchingEngine:
-    eng = MatchingEngine(RULES)
+    eng = MatchingEngine(RULES, FEE_ACCOUNT)
     eng.apply(Configure(MarketState.OPEN, 10, 20), 0)
     return eng
 
@@ -225,7 +226,7 @@ def memory(n_resting: int, seed: int) -> dict[str, float]:
     eng.state_hash()
     out["state_hash_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    MatchingEngine.restore(RULES, snap)
+    MatchingEngine.restore(RULES, snap, FEE_ACCOUNT)
     out["restore_s"] = time.perf_counter() - t0
     return out
 

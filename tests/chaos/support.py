@@ -242,7 +242,7 @@ class Rebuilt:
 
 async def rebuild(redis: aioredis.Redis, spec: MarketSpec) -> Rebuilt:
     """The market from its command stream alone, keeping what the checks need."""
-    core = MatchingEngine.empty(spec.rules())
+    core = MatchingEngine.empty(spec.rules(), keys.FEE_ACCOUNT)
     place_ids: list[int] = []
     fills: list[tuple[int, int, int]] = []
     for stream_id, fields in await stream_entries(redis, keys.commands_stream(spec.symbol)):

@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 from cryptex_client import CryptexClient
 from cryptex_common import keys
 from cryptex_dbproc.candles import TradeTick, aggregate
-from cryptex_launcher.replay import replay_market
+from cryptex_engine.replay import replay_market
 from cryptex_launcher.stack import wait_for_port
 from tests.chaos.support import (
     ADMIN,
@@ -53,6 +53,7 @@ from tests.chaos.support import (
     withdraw_until_answered,
 )
 from tests.dbproc.support import candles_from_db
+from tests.support.eventually import eventually
 from tests.support.servers import PostgresServer, new_database, redis_server
 
 SECONDS = float(os.environ.get("CRYPTEX_CHAOS_SECONDS", "60"))
@@ -66,18 +67,15 @@ TRADE_FIELDS = ("market", "tradeId", "seq", "tsMs", "priceTicks", "quantityLots"
 
 
 async def wait_dbproc_drained(redis: aioredis.Redis, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        done = True
+    async def drained() -> bool:
         for symbol in (SOL, BTC):
             groups = {g["name"]: g for g in await redis.xinfo_groups(keys.events_stream(symbol))}
             g = groups.get(keys.DBPROC_GROUP)
             if g is None or g["pending"] or g.get("lag"):
-                done = False
-        if done:
-            return
-        assert time.monotonic() < deadline, "dbproc did not catch up"
-        await asyncio.sleep(0.2)
+                return False
+        return True
+
+    await eventually(drained, timeout_s, interval_s=0.2, what="dbproc caught up")
 
 
 async def test_kill_9_anything_under_load_loses_nothing_and_applies_nothing_twice(

@@ -23,8 +23,8 @@ import redis.asyncio as aioredis
 
 from cryptex_client import CryptexClient
 from cryptex_common import keys
+from cryptex_engine.replay import ReplayError, replay_market
 from cryptex_engine.snapshots import SnapshotError, decode_snapshot, encode_snapshot
-from cryptex_launcher.replay import ReplayError, replay_market
 from cryptex_launcher.stack import free_port, wait_for_port
 from tests.chaos.support import (
     ADMIN,

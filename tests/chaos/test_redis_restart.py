@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from cryptex_client import CryptexClient
 from cryptex_common import keys
 from cryptex_common.ledger import Ledger
-from cryptex_launcher.replay import replay_market
+from cryptex_engine.replay import replay_market
 from cryptex_launcher.stack import Stack, wait_for_port
 from tests.chaos.support import (
     ADMIN,

@@ -9,9 +9,7 @@ applies it at that sequence number, and live matching, a restart and `cryptex re
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -21,7 +19,7 @@ from cryptex_common import keys
 from cryptex_common.ledger import Ledger
 from cryptex_common.markets import MarketSpec
 from cryptex_common.registry import get_market, register_market
-from cryptex_launcher.replay import replay_market
+from cryptex_engine.replay import replay_market
 from tests.chaos.support import (
     ADMIN,
     SOL,
@@ -33,6 +31,7 @@ from tests.chaos.support import (
     replay_cli,
     wait_engine_caught_up,
 )
+from tests.support.eventually import eventually
 from tests.support.servers import redis_server
 
 # No periodic snapshot: a kill -9 makes the restart rebuild from the whole stream.
@@ -42,14 +41,12 @@ NO_SNAPSHOTS = {"CRYPTEX_SNAPSHOT_EVERY_S": "0", "CRYPTEX_SNAPSHOT_EVERY_COMMAND
 async def wait_api_rules(client: CryptexClient, symbol: str, min_quantity: str,
                          timeout_s: float = 10.0) -> None:
     """Until the API's registry view shows `min_quantity` (it reloads on markets:changed)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    async def seen() -> bool:
         r = await client.markets()
-        for m in r.body if isinstance(r.body, list) else r.body.get("markets", []):
-            if m.get("symbol") == symbol and m.get("minQuantity") == min_quantity:
-                return
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"the API never saw minQuantity {min_quantity}")
+        return any(m.get("symbol") == symbol and m.get("minQuantity") == min_quantity
+                   for m in (r.body if isinstance(r.body, list) else r.body.get("markets", [])))
+
+    await eventually(seen, timeout_s, interval_s=0.1, what=f"the API seeing minQuantity {min_quantity}")
 
 
 async def change_rules(url: str, **update: Any) -> MarketSpec:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from cryptex_common.keys import FEE_ACCOUNT
 from cryptex_common.markets import MarketRules, MarketState, SelfTradePrevention
 from cryptex_common.messages import OrderType, Side, TimeInForce
 from cryptex_engine.domain.commands import CommandResult, Configure, PlaceOrder
@@ -26,7 +27,7 @@ GTC, IOC, FOK = TimeInForce.GTC, TimeInForce.IOC, TimeInForce.FOK
 
 
 def open_engine(rules: MarketRules = RULES, maker_bps: int = 0, taker_bps: int = 0) -> MatchingEngine:
-    engine = MatchingEngine(rules)
+    engine = MatchingEngine(rules, FEE_ACCOUNT)
     engine.apply(Configure(MarketState.OPEN, maker_bps, taker_bps), 0)
     return engine
 

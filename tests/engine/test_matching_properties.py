@@ -17,6 +17,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cryptex_common.keys import FEE_ACCOUNT
 from cryptex_common.markets import MarketRules, MarketState, SelfTradePrevention
 from cryptex_common.messages import OrderType, Side, TimeInForce
 from cryptex_engine.domain.commands import (
@@ -180,7 +181,7 @@ def level_totals(eng: MatchingEngine) -> dict[tuple[Side, int], int]:
 
 
 def run(commands: list, engine: MatchingEngine | None = None) -> list[CommandResult]:
-    eng = engine or MatchingEngine(RULES)
+    eng = engine or MatchingEngine(RULES, FEE_ACCOUNT)
     return [eng.apply(cmd, 1000 + i) for i, cmd in enumerate(commands)]
 
 
@@ -189,7 +190,7 @@ def run(commands: list, engine: MatchingEngine | None = None) -> list[CommandRes
 @given(intents)
 def test_engine_matches_the_naive_reference_book(raw):
     commands = build_commands(raw)
-    eng, ref = MatchingEngine(RULES), ReferenceBook(RULES)
+    eng, ref = MatchingEngine(RULES, FEE_ACCOUNT), ReferenceBook(RULES)
     ledger = Ledger()
     for user in USERS:
         for asset in ("SOL", "USDC"):
@@ -291,13 +292,13 @@ def test_engine_matches_the_naive_reference_book(raw):
 def test_snapshot_restore_continue_equals_no_snapshot(raw, cut):
     commands = build_commands(raw)
     cut = min(cut, len(commands))
-    straight = MatchingEngine(RULES)
+    straight = MatchingEngine(RULES, FEE_ACCOUNT)
     results = run(commands, straight)
 
-    first = MatchingEngine(RULES)
+    first = MatchingEngine(RULES, FEE_ACCOUNT)
     run(commands[:cut], first)
     snap = json.loads(json.dumps(first.snapshot()))  # must survive a JSON round trip
-    resumed = MatchingEngine.restore(RULES, snap)
+    resumed = MatchingEngine.restore(RULES, snap, FEE_ACCOUNT)
     assert resumed.state_hash() == first.state_hash()
     tail = [resumed.apply(cmd, 1000 + cut + i) for i, cmd in enumerate(commands[cut:])]
     assert tail == results[cut:]
@@ -309,7 +310,7 @@ def test_snapshot_restore_continue_equals_no_snapshot(raw, cut):
 @given(intents)
 def test_equal_histories_give_equal_results_and_state_hashes(raw):
     commands = build_commands(raw)
-    a, b = MatchingEngine(RULES), MatchingEngine(RULES)
+    a, b = MatchingEngine(RULES, FEE_ACCOUNT), MatchingEngine(RULES, FEE_ACCOUNT)
     assert run(commands, a) == run(commands, b)
     assert a.state_hash() == b.state_hash()
 
@@ -317,7 +318,7 @@ def test_equal_histories_give_equal_results_and_state_hashes(raw):
 _HASH_SCRIPT = """
 import hashlib, random, sys
 sys.path.insert(0, sys.argv[1])
-from tests.engine.test_matching_properties import RULES, build_commands, run
+from tests.engine.test_matching_properties import FEE_ACCOUNT, RULES, build_commands, run
 from cryptex_engine.domain.matching import MatchingEngine
 from cryptex_common.markets import MarketState, SelfTradePrevention
 from cryptex_common.messages import Side, TimeInForce
@@ -337,7 +338,7 @@ for _ in range(3000):
         raw.append(("cancel", user, rng.randint(0, 44)))
     else:
         raw.append(("cancel_all", user))
-eng = MatchingEngine(RULES)
+eng = MatchingEngine(RULES, FEE_ACCOUNT)
 digest = hashlib.sha256(repr(run(build_commands(raw), eng)).encode()).hexdigest()
 print(digest, eng.state_hash())
 """

@@ -372,14 +372,14 @@ def test_every_command_conserves_every_asset():
 
 # --- market states -----------------------------------------------------------------------
 def test_a_new_engine_is_halted_until_configured():
-    eng = MatchingEngine(RULES)
+    eng = MatchingEngine(RULES, FEE_ACCOUNT)
     assert eng.state == MarketState.HALTED
     r = eng.apply(limit(1, "a", BUY, 100, 1), 1)
     assert r.reject_reason == "MARKET_HALTED" and r.order.status == OrderStatus.REJECTED
 
 
 def test_configure_sets_state_and_fees_and_is_always_accepted():
-    eng = MatchingEngine(RULES)
+    eng = MatchingEngine(RULES, FEE_ACCOUNT)
     r = eng.apply(Configure(MarketState.CLOSED, 3, 4), 1)
     assert r.accepted
     assert (eng.state, eng.maker_fee_bps, eng.taker_fee_bps) == (MarketState.CLOSED, 3, 4)
@@ -471,7 +471,7 @@ def test_place_validation_rejects_with_the_rules_error_code():
 
 # --- sequencing, ids, results -----------------------------------------------------------------
 def test_seq_grows_by_one_for_every_command_accepted_or_rejected():
-    eng = MatchingEngine(RULES)
+    eng = MatchingEngine(RULES, FEE_ACCOUNT)
     seqs = [
         eng.apply(limit(1, "a", BUY, 100, 1), 1).seq,  # rejected: halted
         eng.apply(Configure(MarketState.OPEN, 0, 0), 1).seq,
@@ -526,7 +526,7 @@ def test_snapshot_is_json_and_restores_an_identical_engine():
     eng.apply(limit(3, "c", BUY, 101, 1, locked_units=999), 1)
     eng.apply(limit(4, "c", BUY, 99, 2), 1)
     snap = json.loads(json.dumps(eng.snapshot()))
-    twin = MatchingEngine.restore(RULES, snap)
+    twin = MatchingEngine.restore(RULES, snap, FEE_ACCOUNT)
     assert twin.state_hash() == eng.state_hash()
     assert (twin.seq, twin.last_trade_id, twin.state) == (eng.seq, eng.last_trade_id, eng.state)
     nxt = limit(5, "d", BUY, 101, 4)
@@ -545,7 +545,7 @@ def test_restore_refuses_another_markets_snapshot():
     eng = open_engine()
     other = MarketRules(**{**_rules_kwargs(), "symbol": "BTC/USDC", "base_asset": "BTC"})
     try:
-        MatchingEngine.restore(other, eng.snapshot())
+        MatchingEngine.restore(other, eng.snapshot(), FEE_ACCOUNT)
     except ValueError:
         pass
     else:

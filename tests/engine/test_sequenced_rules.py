@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from cryptex_common.keys import FEE_ACCOUNT
 from cryptex_common.markets import MarketState, SelfTradePrevention
 from cryptex_engine.domain.commands import CancelOrder, Configure, RejectOrder
 from cryptex_engine.domain.matching import MatchingEngine, bootstrap_rules
@@ -67,7 +68,7 @@ def test_a_configure_without_rules_keeps_the_rules_in_force() -> None:
 def test_bootstrap_rules_do_not_depend_on_the_registry() -> None:
     strict = dataclasses.replace(RULES, min_quantity_lots=50, max_quantity_lots=60, min_notional_units=10**6,
                                  default_stp=SelfTradePrevention.NONE)
-    a, b = MatchingEngine.empty(strict), MatchingEngine.empty(RULES)
+    a, b = MatchingEngine.empty(strict, FEE_ACCOUNT), MatchingEngine.empty(RULES, FEE_ACCOUNT)
     assert a.rules == b.rules == bootstrap_rules(RULES) and a.state == MarketState.HALTED
     assert a.state_hash() == b.state_hash() and a.rules_seq == 0
 
@@ -86,7 +87,7 @@ def test_snapshot_keeps_the_rules_in_force_and_the_hash_covers_them() -> None:
     h = engine.state_hash()
     engine.apply(rules_configure(max_lots=5, stp=SelfTradePrevention.EXPIRE_BOTH), 2)
     assert engine.state_hash() != h
-    back = MatchingEngine.restore(bootstrap_rules(RULES), engine.snapshot())
+    back = MatchingEngine.restore(bootstrap_rules(RULES), engine.snapshot(), FEE_ACCOUNT)
     assert back.rules == engine.rules and back.rules_seq == engine.rules_seq
     assert back.state_hash() == engine.state_hash()
     # a snapshot written before rules were stored (format 1) restores with bootstrap rules
@@ -94,7 +95,7 @@ def test_snapshot_keeps_the_rules_in_force_and_the_hash_covers_them() -> None:
     for name in ("rules", "rules_seq"):
         legacy.pop(name)
     legacy["format"] = 1
-    old = MatchingEngine.restore(RULES, legacy)
+    old = MatchingEngine.restore(RULES, legacy, FEE_ACCOUNT)
     assert old.rules == bootstrap_rules(RULES) and old.rules_seq == 0 and 1 in old.book.orders
 
 

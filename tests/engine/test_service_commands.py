@@ -22,10 +22,11 @@ from cryptex_common.ledger import Ledger
 from cryptex_common.markets import MarketSpec, load_markets_yaml
 from cryptex_common.messages import PlaceOrderCommand
 from cryptex_common.registry import register_market
+from cryptex_engine.replay import replay_market
 from cryptex_engine.service import EngineService
 from cryptex_engine.settings import EngineSettings
-from cryptex_launcher.replay import replay_market
 from tests.chaos.support import ROOT
+from tests.support.eventually import eventually
 from tests.support.servers import RedisServer
 
 try:  # the names the enqueue script uses for the lock envelope
@@ -57,15 +58,13 @@ def settings(url: str) -> EngineSettings:
 async def wait_settled(redis: aioredis.Redis, service: EngineService, task: asyncio.Task[None],
                        timeout_s: float = 10.0) -> None:
     """Until the running engine has read and settled every entry of the command stream."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    async def caught_up() -> bool:
+        assert not task.done(), task.exception()  # not ignored: a dead engine ends the wait
         last = await redis.xrevrange(keys.commands_stream(SOL), count=1)
-        if service.ready and last and service.last_stream_id == last[0][0] \
-                and service.core.seq == service.settled_seq:
-            return
-        assert time.monotonic() < deadline, "engine did not catch up"
-        assert not task.done(), task.exception()
-        await asyncio.sleep(0.02)
+        return bool(service.ready and last and service.last_stream_id == last[0][0]
+                    and service.core.seq == service.settled_seq)
+
+    await eventually(caught_up, timeout_s, interval_s=0.02, what="engine caught up")
 
 
 async def run_until_settled(redis: aioredis.Redis, url: str, spec: MarketSpec,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import orjson
 
+from cryptex_common.keys import FEE_ACCOUNT
 from cryptex_common.markets import load_markets_yaml
 from cryptex_common.messages import (
     EVENT_BATCH_ADAPTER,
@@ -38,7 +39,7 @@ def place(user: str, side: str, price: int, qty: int, **kw: object) -> PlaceOrde
 
 def test_every_message_the_engine_builds_matches_the_shared_schema() -> None:
     spec = next(s for s in load_markets_yaml((ROOT / "markets.yaml").read_text()) if s.symbol == "SOL/USDC")
-    core, translator, out = MatchingEngine(spec.rules()), Translator(spec), BatchOutput()
+    core, translator, out = MatchingEngine(spec.rules(), FEE_ACCOUNT), Translator(spec), BatchOutput()
     entries = [
         entry(0, ConfigureMarketCommand(state="open", makerFeeBps=10, takerFeeBps=20)),
         entry(1, place("1", "sell", 10_000, 500), 1),

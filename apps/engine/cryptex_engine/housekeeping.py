@@ -91,14 +91,6 @@ class Housekeeping:
             except Exception as exc:  # trimming is housekeeping, never fatal
                 log.warning("stream trim failed", extra={"market": self.symbol, "error": repr(exc)})
 
-    async def check_stream_covers(self, from_id: str) -> None:
-        """Refuse to rebuild from a stream that lost entries this state needs: entries after
-        `from_id` must all still be there (XTRIM never removed one beyond it)."""
-        gap = await stream_gap_after(self.redis, self.stream, from_id)
-        if gap:
-            raise StreamTrimmed(f"{gap}: a valid snapshot is needed to rebuild this market "
-                                "(see docs/durability.md)")
-
     async def adopt_position(self) -> None:
         """After recovery: the group exists, sits at the owner's position, and nothing an
         engine of the consumer-group era left pending stays pending (nobody reads it so)."""

@@ -43,21 +43,18 @@ from cryptex_common.ledger import (
 from cryptex_common.markets import MarketSpec
 from cryptex_engine.decode import Decoded, read_entry
 from cryptex_engine.domain.commands import CommandResult
-from cryptex_engine.domain.matching import MatchingEngine
-from cryptex_engine.domain.ticker import RollingTicker
-from cryptex_engine.housekeeping import Housekeeping, StreamTrimmed
+from cryptex_engine.housekeeping import Housekeeping
 from cryptex_engine.lease import Fenced, Lease
 from cryptex_engine.market_data import MarketData
 from cryptex_engine.observe import EngineMetrics, log_commands
+from cryptex_engine.recovery import SnapshotUse, batches, empty_start, find_start
 from cryptex_engine.settings import EngineSettings
 from cryptex_engine.settlement import PendingSettle, prepare_settle
 from cryptex_engine.snapshots import (
-    SnapshotError,
     Snapshots,
-    decode_snapshot,
     gc_paused,
 )
-from cryptex_engine.translate import BatchOutput, Translator
+from cryptex_engine.translate import BatchOutput
 
 log = logging.getLogger("cryptex.engine")
 
@@ -70,8 +67,8 @@ class EngineService:
         self.symbol = spec.symbol
         self.stream = keys.commands_stream(self.symbol)
         self.ledger = Ledger(redis)
-        self.core = MatchingEngine.empty(spec.rules())
-        self.translator = Translator(spec)
+        start = empty_start(spec)
+        self.core, self.translator = start.core, start.translator
         self.settled_seq = 0
         self.last_stream_id = "0-0"
         self.ready = False
@@ -100,53 +97,23 @@ class EngineService:
             log.warning("market rules were never sequenced; queued a configure from the registry",
                         extra={"market": self.symbol, "seq": self.core.seq})
 
-    async def load_snapshot(self) -> bool:
-        """Restore the stored snapshot if it verifies; False (empty state) otherwise."""
-        raw = await self.redis.get(keys.snapshot_key(self.symbol))
-        if not raw:
-            return False
-        started = time.perf_counter()
-        try:
-            with gc_paused():
-                state = decode_snapshot(raw)
-                core = MatchingEngine.restore(self.spec.rules(), state["core"])
-                self.translator.restore(state["meta"])
-                ticker = RollingTicker.restore(state["ticker"])
-        except (SnapshotError, ValueError, KeyError, TypeError) as exc:
-            # a bad snapshot is skipped, not trusted: the full stream still rebuilds the
-            # state (recover() refuses to go on when the stream was trimmed)
-            log.error("snapshot rejected; replaying the whole stream",
-                      extra={"market": self.symbol, "error": str(exc)})
-            self.translator = Translator(self.spec)
-            return False
-        self.core, self.market_data.ticker = core, ticker
-        self.market_data.invalidate()
-        self.last_stream_id = state["lastStreamId"]
-        self.snapshots.loaded(self.core.seq, self.last_stream_id)
-        log.info("snapshot loaded", extra={
-            "market": self.symbol, "seq": self.core.seq, "lastStreamId": self.last_stream_id,
-            "load_ms": round((time.perf_counter() - started) * 1000)})
-        return True
-
     async def recover(self, stop: asyncio.Event | None = None) -> None:
-        """Snapshot + replay of the stream after it, settling only what was never settled.
-        A stop request ends the replay at a batch boundary (graceful stop stays bounded)."""
+        """Snapshot (when it verifies) + replay of the stream after it, settling only what
+        was never settled (recovery.py: the loop `replay` shares). A stop request ends the
+        replay at a batch boundary (graceful stop stays bounded)."""
         hk = self.housekeeping
-        try:
-            await hk.check_stream_covers("0-0")
-        except StreamTrimmed:
-            if not await self.load_snapshot():
-                raise
-            await hk.check_stream_covers(self.last_stream_id)
-        else:
-            await self.load_snapshot()
+        started = time.perf_counter()
+        start = await find_start(self.redis, self.spec, SnapshotUse.PREFER)
+        self.core, self.translator, self.market_data.ticker = start.core, start.translator, start.ticker
+        self.last_stream_id = start.last_stream_id
+        if start.from_snapshot:
+            self.market_data.invalidate()
+            self.snapshots.loaded(self.core.seq, self.last_stream_id)
+            log.info("snapshot loaded", extra={
+                "market": self.symbol, "seq": self.core.seq, "lastStreamId": self.last_stream_id,
+                "load_ms": round((time.perf_counter() - started) * 1000)})
         self.settled_seq = int(await self.redis.get(keys.settled_seq_key(self.symbol)) or 0)
-        while True:
-            entries = await self.redis.xrange(
-                self.stream, min=f"({self.last_stream_id}", count=self.settings.batch_size
-            )
-            if not entries or (stop is not None and stop.is_set()):
-                break
+        async for entries in batches(self.redis, self.stream, self.last_stream_id, self.settings.batch_size, stop):
             await self.process(entries)
         await hk.adopt_position()
 

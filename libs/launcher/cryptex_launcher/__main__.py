@@ -241,16 +241,10 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
-    from cryptex_launcher.replay import replay_market
+def cmd_replay(args: list[str]) -> int:
+    from cryptex_launcher.replay import run_replay
 
-    url = os.environ.get("CRYPTEX_REDIS_URL", "redis://127.0.0.1:6379/0")
-    use_snapshot = True if args.from_snapshot else None
-    result = asyncio.run(replay_market(url, args.market, args.upto_seq, use_snapshot))
-    print(f"market {result['market']} seq {result['seq']} commands {result['commands']} "
-          f"source {result['source']} lastStreamId {result['lastStreamId']} "
-          f"stateHash {result['stateHash']}")
-    return 0
+    return run_replay(args)
 
 
 def main() -> int:
@@ -263,14 +257,15 @@ def main() -> int:
     demo.add_argument("--api", default=os.environ.get("CRYPTEX_API_URL", "http://127.0.0.1:8080"))
     reg = sub.add_parser("register", help="register markets.yaml in Redis")
     reg.add_argument("--file", default=str(_markets_file()))
-    rep = sub.add_parser("replay", help="rebuild a market from its stream and print its state hash")
-    rep.add_argument("--market", required=True)
-    rep.add_argument("--upto-seq", type=int, default=None,
-                     help="stop after this sequence (compare with the engine's /state seq)")
-    rep.add_argument("--from-snapshot", action="store_true",
-                     help="start from the stored snapshot (automatic when the stream was trimmed)")
-    args = parser.parse_args()
-    return {"up": cmd_up, "demo": cmd_demo, "register": cmd_register, "replay": cmd_replay}[args.command](args)
+    # replay's options are the engine's (`python -m cryptex_engine replay --help`)
+    sub.add_parser("replay", add_help=False,
+                   help="rebuild a market from its stream and print its state hash (--market M)")
+    args, rest = parser.parse_known_args()
+    if args.command == "replay":
+        return cmd_replay(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return {"up": cmd_up, "demo": cmd_demo, "register": cmd_register}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,12 @@ class Cancels(EngineState):
     def _cancel(self, cmd: CancelOrder, ts_ms: int) -> CommandResult:
         state = self.state
         if state is HALTED or state is CLOSED:
-            return CommandResult(self.seq, ts_ms, False, ErrorCode.MARKET_HALTED.value)
+            return CommandResult.refused(self.seq, ts_ms, ErrorCode.MARKET_HALTED.value)
         book = self.book
         order = book.orders.get(cmd.order_id)
         # Another user's order answers exactly like an unknown one: existence is not leaked.
         if order is None or order.user_id != cmd.user_id:
-            return CommandResult(self.seq, ts_ms, False, ErrorCode.ORDER_NOT_FOUND.value)
+            return CommandResult.refused(self.seq, ts_ms, ErrorCode.ORDER_NOT_FOUND.value)
         # (OrderBook.remove and _terminate_resting, inlined: cancels are a third of traffic.)
         is_buy = order.is_buy
         price = order.price_ticks
@@ -60,22 +60,13 @@ class Cancels(EngineState):
             order.executed_quote_units,
             0,
         )
-        return CommandResult(
-            self.seq,
-            ts_ms,
-            True,
-            None,
-            update,
-            [update],
-            [],
-            deltas,
-            [(side, price, level.total_lots)],  # type: ignore[list-item]
-        )
+        depth_change = (side, price, level.total_lots)
+        return CommandResult.cancelled(self.seq, ts_ms, update, [update], deltas, [depth_change])  # type: ignore[list-item]
 
     def _cancel_all(self, cmd: CancelAll, ts_ms: int) -> CommandResult:
         reason = self._cancel_gate()
         if reason is not None:
-            return CommandResult(self.seq, ts_ms, False, reason)
+            return CommandResult.refused(self.seq, ts_ms, reason)
         book = self.book
         user_id = cmd.user_id
         mine = book.by_user.pop(user_id, None)
@@ -118,5 +109,5 @@ class Cancels(EngineState):
         depth_changes = [
             (BUY if is_buy else SELL, price, level.total_lots) for (is_buy, price), level in touched.items()
         ]
-        return CommandResult(self.seq, ts_ms, True, None, None, updates, [], deltas, depth_changes)
+        return CommandResult.cancelled(self.seq, ts_ms, None, updates, deltas, depth_changes)
 

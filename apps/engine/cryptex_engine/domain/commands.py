@@ -110,6 +110,8 @@ class BalanceDelta:
 
 @dataclass(slots=True)
 class CommandResult:
+    """What one command did. Built by the named constructors below, one per outcome."""
+
     seq: int
     ts_ms: int
     accepted: bool  # False: rejected, nothing but the release of the API's lock happened
@@ -120,3 +122,55 @@ class CommandResult:
     balance_deltas: list[BalanceDelta] = field(default_factory=list)
     # (side, price_ticks, new total lots at that level; 0 = level gone), in change order
     depth_changes: list[tuple[Side, int, int]] = field(default_factory=list)
+
+    @classmethod
+    def refused(cls, seq: int, ts_ms: int, reason: str) -> CommandResult:
+        """Rejected, touching no order and no balance (a cancel or configure refused)."""
+        return cls(seq, ts_ms, False, reason)
+
+    @classmethod
+    def rejected(cls, seq: int, ts_ms: int, reason: str, order: OrderUpdate,
+                 deltas: list[BalanceDelta]) -> CommandResult:
+        """An order rejected: its update, and the release of what the API locked for it."""
+        return cls(seq, ts_ms, False, reason, order, [order], [], deltas)
+
+    @classmethod
+    def applied(cls, seq: int, ts_ms: int) -> CommandResult:
+        """Accepted, touching no order (a configure)."""
+        return cls(seq, ts_ms, True)
+
+    # The three constructors of the hot paths (a resting order, a cancel, a taker's walk)
+    # fill the slots themselves: one frame per result, as many as a plain `cls(...)` call.
+    @classmethod
+    def rested(cls, seq: int, ts_ms: int, order: OrderUpdate, depth_change: tuple[Side, int, int]) -> CommandResult:
+        """A new order rests without trading: no balance changes, one level changed."""
+        r = _new(cls)
+        r.seq, r.ts_ms, r.accepted, r.reject_reason, r.order = seq, ts_ms, True, None, order
+        r.updates, r.fills, r.balance_deltas, r.depth_changes = [order], [], [], [depth_change]
+        return r
+
+    @classmethod
+    def expired(cls, seq: int, ts_ms: int, order: OrderUpdate, deltas: list[BalanceDelta]) -> CommandResult:
+        """An accepted order that ends before touching the book (FOK, no liquidity)."""
+        return cls(seq, ts_ms, True, None, order, [order], [], deltas)
+
+    @classmethod
+    def cancelled(cls, seq: int, ts_ms: int, order: OrderUpdate | None, updates: list[OrderUpdate],
+                  deltas: list[BalanceDelta], depth_changes: list[tuple[Side, int, int]]) -> CommandResult:
+        """One order cancelled (`order` is it) or all of a user's (`order` None)."""
+        r = _new(cls)
+        r.seq, r.ts_ms, r.accepted, r.reject_reason, r.order = seq, ts_ms, True, None, order
+        r.updates, r.fills, r.balance_deltas, r.depth_changes = updates, [], deltas, depth_changes
+        return r
+
+    @classmethod
+    def executed(cls, seq: int, ts_ms: int, order: OrderUpdate, updates: list[OrderUpdate], fills: list[Fill],
+                 deltas: list[BalanceDelta], depth_changes: list[tuple[Side, int, int]]) -> CommandResult:
+        """A taker walked the book: `updates` starts with its own `order`."""
+        r = _new(cls)
+        r.seq, r.ts_ms, r.accepted, r.reject_reason, r.order = seq, ts_ms, True, None, order
+        r.updates, r.fills, r.balance_deltas, r.depth_changes = updates, fills, deltas, depth_changes
+        return r
+
+
+_new = object.__new__

@@ -1,12 +1,17 @@
 """The matching walk of the core: a taker against the opposite side (a part of
-`MatchingEngine`; invariants in matching.py). Inlined on purpose: this is the hottest code
-of the engine, and every helper call per fill costs measurable throughput (bench_core)."""
+`MatchingEngine`; invariants in matching.py).
+
+`_execute` is the walk (`_walk` level by level, `_take` inside a level: fills, maker
+updates, freed locks), the taker's end (filled, rested or expired) and the settlement fold
+(`fold_balances` in balances.py: balance changes). The walk keeps its per-fill work inline: it is the hottest
+code of the engine, and a helper call per fill costs measurable throughput (bench_core).
+"""
 
 from __future__ import annotations
 
-from cryptex_common.keys import FEE_ACCOUNT
 from cryptex_common.markets import SelfTradePrevention
 from cryptex_common.messages import Side
+from cryptex_engine.domain.balances import Release, fold_balances
 from cryptex_engine.domain.book import BookSide, Order, PriceLevel
 from cryptex_engine.domain.commands import CommandResult, Fill, OrderUpdate, PlaceOrder
 from cryptex_engine.domain.state import (
@@ -24,8 +29,6 @@ from cryptex_engine.domain.state import (
     STP_NONE,
     STP_TAKER,
     EngineState,
-    _add_delta,
-    _delta_list,
 )
 
 
@@ -75,176 +78,76 @@ class Execution(EngineState):
         stp: SelfTradePrevention,
         ts_ms: int,
     ) -> CommandResult:
-        """Match a taker against the opposite side, then rest or expire its remainder."""
-        book = self.book
+        """Match a taker against the opposite side (the walk), end it (filled, rested or
+        expired), and fold the walk's fills and freed locks into balance changes."""
+        fills, updates, releases, touched, stop, consumed = self._walk(taker, opposite, budget_units, stp)
+        lots_left = taker.remaining_lots
+        executed_lots = taker.executed_lots
+        taker_side = BUY if taker.is_buy else SELL
+        reason = None
+        if stop == _STOP_STP:
+            status, reason = EXPIRED, REASON_STP
+        elif lots_left == 0 and executed_lots:
+            status = FILLED  # (a budget too small for one lot starts with lots_left == 0)
+        elif stop == _STOP_BUDGET and cmd.quantity_lots is None and executed_lots > 0:
+            status = FILLED  # a budget-only market buy spent what it could
+        elif taker.price_ticks is not None and cmd.time_in_force == GTC:
+            status = PARTIAL if executed_lots else NEW  # rests with its lots left
+        else:
+            status = EXPIRED
+        if status is NEW or status is PARTIAL:
+            touched.append((taker_side, taker.price_ticks, self.book.rest(taker)))  # type: ignore[arg-type]
+            remaining, release = lots_left, 0
+        else:
+            remaining, release = 0, taker.locked_remaining
+            taker.locked_remaining = 0
+        deltas = fold_balances(fills, releases, taker.user_id, taker.is_buy, consumed, release,
+                               self._base_asset, self._quote_asset, self.fee_account)
+        order = OrderUpdate(taker.order_id, taker.user_id, taker_side, status, executed_lots,
+                            taker.executed_quote_units, remaining, reason)
+        updates.insert(0, order)
+        depth = [(side, price, level.total_lots) for side, price, level in touched]
+        return CommandResult.executed(self.seq, ts_ms, order, updates, fills, deltas, depth)
+
+    def _walk(self, taker: Order, opposite: BookSide, budget_units: int | None, stp: SelfTradePrevention) -> Walk:
+        """The match walk: take from the best level down, FIFO inside a level, at the
+        maker's price, until the taker's lots, its limit, its budget or STP stop it. Changes
+        the book (makers' remaining lots and locks, emptied levels) and the taker's executed
+        totals and lock; the balance changes are `fold_balances`' (balances.py)."""
         is_buy = taker.is_buy
-        user_id = taker.user_id
-        limit_ticks = taker.price_ticks
-        qutl = self._quote_units_per_tick_lot
-        bupl = self._base_units_per_lot
-        base_asset = self._base_asset
-        quote_asset = self._quote_asset
-        taker_bps = self.taker_fee_bps
-        maker_bps = self.maker_fee_bps
-        check_stp = stp != STP_NONE
-        taker_side = BUY if is_buy else SELL
+        fills: list[Fill] = []
+        updates: list[OrderUpdate] = []
+        releases: list[Release] = []
+        touched: list[tuple[Side, int, PriceLevel]] = []
+        taker_bps, maker_bps = self.taker_fee_bps, self.maker_fee_bps
         maker_side = SELL if is_buy else BUY
+        terms = (
+            taker.order_id, taker.user_id, BUY if is_buy else SELL, maker_side,
+            taker.user_id if stp != STP_NONE else None,  # whose orders it must not trade with
+            stp, budget_units,
+            taker_bps if is_buy else maker_bps,  # the buyer's fee rate
+            maker_bps if is_buy else taker_bps,  # the seller's
+            is_buy, fills, updates, releases,
+        )
         keys = opposite.keys
         levels = opposite.levels
         sign = -1 if is_buy else 1  # opposite key -> price (asks store minus the price)
-
-        updates: list[OrderUpdate] = []
-        fills: list[Fill] = []
-        deltas: dict[tuple[str, str], list[int]] = {}
-        # The taker's own entries come first in the deltas, in a fixed order.
-        taker_quote = deltas[(user_id, quote_asset)] = [0, 0]
-        taker_base = deltas[(user_id, base_asset)] = [0, 0]
-        touched: list[tuple[Side, int, PriceLevel]] = []
-        fee_base = fee_quote = 0
+        # keys below `floor` are past the taker's limit (every key is above it for a market order)
+        floor = sign * taker.price_ticks if taker.price_ticks is not None else -(1 << 127)
+        unindex = self.book.unindex
         lots_left = taker.remaining_lots
-        executed_lots = executed_quote = 0
-        taker_consumed = 0  # units of the taker's own lock its fills used up
-        trade_id = self.last_trade_id
-        stop = 0
-
-        while lots_left > 0 and keys:
+        executed_quote = stop = 0
+        while lots_left > 0 and keys and keys[-1] >= floor:
             price = sign * keys[-1]
-            if limit_ticks is not None and (price > limit_ticks if is_buy else price < limit_ticks):
-                break
             level = levels[price]
             lots_before = level.total_lots
-            unit = price * qutl  # quote units per lot at this price
-            done: list[Order] = []  # makers leaving the level: always a prefix of its queue
-            for maker in level.orders.values():
-                if check_stp and maker.user_id == user_id:
-                    if stp != STP_TAKER:  # expire_maker or expire_both
-                        level.total_lots -= maker.remaining_lots
-                        updates.append(self._terminate_resting(maker, EXPIRED, REASON_STP, deltas))
-                        done.append(maker)
-                    if stp != STP_MAKER:  # expire_taker or expire_both
-                        stop = _STOP_STP
-                        break
-                    continue
-                q = maker.remaining_lots
-                if q > lots_left:
-                    q = lots_left
-                if budget_units is not None:
-                    affordable = (budget_units - executed_quote) // unit
-                    if affordable == 0:
-                        stop = _STOP_BUDGET
-                        break
-                    if q > affordable:
-                        q = affordable
-                quote_units = unit * q
-                base_units = bupl * q
-                trade_id += 1
-                lots_left -= q
-                executed_lots += q
-                executed_quote += quote_units
-                maker.remaining_lots -= q
-                maker.executed_lots += q
-                maker.executed_quote_units += quote_units
-                level.total_lots -= q
-                maker_user = maker.user_id
-                # fee_units(), inlined: ceil(received * bps / 10000)
-                if is_buy:
-                    buyer_fee = -((-base_units * taker_bps) // 10000)
-                    seller_fee = -((-quote_units * maker_bps) // 10000)
-                    # Taker buys: it gives up what it locked for these lots at its own limit
-                    # (or the exact cost for a market buy); the price improvement is released.
-                    consumed = limit_ticks * qutl * q if limit_ticks is not None else quote_units
-                    taker_consumed += consumed
-                    taker_quote[1] -= consumed
-                    taker_quote[0] += consumed - quote_units
-                    taker_base[0] += base_units - buyer_fee
-                    maker.locked_remaining -= base_units
-                    # (_add_delta, inlined) the maker sells: base leaves its lock, quote in
-                    entry = deltas.get((maker_user, base_asset))
-                    if entry is None:
-                        deltas[(maker_user, base_asset)] = [0, -base_units]
-                    else:
-                        entry[1] -= base_units
-                    entry = deltas.get((maker_user, quote_asset))
-                    if entry is None:
-                        deltas[(maker_user, quote_asset)] = [quote_units - seller_fee, 0]
-                    else:
-                        entry[0] += quote_units - seller_fee
-                else:
-                    buyer_fee = -((-base_units * maker_bps) // 10000)
-                    seller_fee = -((-quote_units * taker_bps) // 10000)
-                    taker_consumed += base_units
-                    taker_base[1] -= base_units
-                    taker_quote[0] += quote_units - seller_fee
-                    # A resting buy locked at its own price, which is the trade price.
-                    maker.locked_remaining -= quote_units
-                    # (_add_delta, inlined) the maker buys: quote leaves its lock, base in
-                    entry = deltas.get((maker_user, quote_asset))
-                    if entry is None:
-                        deltas[(maker_user, quote_asset)] = [0, -quote_units]
-                    else:
-                        entry[1] -= quote_units
-                    entry = deltas.get((maker_user, base_asset))
-                    if entry is None:
-                        deltas[(maker_user, base_asset)] = [base_units - buyer_fee, 0]
-                    else:
-                        entry[0] += base_units - buyer_fee
-                fee_base += buyer_fee
-                fee_quote += seller_fee
-                fills.append(
-                    Fill(
-                        trade_id,
-                        price,
-                        q,
-                        base_units,
-                        quote_units,
-                        taker_side,
-                        taker.order_id,
-                        user_id,
-                        maker.order_id,
-                        maker_user,
-                        buyer_fee,
-                        seller_fee,
-                    )
-                )
-                if maker.remaining_lots == 0:
-                    done.append(maker)
-                    # Release anything locked beyond what the fills consumed.
-                    extra = maker.locked_remaining
-                    if extra:
-                        maker.locked_remaining = 0
-                        _add_delta(
-                            deltas,
-                            maker_user,
-                            quote_asset if maker.is_buy else base_asset,
-                            extra,
-                            -extra,
-                        )
-                    status = FILLED
-                else:
-                    status = PARTIAL
-                updates.append(
-                    OrderUpdate(
-                        maker.order_id,
-                        maker_user,
-                        maker_side,
-                        status,
-                        maker.executed_lots,
-                        maker.executed_quote_units,
-                        maker.remaining_lots,
-                    )
-                )
-                if lots_left == 0:
-                    break
-                if status is PARTIAL:
-                    # The maker still has lots, so the budget cut this fill short: the taker
-                    # must not walk past a maker it could not finish (FIFO).
-                    stop = _STOP_BUDGET
-                    break
+            done: list[Order] = []
+            lots_left, executed_quote, stop = self._take(terms, level, lots_left, executed_quote, done)
             if done:
                 orders = level.orders
                 for maker in done:
                     del orders[maker.order_id]
-                    book.unindex(maker)
+                    unindex(maker)
                 if not orders:
                     opposite.drop_level(price)
             if level.total_lots != lots_before:
@@ -252,64 +155,106 @@ class Execution(EngineState):
             if stop:
                 break
 
-        self.last_trade_id = trade_id
+        self.last_trade_id += len(fills)
         taker.remaining_lots = lots_left
-        taker.executed_lots = executed_lots
+        taker.executed_lots = executed_lots = taker.quantity_lots - lots_left
         taker.executed_quote_units = executed_quote
-        taker.locked_remaining -= taker_consumed
-
-        # The taker's end: filled, rested, or expired.
-        reason = None
-        rests = False
-        if stop == _STOP_STP:
-            status = EXPIRED
-            reason = REASON_STP
-        elif lots_left == 0 and executed_lots:
-            status = FILLED  # (a budget too small for one lot starts with lots_left == 0)
-        elif stop == _STOP_BUDGET and cmd.quantity_lots is None and executed_lots > 0:
-            status = FILLED  # a budget-only market buy spent what it could
-        elif limit_ticks is not None and cmd.time_in_force == GTC:
-            rests = True
-            status = PARTIAL if executed_lots else NEW
+        # What the fills used up of the taker's lock: a buy what it locked for its lots at
+        # its own limit (the exact cost for a market buy), a sell the base it sold.
+        if not is_buy:
+            consumed = self._base_units_per_lot * executed_lots
+        elif taker.price_ticks is not None:
+            consumed = taker.price_ticks * self._quote_units_per_tick_lot * executed_lots
         else:
-            status = EXPIRED
-        if rests:
-            own_level = book.rest(taker)
-            touched.append((taker_side, limit_ticks, own_level))  # type: ignore[arg-type]
-            remaining = lots_left
-        else:
-            remaining = 0
-            release = taker.locked_remaining
-            if release:
-                taker.locked_remaining = 0
-                entry = taker_quote if is_buy else taker_base
-                entry[0] += release
-                entry[1] -= release
-        if fee_base:
-            _add_delta(deltas, FEE_ACCOUNT, base_asset, fee_base, 0)
-        if fee_quote:
-            _add_delta(deltas, FEE_ACCOUNT, quote_asset, fee_quote, 0)
+            consumed = executed_quote
+        taker.locked_remaining -= consumed
+        return fills, updates, releases, touched, stop, consumed
 
-        order_update = OrderUpdate(
-            taker.order_id,
-            user_id,
-            taker_side,
-            status,
-            executed_lots,
-            executed_quote,
-            remaining,
-            reason,
-        )
-        updates.insert(0, order_update)
-        return CommandResult(
-            self.seq,
-            ts_ms,
-            True,
-            None,
-            order_update,
-            updates,
-            fills,
-            _delta_list(deltas),
-            [(side, p, lvl.total_lots) for side, p, lvl in touched],
-        )
+    def _take(self, terms: WalkTerms, level: PriceLevel, lots_left: int, executed_quote: int,
+              done: list[Order]) -> tuple[int, int, int]:
+        """The walk inside one level, FIFO: a fill per maker until the taker is done or
+        stopped. Appends the makers that leave the level to `done` (always a prefix of its
+        queue); returns the taker's lots left, its executed quote and why it stopped (0: it
+        did not)."""
+        (taker_id, taker_user, taker_side, maker_side, stp_user, _stp, budget_units, buyer_bps, seller_bps,
+         gives_base, fills, updates, releases) = terms
+        trade_id = self.last_trade_id + len(fills)
+        price = level.price_ticks
+        unit = price * self._quote_units_per_tick_lot  # quote units per lot at this price
+        bupl = self._base_units_per_lot
+        for maker in level.orders.values():
+            if maker.user_id == stp_user:
+                if self._self_trade(terms, level, maker, done):
+                    return lots_left, executed_quote, _STOP_STP
+                continue
+            q = maker.remaining_lots
+            if q > lots_left:
+                q = lots_left
+            if budget_units is not None:
+                q = _affordable(q, budget_units - executed_quote, unit)
+                if q == 0:
+                    return lots_left, executed_quote, _STOP_BUDGET
+            quote_units = unit * q
+            base_units = bupl * q
+            trade_id += 1
+            lots_left -= q
+            executed_quote += quote_units
+            maker.remaining_lots -= q
+            maker.executed_lots += q
+            maker.executed_quote_units += quote_units
+            # the fill takes from the maker's lock what it delivers: the base it sells, or
+            # the quote at its own price (the trade price) when it buys
+            maker.locked_remaining -= base_units if gives_base else quote_units
+            level.total_lots -= q
+            # fee_units(), inlined: ceil(received * bps / 10000)
+            buyer_fee = -((-base_units * buyer_bps) // 10000)
+            seller_fee = -((-quote_units * seller_bps) // 10000)
+            fills.append(Fill(trade_id, price, q, base_units, quote_units, taker_side, taker_id, taker_user,
+                              maker.order_id, maker.user_id, buyer_fee, seller_fee))
+            if maker.remaining_lots == 0:
+                done.append(maker)
+                if maker.locked_remaining:  # locked beyond what its fills consumed
+                    releases.append((len(fills), maker.user_id, maker.locked_remaining))
+                    maker.locked_remaining = 0
+                status = FILLED
+            else:
+                status = PARTIAL
+            updates.append(OrderUpdate(maker.order_id, maker.user_id, maker_side, status, maker.executed_lots,
+                                       maker.executed_quote_units, maker.remaining_lots))
+            if lots_left == 0:
+                break
+            if status is PARTIAL:
+                # The maker still has lots, so the budget cut this fill short: the taker
+                # must not walk past a maker it could not finish (FIFO).
+                return lots_left, executed_quote, _STOP_BUDGET
+        return lots_left, executed_quote, 0
 
+    def _self_trade(self, terms: WalkTerms, level: PriceLevel, maker: Order, done: list[Order]) -> bool:
+        """The taker meets its owner's resting order: expire the maker (expire_maker,
+        expire_both), and say whether the taker stops here (expire_taker, expire_both)."""
+        stp, fills, updates, releases = terms[5], terms[10], terms[11], terms[12]
+        if stp != STP_TAKER:
+            level.total_lots -= maker.remaining_lots
+            if maker.locked_remaining:
+                releases.append((len(fills), maker.user_id, maker.locked_remaining))
+            updates.append(self._terminate_resting(maker, EXPIRED, REASON_STP))
+            done.append(maker)
+        return stp != STP_MAKER
+
+
+# A walk's fixed terms, unpacked once per level: taker order id, taker user, taker side,
+# maker side, the user whose resting orders the taker must not trade with (None: STP off),
+# the STP mode, the budget (None: no budget), the buyer's and the seller's fee bps, whether
+# makers deliver base (the taker buys), and the walk's fills, maker updates and releases.
+WalkTerms = tuple[int, str, Side, Side, str | None, SelfTradePrevention, int | None, int, int, bool,
+                  list[Fill], list[OrderUpdate], list[Release]]
+# What a walk did: fills and maker updates in walk order, the maker locks it freed (each with
+# the number of fills before it), the levels it changed, why it stopped (0, _STOP_BUDGET,
+# _STOP_STP) and what it used up of the taker's lock.
+Walk = tuple[list[Fill], list[OrderUpdate], list[Release], list[tuple[Side, int, PriceLevel]], int, int]
+
+
+def _affordable(lots: int, budget_left: int, unit: int) -> int:
+    """How many of `lots` the budget left still buys at `unit` quote units a lot."""
+    affordable = budget_left // unit
+    return lots if lots <= affordable else affordable

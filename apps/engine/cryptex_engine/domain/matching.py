@@ -18,7 +18,7 @@ Invariants (each has a test in tests/engine):
 - conservation: for every asset, the sum of (available + locked) deltas of one command over
   all users and the fee account is exactly 0;
 - fees are ceil(received * bps / 10000), in the received asset (buyer: base, seller: quote),
-  credited to `FEE_ACCOUNT`;
+  credited to the fee account the core is given;
 - halted and closed markets change nothing (every command but Configure is rejected);
 - the mutable rules (min/max quantity, min notional, default STP) change only by a
   Configure, at its seq; `snapshot()` (hence `state_hash()`) holds the rules in force. A
@@ -83,9 +83,9 @@ class MatchingEngine(Cancels, Execution):
     __slots__ = ()
 
     @classmethod
-    def empty(cls, rules: MarketRules) -> MatchingEngine:
+    def empty(cls, rules: MarketRules, fee_account: str) -> MatchingEngine:
         """The core before a stream's first command: halted, with `bootstrap_rules`."""
-        return cls(bootstrap_rules(rules))
+        return cls(bootstrap_rules(rules), fee_account)
 
 
     # --- the one entry point ---------------------------------------------------------------
@@ -133,16 +133,16 @@ class MatchingEngine(Cancels, Execution):
         rules = dataclasses.replace(self.rules, **given) if given else self.rules
         if given and not (1 <= rules.min_quantity_lots <= rules.max_quantity_lots
                           and rules.min_notional_units >= 0):
-            return CommandResult(self.seq, ts_ms, False, ErrorCode.INVALID_FIELD.value)
+            return CommandResult.refused(self.seq, ts_ms, ErrorCode.INVALID_FIELD.value)
         if cmd.maker_fee_bps < 0 or cmd.taker_fee_bps < 0:
-            return CommandResult(self.seq, ts_ms, False, ErrorCode.INVALID_FIELD.value)
+            return CommandResult.refused(self.seq, ts_ms, ErrorCode.INVALID_FIELD.value)
         self.state = MarketState(cmd.state)
         self.maker_fee_bps = int(cmd.maker_fee_bps)
         self.taker_fee_bps = int(cmd.taker_fee_bps)
         if given:
             self.rules = dataclasses.replace(rules, default_stp=SelfTradePrevention(rules.default_stp))
             self.rules_seq = self.seq
-        return CommandResult(self.seq, ts_ms, True)
+        return CommandResult.applied(self.seq, ts_ms)
 
     def _reject_unreadable(self, cmd: RejectOrder, ts_ms: int) -> CommandResult:
         """Close the order the API opened and give back exactly what its entry says was
@@ -150,7 +150,7 @@ class MatchingEngine(Cancels, Execution):
         update = OrderUpdate(cmd.order_id, cmd.user_id, cmd.side, REJECTED, 0, 0, 0, cmd.reason)
         units = cmd.locked_units
         deltas = [BalanceDelta(cmd.user_id, cmd.lock_asset, units, -units)] if units > 0 else []
-        return CommandResult(self.seq, ts_ms, False, cmd.reason, update, [update], [], deltas)
+        return CommandResult.rejected(self.seq, ts_ms, cmd.reason, update, deltas)
 
     # --- place -----------------------------------------------------------------------------
     def _place_gate(self, cmd: PlaceOrder) -> str | None:
@@ -165,50 +165,76 @@ class MatchingEngine(Cancels, Execution):
             return ErrorCode.MARKET_NOT_OPEN.value
         return ErrorCode.MARKET_HALTED.value
 
-    def _check_place(self, cmd: PlaceOrder) -> str | None:
-        """The order's shape and funds. The API checks the same; the engine stays safe alone."""
-        rules = self.rules
+    def _check_market(self, cmd: PlaceOrder) -> str | None:
+        """A market order's shape and funds. The API checks the same; the engine stays safe
+        alone. The first rule broken names the reason, in this order (limits alike): a known
+        order id, post-only (GTC limits only), missing or invalid fields, quantity bounds,
+        notional, funds."""
         if cmd.order_id in self.book.orders:
             return ErrorCode.CONFLICT.value
-        is_limit = cmd.order_type == LIMIT
-        is_buy = cmd.side == BUY
-        qty = cmd.quantity_lots
-        budget = cmd.quote_budget_units
-        if cmd.post_only and not (is_limit and cmd.time_in_force == GTC):
+        if cmd.post_only:
             return ErrorCode.INVALID_FIELD.value
-        if is_limit:
-            if cmd.price_ticks is None or qty is None:
-                return ErrorCode.MISSING_FIELD.value
-            if cmd.price_ticks <= 0:
-                return ErrorCode.INVALID_FIELD.value
-        elif is_buy:
-            if qty is None:
-                if budget is None:
-                    return ErrorCode.MISSING_FIELD.value
-                if cmd.time_in_force == FOK:
-                    return ErrorCode.INVALID_FIELD.value
-            if budget is not None and budget <= 0:
-                return ErrorCode.INVALID_FIELD.value
-            if qty is None and budget is not None and budget < rules.min_notional_units:
-                return ErrorCode.NOTIONAL_TOO_SMALL.value  # (the API's check on quoteQuantity)
-        elif qty is None:
+        if cmd.side == BUY:
+            return self._check_market_buy(cmd)
+        qty = cmd.quantity_lots
+        if qty is None:
             return ErrorCode.MISSING_FIELD.value
-        if qty is not None:
-            if qty < rules.min_quantity_lots or qty < 1:
-                return ErrorCode.QUANTITY_TOO_SMALL.value
-            if qty > rules.max_quantity_lots:
-                return ErrorCode.QUANTITY_TOO_LARGE.value
-        if is_limit:
-            notional = cmd.price_ticks * qty * self._quote_units_per_tick_lot  # type: ignore[operator]
-            if notional < rules.min_notional_units:
-                return ErrorCode.NOTIONAL_TOO_SMALL.value
-            need = notional if is_buy else qty * self._base_units_per_lot  # type: ignore[operator]
-        elif is_buy:
-            need = budget if budget is not None else 1
-        else:
-            need = qty * self._base_units_per_lot  # type: ignore[operator]
+        reason = self._check_quantity(qty)
+        if reason is None and cmd.locked_units < qty * self._base_units_per_lot:
+            return ErrorCode.INSUFFICIENT_FUNDS.value
+        return reason
+
+    def _check_limit(self, cmd: PlaceOrder) -> str | None:
+        """A limit order's shape and funds (in `_check_market`'s order)."""
+        if cmd.order_id in self.book.orders:
+            return ErrorCode.CONFLICT.value
+        price, qty = cmd.price_ticks, cmd.quantity_lots
+        if cmd.post_only and cmd.time_in_force != GTC:
+            return ErrorCode.INVALID_FIELD.value
+        if price is None or qty is None:
+            return ErrorCode.MISSING_FIELD.value
+        if price <= 0:
+            return ErrorCode.INVALID_FIELD.value
+        rules = self.rules
+        if qty < rules.min_quantity_lots or qty < 1:  # (_check_quantity, inlined: every limit order)
+            return ErrorCode.QUANTITY_TOO_SMALL.value
+        if qty > rules.max_quantity_lots:
+            return ErrorCode.QUANTITY_TOO_LARGE.value
+        notional = price * qty * self._quote_units_per_tick_lot
+        if notional < rules.min_notional_units:
+            return ErrorCode.NOTIONAL_TOO_SMALL.value
+        need = notional if cmd.side == BUY else qty * self._base_units_per_lot
         if cmd.locked_units < need:
             return ErrorCode.INSUFFICIENT_FUNDS.value
+        return None
+
+    def _check_market_buy(self, cmd: PlaceOrder) -> str | None:
+        """By quantity, by quote budget, or both (the budget caps what it spends)."""
+        qty, budget = cmd.quantity_lots, cmd.quote_budget_units
+        if qty is None:
+            if budget is None:
+                return ErrorCode.MISSING_FIELD.value
+            if cmd.time_in_force == FOK:
+                return ErrorCode.INVALID_FIELD.value
+        if budget is not None and budget <= 0:
+            return ErrorCode.INVALID_FIELD.value
+        if qty is None:
+            if budget < self.rules.min_notional_units:  # type: ignore[operator]
+                return ErrorCode.NOTIONAL_TOO_SMALL.value  # (the API's check on quoteQuantity)
+        else:
+            reason = self._check_quantity(qty)
+            if reason is not None:
+                return reason
+        if cmd.locked_units < (budget if budget is not None else 1):
+            return ErrorCode.INSUFFICIENT_FUNDS.value
+        return None
+
+    def _check_quantity(self, qty: int) -> str | None:
+        rules = self.rules
+        if qty < rules.min_quantity_lots or qty < 1:
+            return ErrorCode.QUANTITY_TOO_SMALL.value
+        if qty > rules.max_quantity_lots:
+            return ErrorCode.QUANTITY_TOO_LARGE.value
         return None
 
     def _reject_place(self, cmd: PlaceOrder, ts_ms: int, reason: str) -> CommandResult:
@@ -217,7 +243,7 @@ class MatchingEngine(Cancels, Execution):
         if cmd.locked_units > 0:
             asset = self._quote_asset if cmd.side == BUY else self._base_asset
             deltas.append(BalanceDelta(cmd.user_id, asset, cmd.locked_units, -cmd.locked_units))
-        return CommandResult(self.seq, ts_ms, False, reason, update, [update], [], deltas)
+        return CommandResult.rejected(self.seq, ts_ms, reason, update, deltas)
 
     def _expire_unmatched(self, cmd: PlaceOrder, ts_ms: int, reason: str | None) -> CommandResult:
         """An accepted order that expires before touching the book (FOK, empty book)."""
@@ -226,13 +252,13 @@ class MatchingEngine(Cancels, Execution):
         if cmd.locked_units > 0:
             asset = self._quote_asset if cmd.side == BUY else self._base_asset
             deltas.append(BalanceDelta(cmd.user_id, asset, cmd.locked_units, -cmd.locked_units))
-        return CommandResult(self.seq, ts_ms, True, None, update, [update], [], deltas)
+        return CommandResult.expired(self.seq, ts_ms, update, deltas)
 
     def _place(self, cmd: PlaceOrder, ts_ms: int) -> CommandResult:
         # `state` is always a MarketState member (Configure and restore coerce it).
         reason = self._place_gate(cmd) if self.state is not OPEN else None
         if reason is None:
-            reason = self._check_place(cmd)
+            reason = self._check_limit(cmd) if cmd.order_type == LIMIT else self._check_market(cmd)
         if reason is not None:
             return self._reject_place(cmd, ts_ms, reason)
 
@@ -240,10 +266,11 @@ class MatchingEngine(Cancels, Execution):
         side = cmd.side
         is_buy = side == BUY
         opposite = book.asks if is_buy else book.bids
-        best = opposite.best_price()
+        keys = opposite.keys  # (BookSide.best_price, inlined: every order needs it)
+        best = (-keys[-1] if is_buy else keys[-1]) if keys else None
 
         if cmd.order_type == LIMIT:
-            # _check_place guarantees both for a limit order.
+            # _check_limit guarantees both for a limit order.
             price: int = cmd.price_ticks  # type: ignore[assignment]
             qty: int = cmd.quantity_lots  # type: ignore[assignment]
             crosses = best is not None and (best <= price if is_buy else best >= price)
@@ -275,36 +302,17 @@ class MatchingEngine(Cancels, Execution):
                 else:
                     mine[order_id] = order
                 update = OrderUpdate(order_id, user_id, side, NEW, 0, 0, qty)
-                return CommandResult(
-                    self.seq,
-                    ts_ms,
-                    True,
-                    None,
-                    update,
-                    [update],
-                    [],
-                    [],
-                    [(side, price, level.total_lots)],
-                )
+                return CommandResult.rested(self.seq, ts_ms, update, (side, price, level.total_lots))
             if crosses and cmd.post_only:
                 return self._reject_place(cmd, ts_ms, ErrorCode.POST_ONLY_WOULD_TAKE.value)
             lots = qty
             limit_ticks: int | None = price
             budget = None
         else:
-            limit_ticks = None
             if best is None:
                 return self._expire_unmatched(cmd, ts_ms, ErrorCode.NO_LIQUIDITY.value)
-            # A market sell and a market buy without a budget have a quantity (validated).
-            lots = cmd.quantity_lots  # type: ignore[assignment]
-            budget = None
-            if is_buy:
-                budget = cmd.quote_budget_units
-                if budget is None:
-                    budget = cmd.locked_units
-                if lots is None:
-                    # Price is at least one tick, so the budget can never buy more than this.
-                    lots = min(budget // self._quote_units_per_tick_lot, self.rules.max_quantity_lots)
+            limit_ticks = None
+            lots, budget = self._market_size(cmd)
 
         stp = cmd.stp if cmd.stp is not None else self.rules.default_stp
         if cmd.time_in_force == FOK and not self._fok_fillable(
@@ -328,6 +336,21 @@ class MatchingEngine(Cancels, Execution):
             cmd.client_order_id,
         )
         return self._execute(cmd, taker, opposite, budget, stp, ts_ms)
+
+    def _market_size(self, cmd: PlaceOrder) -> tuple[int, int | None]:
+        """A market order's lots and spending cap (None for a sell). A market sell and a
+        market buy without a budget have a quantity (validated); a buy's cap is its budget,
+        else what it locked."""
+        if cmd.side != BUY:
+            return cmd.quantity_lots, None  # type: ignore[return-value]
+        budget = cmd.quote_budget_units
+        if budget is None:
+            budget = cmd.locked_units
+        lots = cmd.quantity_lots
+        if lots is None:
+            # Price is at least one tick, so the budget can never buy more than this.
+            lots = min(budget // self._quote_units_per_tick_lot, self.rules.max_quantity_lots)
+        return lots, budget
 
     # --- snapshot / restore ----------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -369,7 +392,7 @@ class MatchingEngine(Cancels, Execution):
         }
 
     @classmethod
-    def restore(cls, rules: MarketRules, snapshot: dict[str, Any]) -> MatchingEngine:
+    def restore(cls, rules: MarketRules, snapshot: dict[str, Any], fee_account: str) -> MatchingEngine:
         """`rules` supplies the immutable grid only: the mutable rules come from the
         snapshot (format 1, written before they were stored: `bootstrap_rules`)."""
         fmt = snapshot.get("format")
@@ -379,7 +402,7 @@ class MatchingEngine(Cancels, Execution):
             raise ValueError(f"snapshot is for {snapshot['symbol']}, not {rules.symbol}")
         if list(snapshot["order_fields"]) != list(SNAPSHOT_ORDER_FIELDS):
             raise ValueError("snapshot order fields do not match this engine")
-        engine = cls.empty(rules)
+        engine = cls.empty(rules, fee_account)
         if fmt >= 2:
             stored = snapshot["rules"]
             engine.rules = dataclasses.replace(

@@ -1,5 +1,5 @@
-"""The matching core's state and the pieces its parts share: constants, the balance-delta
-helpers, and `EngineState` (the slots every part of `MatchingEngine` works on).
+"""The matching core's state and the pieces its parts share: constants and `EngineState`
+(the slots every part of `MatchingEngine` works on).
 
 `MatchingEngine` (matching.py) is `EngineState` + `Cancels` (cancels.py) + `Execution`
 (execution.py) + placing, configuring and snapshots; the split only spreads one class's
@@ -13,10 +13,7 @@ import dataclasses
 from cryptex_common.markets import MarketRules, MarketState, SelfTradePrevention
 from cryptex_common.messages import OrderStatus, OrderType, Side, TimeInForce
 from cryptex_engine.domain.book import Order, OrderBook
-from cryptex_engine.domain.commands import (
-    BalanceDelta,
-    OrderUpdate,
-)
+from cryptex_engine.domain.commands import OrderUpdate
 
 SNAPSHOT_FORMAT = 2  # 2: + "rules" (the mutable rules in force) and "rules_seq"
 SNAPSHOT_FORMATS_READ = (1, 2)  # 1: no rules stored: restored with bootstrap rules
@@ -70,20 +67,6 @@ def bootstrap_rules(rules: MarketRules) -> MarketRules:
                                min_notional_units=0, default_stp=STP_MAKER)
 
 
-def _add_delta(deltas: dict[tuple[str, str], list[int]], user_id: str, asset: str, available: int, locked: int) -> None:
-    entry = deltas.get((user_id, asset))
-    if entry is None:
-        deltas[(user_id, asset)] = [available, locked]
-    else:
-        entry[0] += available
-        entry[1] += locked
-
-
-def _delta_list(deltas: dict[tuple[str, str], list[int]]) -> list[BalanceDelta]:
-    """First-touch order (dicts keep insertion order), zero entries dropped."""
-    return [BalanceDelta(user_id, asset, av, lk) for (user_id, asset), (av, lk) in deltas.items() if av or lk]
-
-
 class EngineState:
     """The state of one market's core (see matching.py for its invariants)."""
 
@@ -93,6 +76,7 @@ class EngineState:
         "_quote_asset",
         "_quote_units_per_tick_lot",
         "book",
+        "fee_account",
         "last_trade_id",
         "maker_fee_bps",
         "rules",
@@ -102,8 +86,10 @@ class EngineState:
         "taker_fee_bps",
     )
 
-    def __init__(self, rules: MarketRules) -> None:
+    def __init__(self, rules: MarketRules, fee_account: str) -> None:
+        """`fee_account`: the user id fees are credited to (the exchange's, given as data)."""
         self.rules = rules
+        self.fee_account = fee_account
         self.rules_seq = 0  # the seq of the Configure that set the rules (0: never)
         self.state = MarketState.HALTED  # until the first Configure
         self.maker_fee_bps = 0
@@ -117,19 +103,10 @@ class EngineState:
         self._quote_units_per_tick_lot = rules.quote_units_per_tick_lot
 
 
-    def _terminate_resting(
-        self,
-        order: Order,
-        status: OrderStatus,
-        reason: str | None,
-        deltas: dict[tuple[str, str], list[int]],
-    ) -> OrderUpdate:
-        """A resting order leaves the book unfilled (cancel, STP): release what it locks."""
-        release = order.locked_remaining
+    def _terminate_resting(self, order: Order, status: OrderStatus, reason: str | None) -> OrderUpdate:
+        """A resting order leaves the book unfilled (STP): its lock is no longer its own
+        (the caller releases `locked_remaining` before this zeroes it)."""
         order.locked_remaining = 0
-        if release:
-            asset = self._quote_asset if order.is_buy else self._base_asset
-            _add_delta(deltas, order.user_id, asset, release, -release)
         return OrderUpdate(
             order.order_id,
             order.user_id,
@@ -140,4 +117,3 @@ class EngineState:
             0,
             reason,
         )
-

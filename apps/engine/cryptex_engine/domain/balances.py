@@ -1,0 +1,110 @@
+"""The settlement fold of the matching core: fills and lock releases in, balance changes out.
+
+Pure and stateless: `fold_balances` reads only its arguments. A match walk (execution.py)
+decides what trades and which locks are freed; this module turns that into the per
+(user, asset) changes of available and locked balance that the settle script applies.
+
+Rules (matching.py states the invariants they keep):
+- the taker buys: its quote lock gives up `consumed` (what it locked for the executed lots
+  at its own limit, or the exact cost of a market buy), of which the part above the trade
+  cost (price improvement) returns to available; it receives base minus the buyer fee;
+- the taker sells: its base lock gives up the base sold; it receives quote minus the
+  seller fee;
+- each maker gives up from its lock what its fill delivers (base when it sells, quote when
+  it buys, at its own price) and receives the other asset minus its fee;
+- a released lock moves from locked back to available; fees go to the fee account;
+- entries are listed in first-touch order (the taker's quote and base first, then makers in
+  fill order, the fee account last), and entries that net to zero are dropped.
+"""
+
+from __future__ import annotations
+
+from cryptex_engine.domain.commands import BalanceDelta, Fill
+
+# (fills before it, user id, units): a lock freed during a walk, in the lock asset of the
+# makers' side (base when the taker buys, quote when it sells).
+Release = tuple[int, str, int]
+
+
+def fold_balances(
+    fills: list[Fill],
+    releases: list[Release],
+    taker_user: str,
+    taker_buys: bool,
+    taker_consumed: int,
+    taker_release: int,
+    base_asset: str,
+    quote_asset: str,
+    fee_account: str,
+) -> list[BalanceDelta]:
+    """The balance changes of one taker's walk (see the module doc for the rules).
+    `taker_consumed`: what its fills used of its lock; `taker_release`: what it frees of
+    the rest (all of it when it does not rest). Positional: called once per taker."""
+    taker_quote = [0, 0]
+    taker_base = [0, 0]
+    deltas = {(taker_user, quote_asset): taker_quote, (taker_user, base_asset): taker_base}
+    get = deltas.get
+    lock_asset, gain_asset = (base_asset, quote_asset) if taker_buys else (quote_asset, base_asset)
+    fee_base = fee_quote = executed_base = executed_quote = 0
+    at = 0  # the next release to apply; releases[at][0]: how many fills come before it
+    next_release = releases[0][0] if releases else -1
+    for n, fill in enumerate(fills):
+        while n == next_release:
+            at = _release(deltas, releases, at, lock_asset)
+            next_release = releases[at][0] if at < len(releases) else -1
+        base_units = fill.base_units
+        quote_units = fill.quote_units
+        buyer_fee = fill.buyer_fee_units
+        seller_fee = fill.seller_fee_units
+        executed_base += base_units
+        executed_quote += quote_units
+        fee_base += buyer_fee
+        fee_quote += seller_fee
+        if taker_buys:  # the maker sells: base leaves its lock, quote in
+            given, gained = base_units, quote_units - seller_fee
+        else:  # the maker buys: quote leaves its lock, base in
+            given, gained = quote_units, base_units - buyer_fee
+        maker = fill.maker_user_id
+        entry = get((maker, lock_asset))
+        if entry is None:
+            deltas[(maker, lock_asset)] = [0, -given]
+        else:
+            entry[1] -= given
+        entry = get((maker, gain_asset))
+        if entry is None:
+            deltas[(maker, gain_asset)] = [gained, 0]
+        else:
+            entry[0] += gained
+    while at < len(releases):
+        at = _release(deltas, releases, at, lock_asset)
+
+    if taker_buys:
+        taker_quote[0] += taker_consumed - executed_quote + taker_release
+        taker_quote[1] -= taker_consumed + taker_release
+        taker_base[0] += executed_base - fee_base
+    else:
+        taker_base[0] += taker_release
+        taker_base[1] -= taker_consumed + taker_release
+        taker_quote[0] += executed_quote - fee_quote
+    # the fee account last (_add, inlined: every taker with a fee pays here)
+    for asset, fee in ((base_asset, fee_base), (quote_asset, fee_quote)):
+        if fee:
+            entry = get((fee_account, asset))
+            if entry is None:
+                deltas[(fee_account, asset)] = [fee, 0]
+            else:
+                entry[0] += fee
+    # (delta_list, inlined)
+    return [BalanceDelta(user_id, asset, av, lk) for (user_id, asset), (av, lk) in deltas.items() if av or lk]
+
+
+def _release(deltas: dict[tuple[str, str], list[int]], releases: list[Release], at: int, asset: str) -> int:
+    """Apply `releases[at]` (its units move from locked to available); the next index."""
+    _, user_id, units = releases[at]
+    entry = deltas.get((user_id, asset))
+    if entry is None:
+        deltas[(user_id, asset)] = [units, -units]
+    else:
+        entry[0] += units
+        entry[1] -= units
+    return at + 1
