@@ -51,6 +51,17 @@ async def test_every_stream_type_after_a_crossing_pair(exchange: Exchange, admin
         assert loop.time() < deadline, {w: len(by_stream(msgs, f"{SYM}@{w}")) for w in wanted}
         await asyncio.sleep(0.1)
 
+    check_trades(msgs, raw_msgs, trade_id)
+    check_tickers(msgs)
+    check_depth(msgs)
+    assert sell["order"]["status"] == "new" and buy["order"]["status"] == "filled"
+    for ws in (combined, raw):
+        await ws.close()
+    for r in readers:
+        r.cancel()
+
+
+def check_trades(msgs: list[dict[str, Any]], raw_msgs: list[dict[str, Any]], trade_id: int) -> None:
     # @trade: one message per trade, Binance fields; the bare socket gets the same payload
     trades = [t for t in by_stream(msgs, f"{SYM}@trade") if t["t"] == trade_id]
     assert len(trades) == 1
@@ -65,6 +76,9 @@ async def test_every_stream_type_after_a_crossing_pair(exchange: Exchange, admin
     k = [m["k"] for m in by_stream(msgs, f"{SYM}@kline_1m") if m["k"]["t"] <= t["T"] <= m["k"]["T"]][-1]
     assert k["s"] == "SOLUSDC" and k["i"] == "1m" and k["c"] == "101.25" and k["x"] is False
     assert k["T"] - k["t"] == 59_999 and k["n"] >= 1 and Decimal(k["v"]) >= Decimal("1.5")
+
+
+def check_tickers(msgs: list[dict[str, Any]]) -> None:
     # tickers
     ticker = by_stream(msgs, f"{SYM}@ticker")[-1]
     assert ticker["e"] == "24hrTicker" and ticker["s"] == "SOLUSDC" and ticker["c"] == "101.25"
@@ -76,6 +90,10 @@ async def test_every_stream_type_after_a_crossing_pair(exchange: Exchange, admin
     # @bookTicker: the sell order's level appeared on the ask while it rested
     books = by_stream(msgs, f"{SYM}@bookTicker")
     assert all(set(b) == {"u", "s", "b", "B", "a", "A"} and b["s"] == "SOLUSDC" for b in books)
+    assert any((b["a"], b["A"]) == ("101.25", "1.500") for b in books), books
+
+
+def check_depth(msgs: list[dict[str, Any]]) -> None:
     # diff depth: the sell level added, then removed, each message continuing the previous
     diffs = by_stream(msgs, f"{SYM}@depth")
     assert by_stream(msgs, f"{SYM}@depth@100ms") == diffs
@@ -92,11 +110,6 @@ async def test_every_stream_type_after_a_crossing_pair(exchange: Exchange, admin
         ids = [b["lastUpdateId"] for b in books_n]
         assert ids == sorted(set(ids)), ids
         assert any(["101.25", "1.500"] in b["asks"] for b in books_n)
-    assert sell["order"]["status"] == "new" and buy["order"]["status"] == "filled"
-    for ws in (combined, raw):
-        await ws.close()
-    for r in readers:
-        r.cancel()
 
 
 async def test_live_subscribe_unsubscribe_and_list(exchange: Exchange, admin: CryptexClient,

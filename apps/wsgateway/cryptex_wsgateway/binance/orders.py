@@ -8,9 +8,10 @@ instead: `NEW`, one `TRADE` per fill with the cumulative filled quantity `z`, th
 has reported so far, and derives the events in Binance's order.
 
 Invariants:
-- an order first seen by this feed and created after it started gets a `NEW` report first
-  (with `z` zero); an order the engine rejected on arrival (post-only would take) gets no
-  report, as on Binance, where the REST call fails with -2010;
+- an order first seen by this feed that is new and unfilled, or was created after the feed
+  started (less CLOCK_SLACK_MS, the API's clock may trail the gateway's), gets a `NEW` report
+  first (with `z` zero); an order the engine rejected on arrival (post-only would take) gets
+  no report, as on Binance, where the REST call fails with -2010;
 - each fill gives exactly one `TRADE` report; its `z`/`Z` are the sums of the order's fills
   reported so far, its `X` is `FILLED` only for the fill that completes a filled order;
 - a cancelled or expired order gets its `CANCELED`/`EXPIRED` report after the `TRADE`
@@ -30,6 +31,7 @@ from cryptex_common.binance import binance_symbol
 from cryptex_wsgateway.binance.payloads import Payload
 
 MAX_TRACKED = 10_000
+CLOCK_SLACK_MS = 1_000
 STATUS = {"new": "NEW", "partially_filled": "PARTIALLY_FILLED", "filled": "FILLED",
           "cancelled": "CANCELED", "expired": "EXPIRED", "rejected": "REJECTED"}
 ENDS = {"cancelled": "CANCELED", "expired": "EXPIRED"}
@@ -68,7 +70,8 @@ class ExecutionReports:
         if track is None:
             if o["status"] == "rejected":
                 return out
-            fresh = int(o.get("createdAt") or 0) >= self.since_ms
+            fresh = (o["status"] == "new" and Decimal(o["executedQty"]) == 0) or \
+                int(o.get("createdAt") or 0) >= self.since_ms - CLOCK_SLACK_MS
             zq, zqq = self.zeros(o["market"])
             track = _Track(o, Decimal(zq) if fresh else None, Decimal(zqq) if fresh else None)
             self._remember(oid, track)

@@ -75,7 +75,7 @@ class StreamSockets:
         self.public = PublicFeed(gateway)
         self.users = UserData(gateway)
         self.conns: dict[int, Connection] = {}
-        self.listen_keys: dict[Connection, tuple[str, str]] = {}  # conn -> (listen key, user)
+        self.listen_keys: dict[Connection, list[tuple[str, str]]] = {}  # conn -> [(listen key, user)]
         self._ids = itertools.count(1)
 
     # --- handshake ----------------------------------------------------------------------
@@ -150,7 +150,7 @@ class StreamSockets:
                 await self.users.attach(conn, user, wrapper)
             except (RedisError, OSError, TimeoutError):
                 raise web.HTTPServiceUnavailable(text="user data unavailable; try again shortly") from None
-            self.listen_keys[conn] = (key, user)
+            self.listen_keys.setdefault(conn, []).append((key, user))
 
     async def _forget(self, conn: Connection) -> None:
         conn.closing = True
@@ -158,9 +158,8 @@ class StreamSockets:
             return
         metrics.WS_CONNECTIONS.dec()
         self.public.drop(conn)
-        followed = self.listen_keys.pop(conn, None)
-        if followed is not None:
-            await self.users.detach(conn, followed[1])
+        for user in {user for _, user in self.listen_keys.pop(conn, ())}:
+            await self.users.detach(conn, user)
         self.users.held.pop(conn, None)
 
     # --- requests -----------------------------------------------------------------------
@@ -264,17 +263,17 @@ class StreamSockets:
     async def expire_listen_keys(self) -> None:
         """Close the sockets whose listen key expired or was deleted, after Binance's
         `listenKeyExpired` event."""
-        followed = list(self.listen_keys.items())
+        followed = [(conn, key) for conn, pairs in self.listen_keys.items() for key, _ in pairs]
         if not followed:
             return
         try:
             pipe = self.gw.redis.pipeline(transaction=False)
-            for _, (key, _user) in followed:
+            for _, key in followed:
                 pipe.exists(keys.listen_key(key))
             alive = await pipe.execute()
         except (RedisError, OSError):
             return
-        for (conn, (key, _user)), exists in zip(followed, alive, strict=True):
+        for (conn, key), exists in zip(followed, alive, strict=True):
             if not exists and not conn.closing:
                 event = {"e": "listenKeyExpired", "E": int(time.time() * 1000), "listenKey": key}
                 self.gw.hub.send(conn, self.public.frame_for(conn, key, event))
