@@ -49,6 +49,16 @@ async def pro(exchange: Exchange) -> AsyncIterator[Any]:
     await ex.close()
 
 
+async def eventually(probe: Any, timeout: float = 10.0) -> Any:
+    """Poll a ccxt cache until `probe()` gives something: a message that arrives while no
+    watch_* call is pending updates ccxt's cache but resolves nothing."""
+    deadline = time.monotonic() + timeout
+    while (found := probe()) is None:
+        assert time.monotonic() < deadline, "not seen in ccxt's cache"
+        await asyncio.sleep(0.05)
+    return found
+
+
 def as_floats(levels: list[list[str]]) -> list[list[float]]:
     return [[float(p), float(q)] for p, q in levels]
 
@@ -76,11 +86,11 @@ async def test_watch_order_book_stays_equal_to_rest_depth(
     ids, levels = [], 0
     for _ in range(4):  # rounds of traffic, each followed by a comparison with REST
         traffic = asyncio.create_task(flow(users, rng, 40))
-        updates = 0
+        seen = set()  # the book's update ids while the traffic runs (ccxt applies each diff)
         while not traffic.done():
-            await asyncio.wait_for(pro.watch_order_book(FLOW_MARKET), 10)
-            updates += 1
-        assert await traffic > 25 and updates > 5
+            seen.add(pro.orderbooks[FLOW_MARKET]["nonce"])
+            await asyncio.sleep(0.01)
+        assert await traffic > 25 and len(seen) > 3, seen
         rest = await until_equal_to_rest(pro, session, exchange)
         ids.append(rest["lastUpdateId"])
         levels += len(rest["bids"]) + len(rest["asks"])
@@ -93,14 +103,11 @@ async def test_watch_trades_and_ticker(exchange: Exchange, admin: CryptexClient,
     await asyncio.sleep(0.5)  # the SUBSCRIBE is acknowledged before the trade happens
     _s, _b, _sell, buy = await cross(admin, "98.40", "0.750")
     trade_id = buy["fills"][0]["tradeId"]
-    trades = await asyncio.wait_for(watch, 10)
-    while not any(t["id"] == trade_id for t in trades):
-        trades = await asyncio.wait_for(pro.watch_trades(SYMBOL), 10)
-    t = next(t for t in trades if t["id"] == trade_id)
+    await asyncio.wait_for(watch, 10)
+    t = await eventually(lambda: next((t for t in pro.trades[SYMBOL] if t["id"] == trade_id), None))
     assert (t["symbol"], t["price"], t["amount"], t["side"]) == (SYMBOL, 98.40, 0.75, "buy")
-    ticker = await asyncio.wait_for(pro.watch_ticker(SYMBOL), 10)
-    while ticker["last"] != 98.40:
-        ticker = await asyncio.wait_for(pro.watch_ticker(SYMBOL), 10)
+    await asyncio.wait_for(pro.watch_ticker(SYMBOL), 10)
+    ticker = await eventually(lambda: pro.tickers[SYMBOL] if pro.tickers[SYMBOL]["last"] == 98.40 else None)
     assert ticker["symbol"] == SYMBOL and ticker["high"] >= 98.40 >= ticker["low"]
     assert ticker["baseVolume"] > 0 and ticker["timestamp"] > 0
 
@@ -123,9 +130,8 @@ async def test_watch_orders_and_my_trades(exchange: Exchange, admin: CryptexClie
         assert (t["order"], t["price"], t["amount"], t["side"], t["takerOrMaker"]) == (
             buy["id"], 100.0, 1.0, "buy", "taker")
         assert t["fee"] == {"cost": 0.002, "currency": "SOL"}
-        while orders[-1]["status"] != "closed":
-            orders = await asyncio.wait_for(sell_pro.watch_orders(SYMBOL), 10)
-        done = orders[-1]
+        done = await eventually(lambda: next(
+            (o for o in sell_pro.orders if o["id"] == sell["id"] and o["status"] == "closed"), None))
         assert (done["id"], done["filled"], done["remaining"], done["cost"]) == (sell["id"], 1.0, 0.0, 100.0)
     finally:
         await sell_pro.close()
@@ -140,10 +146,9 @@ async def test_watch_ohlcv_bids_asks_and_tickers(exchange: Exchange, admin: Cryp
     await asyncio.sleep(0.5)
     _s, _b, _sell, buy = await cross(admin, "97.60", "0.200")
     trade_ts = buy["fills"][0]["ts"]
-    ohlcv = await asyncio.wait_for(candles, 10)
-    while not ohlcv or ohlcv[-1][4] != 97.60:
-        ohlcv = await asyncio.wait_for(pro.watch_ohlcv(SYMBOL, "1m"), 10)
-    t, _o, h, low, c, v = ohlcv[-1]
+    await asyncio.wait_for(candles, 10)
+    candle = await eventually(lambda: next((k for k in pro.ohlcvs[SYMBOL]["1m"] if k[4] == 97.60), None))
+    t, _o, h, low, c, v = candle
     assert t == trade_ts - trade_ts % 60_000 and h >= 97.60 >= low and c == 97.60 and v >= 0.2
     bid_ask = (await asyncio.wait_for(quotes, 10))[SYMBOL]
     assert bid_ask["symbol"] == SYMBOL and {"bid", "ask", "bidVolume", "askVolume"} <= set(bid_ask)
@@ -160,12 +165,11 @@ async def test_watch_balance_follows_deposits_and_orders(exchange: Exchange, adm
         await asyncio.sleep(1.0)  # subscribed
         uid = user.user_id  # type: ignore[attr-defined]
         assert (await admin.deposit(uid, "USDC", "50", f"wb-{uid}")).status == 200
-        balance = await asyncio.wait_for(watch, 10)
-        while balance.get("USDC", {}).get("free") != 150.0:
-            balance = await asyncio.wait_for(ex.watch_balance(), 10)
+        await asyncio.wait_for(watch, 10)
+        await eventually(lambda: ex.balance["spot"].get("USDC", {}).get("free") == 150.0 or None)
         await ex.create_order(SYMBOL, "limit", "buy", 0.5, 10.0)
-        while balance["USDC"]["used"] != 5.0:
-            balance = await asyncio.wait_for(ex.watch_balance(), 10)
-        assert (balance["USDC"]["free"], balance["USDC"]["total"]) == (145.0, 150.0)
+        await eventually(lambda: ex.balance["spot"]["USDC"]["used"] == 5.0 or None)
+        usdc = ex.balance["spot"]["USDC"]
+        assert (usdc["free"], usdc["used"], usdc["total"]) == (145.0, 5.0, 150.0)
     finally:
         await ex.close()
