@@ -9,7 +9,7 @@
 #    Skipped when that image exists (`podman rmi` it to remake it).
 # 2. Each image: `buildah bud --pull=never --build-arg PYTHON_IMAGE=$CRYPTEX_PYTHON_BASE`,
 #    tagged $CRYPTEX_IMAGE_PREFIX/<component>:$CRYPTEX_IMAGE_TAG (default localhost/cryptex/<c>:dev).
-#    Unchanged layers come from buildah's cache.
+#    Unchanged layers come from buildah's cache; the image a rebuilt tag replaced is removed.
 # Prints each image's build time and size. Needs root and scripts/install-container-tools.sh.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -78,8 +78,13 @@ cd "$ROOT"
 printf '%-10s %8s %10s  %s\n' image seconds MB name
 for c in "${components[@]}"; do
   t0=$SECONDS
+  previous=$(podman image inspect --format '{{.Id}}' "$PREFIX/$c:$TAG" 2>/dev/null || true)
   buildah bud --quiet --pull=never --isolation chroot --network host --layers \
     --build-arg "PYTHON_IMAGE=$BASE" -f "$(dockerfile "$c")" -t "$PREFIX/$c:$TAG" . >/dev/null
   size=$(podman image inspect --format '{{.Size}}' "$PREFIX/$c:$TAG")
+  # The image this tag named before (rebuilt after a source change): remove it, so repeated
+  # test runs do not pile up a /venv layer each. Skipped if a container still uses it.
+  current=$(podman image inspect --format '{{.Id}}' "$PREFIX/$c:$TAG")
+  if [ -n "$previous" ] && [ "$previous" != "$current" ]; then podman rmi "$previous" >/dev/null 2>&1 || true; fi
   printf '%-10s %8d %10.1f  %s\n' "$c" $((SECONDS - t0)) "$(awk -v s="$size" 'BEGIN { print s / 1e6 }')" "$PREFIX/$c:$TAG"
 done
