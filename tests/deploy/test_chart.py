@@ -219,6 +219,7 @@ def test_ingress_routes_rest_and_ws(helm: str) -> None:
     paths = {p["path"]: p["backend"]["service"] for p in ing["spec"]["rules"][0]["http"]["paths"]}
     assert paths["/api"] == {"name": "cryptex-api", "port": {"name": "http"}}
     assert paths["/ws"] == {"name": "cryptex-wsgateway", "port": {"name": "ws"}}
+    assert paths["/binance"] == {"name": "cryptex-wsgateway", "port": {"name": "ws"}}  # Binance WS facade
     assert paths["/"]["name"] == "cryptex-api"
     for backend in paths.values():
         ports = {p["name"] for p in services[backend["name"]]["spec"]["ports"]}
