@@ -21,9 +21,12 @@ from __future__ import annotations
 
 from cryptex_engine.domain.commands import BalanceDelta, Fill
 
-# (fills before it, user id, units): a lock freed during a walk, in the lock asset of the
-# makers' side (base when the taker buys, quote when it sells).
-Release = tuple[int, str, int]
+# (user id, units): a lock freed during a walk, in the lock asset of the makers' side (base
+# when the taker buys, quote when it sells): what a filled maker locked beyond its fills, or
+# what an order of the taker's own user expired by STP held. Either user already has that
+# entry (the maker from its fill, the taker from the start), so releases apply after the
+# fills without changing the first-touch order.
+Release = tuple[str, int]
 
 
 def fold_balances(
@@ -40,18 +43,14 @@ def fold_balances(
     """The balance changes of one taker's walk (see the module doc for the rules).
     `taker_consumed`: what its fills used of its lock; `taker_release`: what it frees of
     the rest (all of it when it does not rest). Positional: called once per taker."""
-    taker_quote = [0, 0]
-    taker_base = [0, 0]
+    taker_quote = BalanceDelta(taker_user, quote_asset, 0, 0)
+    taker_base = BalanceDelta(taker_user, base_asset, 0, 0)
+    # the entries accumulate in place; first-touch order (dicts keep insertion order)
     deltas = {(taker_user, quote_asset): taker_quote, (taker_user, base_asset): taker_base}
     get = deltas.get
     lock_asset, gain_asset = (base_asset, quote_asset) if taker_buys else (quote_asset, base_asset)
     fee_base = fee_quote = executed_base = executed_quote = 0
-    at = 0  # the next release to apply; releases[at][0]: how many fills come before it
-    next_release = releases[0][0] if releases else -1
-    for n, fill in enumerate(fills):
-        while n == next_release:
-            at = _release(deltas, releases, at, lock_asset)
-            next_release = releases[at][0] if at < len(releases) else -1
+    for fill in fills:
         base_units = fill.base_units
         quote_units = fill.quote_units
         buyer_fee = fill.buyer_fee_units
@@ -67,44 +66,36 @@ def fold_balances(
         maker = fill.maker_user_id
         entry = get((maker, lock_asset))
         if entry is None:
-            deltas[(maker, lock_asset)] = [0, -given]
+            deltas[(maker, lock_asset)] = BalanceDelta(maker, lock_asset, 0, -given)
         else:
-            entry[1] -= given
+            entry.locked -= given
         entry = get((maker, gain_asset))
         if entry is None:
-            deltas[(maker, gain_asset)] = [gained, 0]
+            deltas[(maker, gain_asset)] = BalanceDelta(maker, gain_asset, gained, 0)
         else:
-            entry[0] += gained
-    while at < len(releases):
-        at = _release(deltas, releases, at, lock_asset)
+            entry.available += gained
+    for user_id, units in releases:
+        entry = get((user_id, lock_asset))
+        if entry is None:  # (never: see Release)
+            deltas[(user_id, lock_asset)] = BalanceDelta(user_id, lock_asset, units, -units)
+        else:
+            entry.available += units
+            entry.locked -= units
 
     if taker_buys:
-        taker_quote[0] += taker_consumed - executed_quote + taker_release
-        taker_quote[1] -= taker_consumed + taker_release
-        taker_base[0] += executed_base - fee_base
+        taker_quote.available += taker_consumed - executed_quote + taker_release
+        taker_quote.locked -= taker_consumed + taker_release
+        taker_base.available += executed_base - fee_base
     else:
-        taker_base[0] += taker_release
-        taker_base[1] -= taker_consumed + taker_release
-        taker_quote[0] += executed_quote - fee_quote
-    # the fee account last (_add, inlined: every taker with a fee pays here)
+        taker_base.available += taker_release
+        taker_base.locked -= taker_consumed + taker_release
+        taker_quote.available += executed_quote - fee_quote
+    # the fee account last
     for asset, fee in ((base_asset, fee_base), (quote_asset, fee_quote)):
         if fee:
             entry = get((fee_account, asset))
             if entry is None:
-                deltas[(fee_account, asset)] = [fee, 0]
+                deltas[(fee_account, asset)] = BalanceDelta(fee_account, asset, fee, 0)
             else:
-                entry[0] += fee
-    # (delta_list, inlined)
-    return [BalanceDelta(user_id, asset, av, lk) for (user_id, asset), (av, lk) in deltas.items() if av or lk]
-
-
-def _release(deltas: dict[tuple[str, str], list[int]], releases: list[Release], at: int, asset: str) -> int:
-    """Apply `releases[at]` (its units move from locked to available); the next index."""
-    _, user_id, units = releases[at]
-    entry = deltas.get((user_id, asset))
-    if entry is None:
-        deltas[(user_id, asset)] = [units, -units]
-    else:
-        entry[0] += units
-        entry[1] -= units
-    return at + 1
+                entry.available += fee
+    return [d for d in deltas.values() if d.available or d.locked]

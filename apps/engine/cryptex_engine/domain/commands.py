@@ -145,8 +145,15 @@ class CommandResult:
     def rested(cls, seq: int, ts_ms: int, order: OrderUpdate, depth_change: tuple[Side, int, int]) -> CommandResult:
         """A new order rests without trading: no balance changes, one level changed."""
         r = _new(cls)
-        r.seq, r.ts_ms, r.accepted, r.reject_reason, r.order = seq, ts_ms, True, None, order
-        r.updates, r.fills, r.balance_deltas, r.depth_changes = [order], [], [], [depth_change]
+        r.seq = seq
+        r.ts_ms = ts_ms
+        r.accepted = True
+        r.reject_reason = None
+        r.order = order
+        r.updates = [order]
+        r.fills = []
+        r.balance_deltas = []
+        r.depth_changes = [depth_change]
         return r
 
     @classmethod
@@ -159,8 +166,15 @@ class CommandResult:
                   deltas: list[BalanceDelta], depth_changes: list[tuple[Side, int, int]]) -> CommandResult:
         """One order cancelled (`order` is it) or all of a user's (`order` None)."""
         r = _new(cls)
-        r.seq, r.ts_ms, r.accepted, r.reject_reason, r.order = seq, ts_ms, True, None, order
-        r.updates, r.fills, r.balance_deltas, r.depth_changes = updates, [], deltas, depth_changes
+        r.seq = seq
+        r.ts_ms = ts_ms
+        r.accepted = True
+        r.reject_reason = None
+        r.order = order
+        r.updates = updates
+        r.fills = []
+        r.balance_deltas = deltas
+        r.depth_changes = depth_changes
         return r
 
     @classmethod
@@ -168,8 +182,15 @@ class CommandResult:
                  deltas: list[BalanceDelta], depth_changes: list[tuple[Side, int, int]]) -> CommandResult:
         """A taker walked the book: `updates` starts with its own `order`."""
         r = _new(cls)
-        r.seq, r.ts_ms, r.accepted, r.reject_reason, r.order = seq, ts_ms, True, None, order
-        r.updates, r.fills, r.balance_deltas, r.depth_changes = updates, fills, deltas, depth_changes
+        r.seq = seq
+        r.ts_ms = ts_ms
+        r.accepted = True
+        r.reject_reason = None
+        r.order = order
+        r.updates = updates
+        r.fills = fills
+        r.balance_deltas = deltas
+        r.depth_changes = depth_changes
         return r
 
 

@@ -214,7 +214,7 @@ class Execution(EngineState):
             if maker.remaining_lots == 0:
                 done.append(maker)
                 if maker.locked_remaining:  # locked beyond what its fills consumed
-                    releases.append((len(fills), maker.user_id, maker.locked_remaining))
+                    releases.append((maker.user_id, maker.locked_remaining))
                     maker.locked_remaining = 0
                 status = FILLED
             else:
@@ -232,11 +232,11 @@ class Execution(EngineState):
     def _self_trade(self, terms: WalkTerms, level: PriceLevel, maker: Order, done: list[Order]) -> bool:
         """The taker meets its owner's resting order: expire the maker (expire_maker,
         expire_both), and say whether the taker stops here (expire_taker, expire_both)."""
-        stp, fills, updates, releases = terms[5], terms[10], terms[11], terms[12]
+        stp, updates, releases = terms[5], terms[11], terms[12]
         if stp != STP_TAKER:
             level.total_lots -= maker.remaining_lots
             if maker.locked_remaining:
-                releases.append((len(fills), maker.user_id, maker.locked_remaining))
+                releases.append((maker.user_id, maker.locked_remaining))
             updates.append(self._terminate_resting(maker, EXPIRED, REASON_STP))
             done.append(maker)
         return stp != STP_MAKER
@@ -248,9 +248,9 @@ class Execution(EngineState):
 # makers deliver base (the taker buys), and the walk's fills, maker updates and releases.
 WalkTerms = tuple[int, str, Side, Side, str | None, SelfTradePrevention, int | None, int, int, bool,
                   list[Fill], list[OrderUpdate], list[Release]]
-# What a walk did: fills and maker updates in walk order, the maker locks it freed (each with
-# the number of fills before it), the levels it changed, why it stopped (0, _STOP_BUDGET,
-# _STOP_STP) and what it used up of the taker's lock.
+# What a walk did: fills and maker updates in walk order, the maker locks it freed, the
+# levels it changed, why it stopped (0, _STOP_BUDGET, _STOP_STP) and what it used up of the
+# taker's lock.
 Walk = tuple[list[Fill], list[OrderUpdate], list[Release], list[tuple[Side, int, PriceLevel]], int, int]
 
 
