@@ -167,3 +167,27 @@ async def test_bad_requests_get_binance_errors(exchange: Exchange, session: aioh
         with pytest.raises(aiohttp.WSServerHandshakeError) as err:
             await session.ws_connect(f"{exchange.ws}{path}")
         assert err.value.status == 400, path
+
+
+async def test_socket_limits_hold_on_the_facade(exchange: Exchange, session: aiohttp.ClientSession) -> None:
+    """The gateway's per-socket limits: an oversized frame (1009), a binary frame (1003),
+    a flood of requests (refusals, then 1008)."""
+    big = await session.ws_connect(f"{exchange.ws}/ws")
+    await big.send_str('{"method": "LIST_SUBSCRIPTIONS", "id": 1, "pad": "' + "x" * 20_000 + '"}')
+    assert (await recv(big))["error"]["code"] == 2
+    assert (await big.receive(timeout=5)).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    assert big.close_code == 1009
+    binary = await session.ws_connect(f"{exchange.ws}/ws/{SYM}@trade")
+    await binary.send_bytes(b"\x00\x01")
+    assert (await recv(binary))["error"]["code"] == 3
+    await binary.receive(timeout=5)
+    assert binary.close_code == 1003
+    flood = await session.ws_connect(f"{exchange.ws}/stream")
+    for i in range(60):
+        await flood.send_str(f'{{"method": "LIST_SUBSCRIPTIONS", "id": {i}}}')
+    replies = []
+    while (msg := await flood.receive(timeout=5)).type == aiohttp.WSMsgType.TEXT:
+        replies.append(msg.json())
+    assert flood.close_code == 1008
+    assert {"result": [], "id": 0} in replies and any("Too many requests" in r.get("error", {}).get("msg", "")
+                                                      for r in replies)
