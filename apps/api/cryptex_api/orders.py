@@ -235,7 +235,7 @@ def _quantity_lots(body: dict[str, object], spec: MarketSpec, g: Grid) -> int:
     return lots
 
 
-def validate_order(
+def validate_order(  # noqa: C901  (hot path, being optimised separately)
     body: dict[str, object],
     spec: MarketSpec,
     user_id: str,
