@@ -192,3 +192,21 @@ async def test_deposit_and_withdrawal_are_balance_updates(
     assert any(e.get("e") == "outboundAccountPosition" for e in sink[first + 1:])  # then the balance
     await ws.close()
     reader.cancel()
+
+
+async def test_listen_key_in_a_combined_stream(exchange: Exchange, admin: CryptexClient,
+                                               session: aiohttp.ClientSession) -> None:
+    user = await funded(admin, {"SOL": "2"})
+    key = await new_listen_key(session, exchange, user)
+    ws = await session.ws_connect(f"{exchange.ws}/stream?streams={key}/solusdc@bookTicker")
+    order = (await user.place_order(side="sell", type="limit", price="400.00", quantity="0.100", market=M)).body
+    sink: list[dict[str, Any]] = []
+    reader = asyncio.create_task(events(ws, sink))
+    await wait_for(lambda: any(m.get("data", {}).get("e") == "executionReport" for m in sink))
+    report = next(m for m in sink if m.get("data", {}).get("e") == "executionReport")
+    assert report["stream"] == key and report["data"]["i"] == int(order["order"]["orderId"])
+    assert all(m["stream"] in (key, "solusdc@bookTicker") for m in sink)
+    await user.cancel_order(order["order"]["orderId"])
+    await wait_for(lambda: any(m["data"].get("X") == "CANCELED" for m in sink))
+    await ws.close()
+    reader.cancel()
