@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from tests.images.podman import ROOT, ci, missing_tools, podman
 
@@ -68,7 +69,8 @@ def container_tools() -> None:
 def images(container_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
     log = tmp_path_factory.mktemp("images") / "build-images.log"
     t0 = time.monotonic()
-    with log.open("w") as out:
+    # One build at a time on this machine (other checkouts and sessions build the same tags).
+    with FileLock("/tmp/cryptex-build-images.lock"), log.open("w") as out:
         proc = subprocess.run([str(ROOT / "scripts" / "build-images.sh"), *COMPONENTS],
                               stdout=out, stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT_S,
                               check=False, env={**os.environ, "CRYPTEX_IMAGE_PREFIX": PREFIX,

@@ -5,9 +5,11 @@ What it takes from the manifest: the image; `command`/`args` (entrypoint and arg
 `fieldRef` metadata.name/namespace); `envFrom` (Secrets and ConfigMaps, with `prefix`); the
 pod and container `securityContext` (runAsUser/runAsGroup, runAsNonRoot, fsGroup as a
 supplementary group, readOnlyRootFilesystem, capabilities, allowPrivilegeEscalation,
-seccompProfile); `emptyDir` volumes (tmpfs, with sizeLimit); `containerPort`s; the pod name
-as hostname; `terminationGracePeriodSeconds`; and the HTTP probes, run like the kubelet does
-(startup until it passes or fails failureThreshold times, then readiness; liveness checked).
+seccompProfile); `emptyDir` volumes (tmpfs, with sizeLimit); `containerPort`s; resource
+limits (memory as a hard limit without swap, cpu as a CPU quota; requests only matter to a
+scheduler); the pod name as hostname; `terminationGracePeriodSeconds`; and the HTTP probes,
+run like the kubelet does (startup until it passes or fails failureThreshold times, then
+readiness; liveness checked).
 
 Each pod gets its own network namespace (slirp4netns), so the rendered ports are used as
 they are; each containerPort is published on a free port of the host's loopback (the test's
@@ -15,8 +17,7 @@ they are; each containerPort is published on a free port of the host's loopback 
 PostgreSQL, named by URLs in the rendered connections Secret).
 
 Anything else in a pod spec (other volume types, init containers, sidecars, other probe
-kinds, resources) raises NotImplementedError rather than being silently ignored; resources
-are the exception: recorded but not enforced (no cgroup controllers here).
+kinds, env sources) raises NotImplementedError rather than being silently ignored.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ SUPPORTED_CONTAINER_KEYS = {"name", "image", "imagePullPolicy", "command", "args
                             "volumeMounts"}
 
 
-def _quantity(value: str) -> int:
+def quantity(value: str) -> int:
     units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 10**3, "M": 10**6, "G": 10**9}
     for suffix, factor in units.items():
         if value.endswith(suffix):
@@ -144,7 +145,24 @@ def _volume_args(pod: dict[str, Any], container: dict[str, Any]) -> list[str]:
             raise NotImplementedError(f"volume {volume}")
         size = volume["emptyDir"].get("sizeLimit")
         opts = f"type=tmpfs,destination={mount['mountPath']},tmpfs-mode=1777"
-        argv += ["--mount", opts + (f",tmpfs-size={_quantity(size)}" if size else "")]
+        argv += ["--mount", opts + (f",tmpfs-size={quantity(size)}" if size else "")]
+    return argv
+
+
+def _cpu(value: str | int | float) -> float:
+    text = str(value)
+    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def _resource_args(container: dict[str, Any]) -> list[str]:
+    limits = container.get("resources", {}).get("limits", {})
+    if set(limits) - {"memory", "cpu"}:
+        raise NotImplementedError(f"limits {limits}")
+    argv: list[str] = []
+    if "memory" in limits:  # as the kubelet sets it: a hard limit, no swap on top
+        argv += [f"--memory={quantity(limits['memory'])}", f"--memory-swap={quantity(limits['memory'])}"]
+    if "cpu" in limits:
+        argv.append(f"--cpus={_cpu(limits['cpu'])}")
     return argv
 
 
@@ -175,6 +193,7 @@ def podman_run_args(workload: dict[str, Any], docs: list[dict[str, Any]], pod_na
     argv += _security_args(pod, container, pod_name)
     argv += _volume_args(pod, container)
     argv += _port_args(container, ports)
+    argv += _resource_args(container)
     for key, value in _env(container, pod_name, namespace, config_data(docs)).items():
         argv += ["-e", f"{key}={value}"]
     if "command" in container:

@@ -7,6 +7,7 @@ Every container these tests start is named `cryptex-test-<uuid>` and labelled
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -78,7 +79,6 @@ def run(image: str, *, env: Mapping[str, str] | None = None, args: Sequence[str]
     for key, value in (env or {}).items():
         argv += ["-e", f"{key}={value}"]
     if entrypoint is not None:
-        import json
         argv += ["--entrypoint", json.dumps(list(entrypoint))]
     podman(*argv, image, *args)
     return Container(name, image)

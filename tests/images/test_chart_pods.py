@@ -1,15 +1,15 @@
 """The chart's pods, run: `helm template` the umbrella chart with test values, then start the
 api, wsgateway, dbproc and engine Deployments' pods under podman exactly as rendered
 (tests/images/kube.py: command, args, env, env from Secrets, ports, securityContext, emptyDir,
-probes), all at once, against a Redis and a PostgreSQL this session started, and wait for each
+memory and cpu limits, probes), all at once, against a Redis and a PostgreSQL this session started, and wait for each
 to pass its own startup, readiness and liveness probes.
 
 Proves: the rendered manifests and the images fit together (entrypoints, arguments, env names
 and Secret keys, ports and probe paths, a read-only root with only /tmp writable, uid 10001
 with no capabilities); each pod gets Ready from its own probes.
-Does not prove: scheduling, Services and cluster DNS (the pods reach Redis and PostgreSQL by
-the URLs in the connections Secret, here the host's loopback), RBAC, admission and CEL,
-garbage collection, resource limits, the ingress, the operator creating engines (see
+Does not prove: scheduling and resource requests, Services and cluster DNS (the pods reach
+Redis and PostgreSQL by the URLs in the connections Secret, here the host's loopback), RBAC,
+admission and CEL, garbage collection, the ingress, the operator creating engines (see
 test_images.py and tests/operator for that).
 """
 
@@ -28,8 +28,8 @@ from cryptex_client import CryptexClient
 from cryptex_common import keys
 from tests.deploy.conftest import CHART, KUBE_VERSION, helm_path, run_helm
 from tests.images.conftest import PREFIX, TAG, Images, record
-from tests.images.kube import HOST_LOOPBACK, Pod, config_data, start_pod, wait_ready
-from tests.images.podman import ci
+from tests.images.kube import HOST_LOOPBACK, Pod, config_data, quantity, start_pod, wait_ready
+from tests.images.podman import ci, podman
 from tests.images.test_images import register_markets
 from tests.support.servers import PostgresServer, RedisServer, new_database
 
@@ -100,8 +100,11 @@ async def test_rendered_pods_start_and_pass_their_probes(
         (token,) = config_data(docs)["Secret", "cryptex-api-admin"].values()
         async with CryptexClient(f"http://127.0.0.1:{api.ports['http']}", admin_token=token) as admin:
             assert (await admin.create_user()).status == 201
-        # Only the emptyDir is writable.
+        # Only the emptyDir is writable, and the rendered memory limit holds.
         for pod in pods:
+            limit = pod.main["resources"]["limits"]["memory"]
+            memory = podman("inspect", "--format", "{{.HostConfig.Memory}}", pod.name).stdout.strip()
+            assert memory == str(quantity(limit)) and quantity(limit) >= 2**27, (pod.name, memory)
             assert pod.container.exec("python", "-c", "open('/tmp/x', 'w')").returncode == 0
             assert "Read-only file system" in pod.container.exec("python", "-c", "open('/x', 'w')").stderr
         # The engine pod took its market's fencing epoch and holds the lease with it.
