@@ -12,9 +12,12 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import yaml
+
+from tests.deploy.conftest import CHART, run_helm
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = ROOT / "charts" / "cryptex" / "files"
@@ -66,3 +69,25 @@ def test_packaged_monitoring_files_parse() -> None:
         assert all(g.get("name") and g.get("rules") for g in groups), path.name
     for path in (FILES / "promtail").glob("*.y*ml"):
         assert yaml.safe_load(path.read_text())["scrape_configs"], path.name
+
+
+def test_packaged_chart_carries_the_library(helm: str, tmp_path: Path) -> None:
+    """`helm package` stores the library's contents where the symlinks were, and the packaged
+    chart renders the same workloads as the source tree."""
+    proc = run_helm(helm, "package", str(CHART), "-d", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    (archive,) = tmp_path.glob("cryptex-*.tgz")
+    with tarfile.open(archive) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    for sub in ("api", "wsgateway", "engine", "dbproc", "operator"):
+        lib = members[f"cryptex/charts/{sub}/charts/cryptex-lib/templates/_lib.tpl"]
+        assert lib.isfile() and not lib.issym(), sub
+    packaged = run_helm(helm, "template", "cryptex", str(archive), "--namespace", "cryptex")
+    source = run_helm(helm, "template", "cryptex", str(CHART), "--namespace", "cryptex")
+    assert packaged.returncode == 0, packaged.stderr
+
+    def workloads(text: str) -> list[tuple[str, str]]:
+        docs = [d for d in yaml.safe_load_all(text) if d]
+        return sorted((d["kind"], d["metadata"]["name"]) for d in docs)
+
+    assert workloads(packaged.stdout) == workloads(source.stdout)
