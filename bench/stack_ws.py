@@ -73,27 +73,37 @@ async def client(index: int, args: argparse.Namespace, state: dict[str, Any], re
             window: Window = state["window"]
             stream = body.get("stream")
             if stream is None:
-                if "error" in body:
-                    window.errors.append(f"client {index}: {body['error']}")
-                elif body.get("id") == "sub":
-                    state["acked"] += 1
-                    if state["acked"] == args.clients:
-                        ready.set()
+                control_reply(index, body, args, state, ready)
                 continue
             window.messages += 1
-            data = body.get("data")
-            kind = stream.split("@", 1)[0].lower()
-            if kind == "trades" and isinstance(data, list):
-                for t in data:
-                    window.add("trades", now_ms - t["ts"])
-            elif kind == "depth" and isinstance(data, dict):
-                if data.get("e") == "depthUpdate":
-                    window.add("depth", now_ms - data["ts"])
-            elif kind == "user.orders" and isinstance(data, dict) and "updatedAt" in data:
-                window.add("user.orders", now_ms - data["updatedAt"])
-            elif kind == "user.fills" and isinstance(data, dict) and "ts" in data:
-                window.add("user.fills", now_ms - data["ts"])
+            record_latency(window, stream.split("@", 1)[0].lower(), body.get("data"), now_ms)
     state["closed"] += 1
+
+
+def control_reply(index: int, body: dict[str, Any], args: argparse.Namespace, state: dict[str, Any],
+                  ready: asyncio.Event) -> None:
+    """A reply to this client's own request: an error, or the subscribe acknowledgement
+    (the last client's sets `ready`)."""
+    if "error" in body:
+        state["window"].errors.append(f"client {index}: {body['error']}")
+    elif body.get("id") == "sub":
+        state["acked"] += 1
+        if state["acked"] == args.clients:
+            ready.set()
+
+
+def record_latency(window: Window, kind: str, data: Any, now_ms: float) -> None:
+    """The delivery latency of one data message, by the timestamp its stream carries."""
+    if kind == "trades" and isinstance(data, list):
+        for t in data:
+            window.add("trades", now_ms - t["ts"])
+    elif kind == "depth" and isinstance(data, dict):
+        if data.get("e") == "depthUpdate":
+            window.add("depth", now_ms - data["ts"])
+    elif kind == "user.orders" and isinstance(data, dict) and "updatedAt" in data:
+        window.add("user.orders", now_ms - data["updatedAt"])
+    elif kind == "user.fills" and isinstance(data, dict) and "ts" in data:
+        window.add("user.fills", now_ms - data["ts"])
 
 
 async def main_async(args: argparse.Namespace) -> None:

@@ -123,46 +123,10 @@ def validate_order(
     post_only = body.get("postOnly", False)
     if not isinstance(post_only, bool):
         raise CryptexError(ErrorCode.INVALID_FIELD, "postOnly must be true or false", "postOnly")
-    stp_raw = body.get("selfTradePrevention")
-    stp = SelfTradePrevention(_enum(body, "selfTradePrevention",
-                                    {s.value: s.value for s in SelfTradePrevention}, None)
-                              ) if stp_raw is not None else None
-    coid = body.get("clientOrderId")
-    if coid is not None and (not isinstance(coid, str) or not CLIENT_ORDER_ID.fullmatch(coid)):
-        raise CryptexError(
-            ErrorCode.INVALID_FIELD,
-            "clientOrderId must be 1-36 characters of letters, digits, _ - : .",
-            "clientOrderId",
-        )
-    rules = spec.rules()
+    stp, coid = _stp(body), _client_order_id(body)
     price_ticks = quantity_lots = budget_units = None
-
     if order_type == OrderType.LIMIT:
-        for required in ("price", "quantity"):
-            if body.get(required) is None:
-                raise CryptexError(ErrorCode.MISSING_FIELD, f"{required} is required for a limit order", required)
-        if body.get("quoteQuantity") is not None:
-            raise CryptexError(ErrorCode.INVALID_FIELD, "quoteQuantity is only for market buys", "quoteQuantity")
-        if post_only and tif != TimeInForce.GTC:
-            raise CryptexError(ErrorCode.INVALID_FIELD, "postOnly orders must be GTC", "postOnly")
-        price = parse_decimal(body["price"], "price")
-        price_ticks = _positive(
-            to_steps(price, Decimal(spec.tick_size), "price", ErrorCode.OFF_TICK), "price"
-        )
-        if price_ticks > max_price_ticks(spec):
-            top = format_steps(max_price_ticks(spec), Decimal(spec.tick_size))
-            raise CryptexError(ErrorCode.AMOUNT_TOO_LARGE, f"price must be at most {top}", "price")
-        quantity_lots = _quantity_lots(body, spec)
-        notional = rules.notional_units(price_ticks, quantity_lots)
-        if notional > INT64_MAX:
-            raise CryptexError(ErrorCode.AMOUNT_TOO_LARGE, "price x quantity is too large", "price")
-        if notional < rules.min_notional_units:
-            raise CryptexError(
-                ErrorCode.NOTIONAL_TOO_SMALL,
-                f"price x quantity must be at least {spec.min_notional} {spec.quote_asset}",
-                "quantity",
-            )
-        lock_units = notional if side == Side.BUY else rules.base_units(quantity_lots)
+        price_ticks, quantity_lots, lock_units = _limit_terms(body, spec, side, tif, post_only)
     else:
         if body.get("price") is not None:
             raise CryptexError(ErrorCode.INVALID_FIELD, "price is not allowed on a market order", "price")
@@ -170,33 +134,11 @@ def validate_order(
             raise CryptexError(ErrorCode.INVALID_FIELD, "postOnly is only for limit orders", "postOnly")
         if tif == TimeInForce.GTC:
             raise CryptexError(ErrorCode.INVALID_FIELD, "market orders are IOC or FOK", "timeInForce")
-        has_qty, has_quote = body.get("quantity") is not None, body.get("quoteQuantity") is not None
         if side == Side.SELL:
-            if has_quote:
-                raise CryptexError(ErrorCode.INVALID_FIELD, "quoteQuantity is only for market buys", "quoteQuantity")
-            if not has_qty:
-                raise CryptexError(ErrorCode.MISSING_FIELD, "quantity is required", "quantity")
-            quantity_lots = _quantity_lots(body, spec)
-            lock_units = rules.base_units(quantity_lots)
+            quantity_lots = _market_sell_lots(body, spec)
+            lock_units = spec.rules().base_units(quantity_lots)
         else:
-            if has_qty == has_quote:
-                raise CryptexError(
-                    ErrorCode.MISSING_FIELD,
-                    "a market buy takes exactly one of quantity or quoteQuantity", "quantity",
-                )
-            if has_quote:
-                quote = parse_decimal(body["quoteQuantity"], "quoteQuantity")
-                budget_units = _positive(
-                    to_units(quote, spec.quote_decimals, "quoteQuantity"), "quoteQuantity"
-                )
-                if budget_units < rules.min_notional_units:
-                    raise CryptexError(
-                        ErrorCode.NOTIONAL_TOO_SMALL,
-                        f"quoteQuantity must be at least {spec.min_notional}", "quoteQuantity",
-                    )
-            else:
-                quantity_lots = _quantity_lots(body, spec)
-                budget_units = market_buy_estimate(quantity_lots, asks_ticks_lots or [], spec)
+            quantity_lots, budget_units = _market_buy_terms(body, spec, asks_ticks_lots)
             lock_units = budget_units
     command = PlaceOrderCommand(
         userId=user_id, side=side, orderType=order_type, timeInForce=tif, postOnly=post_only,
@@ -205,6 +147,86 @@ def validate_order(
     )
     lock_asset = spec.quote_asset if side == Side.BUY else spec.base_asset
     return ValidatedOrder(command, lock_asset, lock_units)
+
+
+def _stp(body: dict[str, object]) -> SelfTradePrevention | None:
+    if body.get("selfTradePrevention") is None:
+        return None
+    return SelfTradePrevention(_enum(body, "selfTradePrevention",
+                                     {s.value: s.value for s in SelfTradePrevention}, None))
+
+
+def _client_order_id(body: dict[str, object]) -> str | None:
+    coid = body.get("clientOrderId")
+    if coid is not None and (not isinstance(coid, str) or not CLIENT_ORDER_ID.fullmatch(coid)):
+        raise CryptexError(
+            ErrorCode.INVALID_FIELD,
+            "clientOrderId must be 1-36 characters of letters, digits, _ - : .",
+            "clientOrderId",
+        )
+    return coid
+
+
+def _limit_terms(body: dict[str, object], spec: MarketSpec, side: Side, tif: TimeInForce,
+                 post_only: bool) -> tuple[int, int, int]:
+    """A limit order's (price ticks, quantity lots, units to lock)."""
+    rules = spec.rules()
+    for required in ("price", "quantity"):
+        if body.get(required) is None:
+            raise CryptexError(ErrorCode.MISSING_FIELD, f"{required} is required for a limit order", required)
+    if body.get("quoteQuantity") is not None:
+        raise CryptexError(ErrorCode.INVALID_FIELD, "quoteQuantity is only for market buys", "quoteQuantity")
+    if post_only and tif != TimeInForce.GTC:
+        raise CryptexError(ErrorCode.INVALID_FIELD, "postOnly orders must be GTC", "postOnly")
+    price = parse_decimal(body["price"], "price")
+    price_ticks = _positive(
+        to_steps(price, Decimal(spec.tick_size), "price", ErrorCode.OFF_TICK), "price"
+    )
+    if price_ticks > max_price_ticks(spec):
+        top = format_steps(max_price_ticks(spec), Decimal(spec.tick_size))
+        raise CryptexError(ErrorCode.AMOUNT_TOO_LARGE, f"price must be at most {top}", "price")
+    quantity_lots = _quantity_lots(body, spec)
+    notional = rules.notional_units(price_ticks, quantity_lots)
+    if notional > INT64_MAX:
+        raise CryptexError(ErrorCode.AMOUNT_TOO_LARGE, "price x quantity is too large", "price")
+    if notional < rules.min_notional_units:
+        raise CryptexError(
+            ErrorCode.NOTIONAL_TOO_SMALL,
+            f"price x quantity must be at least {spec.min_notional} {spec.quote_asset}",
+            "quantity",
+        )
+    return price_ticks, quantity_lots, notional if side == Side.BUY else rules.base_units(quantity_lots)
+
+
+def _market_sell_lots(body: dict[str, object], spec: MarketSpec) -> int:
+    if body.get("quoteQuantity") is not None:
+        raise CryptexError(ErrorCode.INVALID_FIELD, "quoteQuantity is only for market buys", "quoteQuantity")
+    if body.get("quantity") is None:
+        raise CryptexError(ErrorCode.MISSING_FIELD, "quantity is required", "quantity")
+    return _quantity_lots(body, spec)
+
+
+def _market_buy_terms(body: dict[str, object], spec: MarketSpec,
+                      asks_ticks_lots: list[tuple[int, int]] | None) -> tuple[int | None, int]:
+    """A market buy's (quantity lots or None, budget units): exactly one of quantity or
+    quoteQuantity; by quantity, the budget is the visible asks' cost plus the collar."""
+    has_qty, has_quote = body.get("quantity") is not None, body.get("quoteQuantity") is not None
+    if has_qty == has_quote:
+        raise CryptexError(
+            ErrorCode.MISSING_FIELD,
+            "a market buy takes exactly one of quantity or quoteQuantity", "quantity",
+        )
+    if not has_quote:
+        quantity_lots = _quantity_lots(body, spec)
+        return quantity_lots, market_buy_estimate(quantity_lots, asks_ticks_lots or [], spec)
+    quote = parse_decimal(body["quoteQuantity"], "quoteQuantity")
+    budget_units = _positive(to_units(quote, spec.quote_decimals, "quoteQuantity"), "quoteQuantity")
+    if budget_units < spec.rules().min_notional_units:
+        raise CryptexError(
+            ErrorCode.NOTIONAL_TOO_SMALL,
+            f"quoteQuantity must be at least {spec.min_notional}", "quoteQuantity",
+        )
+    return None, budget_units
 
 
 def market_buy_estimate(quantity_lots: int, asks: list[tuple[int, int]], spec: MarketSpec) -> int:

@@ -145,51 +145,11 @@ class ReferenceBook:
 
     def place(self, p: dict) -> RefResult:
         """`p` holds the PlaceOrder fields as plain values (side/type/tif/stp as strings)."""
-        rules = self.rules
+        reason = self._gate_reason(p) or self._shape_reason(p) or self._size_reason(p)
+        if reason is not None:
+            return self._reject(p, reason)
         is_limit = p["order_type"] == "limit"
-        if self.state in ("halted", "closed"):
-            return self._reject(p, "MARKET_HALTED")
-        if self.state == "cancelOnly":
-            return self._reject(p, "MARKET_NOT_OPEN")
-        if self.state == "postOnly" and not (is_limit and p["post_only"]):
-            return self._reject(p, "MARKET_NOT_OPEN")
-        if any(o.order_id == p["order_id"] for o in self.resting):
-            return self._reject(p, "CONFLICT")
-        qty, budget, price = p["quantity_lots"], p["quote_budget_units"], p["price_ticks"]
-        if p["post_only"] and not (is_limit and p["time_in_force"] == "GTC"):
-            return self._reject(p, "INVALID_FIELD")
-        if is_limit:
-            if price is None or qty is None:
-                return self._reject(p, "MISSING_FIELD")
-            if price <= 0:
-                return self._reject(p, "INVALID_FIELD")
-        elif p["side"] == "buy":
-            if qty is None and budget is None:
-                return self._reject(p, "MISSING_FIELD")
-            if qty is None and p["time_in_force"] == "FOK":
-                return self._reject(p, "INVALID_FIELD")
-            if budget is not None and budget <= 0:
-                return self._reject(p, "INVALID_FIELD")
-            if qty is None and budget is not None and budget < rules.min_notional_units:
-                return self._reject(p, "NOTIONAL_TOO_SMALL")
-        elif qty is None:
-            return self._reject(p, "MISSING_FIELD")
-        if qty is not None:
-            if qty < max(1, rules.min_quantity_lots):
-                return self._reject(p, "QUANTITY_TOO_SMALL")
-            if qty > rules.max_quantity_lots:
-                return self._reject(p, "QUANTITY_TOO_LARGE")
-        if is_limit and rules.notional_units(price, qty) < rules.min_notional_units:
-            return self._reject(p, "NOTIONAL_TOO_SMALL")
-        if p["side"] == "sell":
-            need = rules.base_units(qty)
-        elif is_limit:
-            need = rules.notional_units(price, qty)
-        else:
-            need = budget if budget is not None else 1
-        if p["locked_units"] < need:
-            return self._reject(p, "INSUFFICIENT_FUNDS")
-
+        price = p["price_ticks"]
         opposite_side = "sell" if p["side"] == "buy" else "buy"
         opposite = [o for o in self.resting if o.side == opposite_side]
         if is_limit and p["post_only"]:
@@ -197,18 +157,71 @@ class ReferenceBook:
             if crosses:
                 return self._reject(p, "POST_ONLY_WOULD_TAKE")
         if not is_limit and not opposite:
-            taker = self._new_taker(p, qty or 0)
+            taker = self._new_taker(p, p["quantity_lots"] or 0)
             return self._expire(taker, "NO_LIQUIDITY")
 
         if p["time_in_force"] == "FOK":
             trial = copy.deepcopy(self)
             result = trial._match(p)
             if result.orders[p["order_id"]][0] != "filled":
-                taker = self._new_taker(p, qty)
+                taker = self._new_taker(p, p["quantity_lots"])
                 return self._expire(taker, "FOK_NOT_FILLABLE")
             self.__dict__.update(trial.__dict__)
             return result
         return self._match(p)
+
+    def _gate_reason(self, p: dict) -> str | None:
+        """The market's state: what it refuses to place."""
+        if self.state in ("halted", "closed"):
+            return "MARKET_HALTED"
+        if self.state == "cancelOnly":
+            return "MARKET_NOT_OPEN"
+        if self.state == "postOnly" and not (p["order_type"] == "limit" and p["post_only"]):
+            return "MARKET_NOT_OPEN"
+        return None
+
+    def _shape_reason(self, p: dict) -> str | None:
+        """A known id, post-only off a GTC limit, missing or invalid fields."""
+        is_limit = p["order_type"] == "limit"
+        qty, budget, price = p["quantity_lots"], p["quote_budget_units"], p["price_ticks"]
+        if any(o.order_id == p["order_id"] for o in self.resting):
+            return "CONFLICT"
+        if p["post_only"] and not (is_limit and p["time_in_force"] == "GTC"):
+            return "INVALID_FIELD"
+        if is_limit:
+            if price is None or qty is None:
+                return "MISSING_FIELD"
+            return "INVALID_FIELD" if price <= 0 else None
+        if p["side"] == "sell":
+            return "MISSING_FIELD" if qty is None else None
+        if qty is None and budget is None:
+            return "MISSING_FIELD"
+        if qty is None and p["time_in_force"] == "FOK":
+            return "INVALID_FIELD"
+        if budget is not None and budget <= 0:
+            return "INVALID_FIELD"
+        if qty is None and budget < self.rules.min_notional_units:
+            return "NOTIONAL_TOO_SMALL"
+        return None
+
+    def _size_reason(self, p: dict) -> str | None:
+        """Quantity bounds, the minimum notional of a limit, and funds locked."""
+        rules = self.rules
+        is_limit = p["order_type"] == "limit"
+        qty, budget, price = p["quantity_lots"], p["quote_budget_units"], p["price_ticks"]
+        if qty is not None and qty < max(1, rules.min_quantity_lots):
+            return "QUANTITY_TOO_SMALL"
+        if qty is not None and qty > rules.max_quantity_lots:
+            return "QUANTITY_TOO_LARGE"
+        if is_limit and rules.notional_units(price, qty) < rules.min_notional_units:
+            return "NOTIONAL_TOO_SMALL"
+        if p["side"] == "sell":
+            need = rules.base_units(qty)
+        elif is_limit:
+            need = rules.notional_units(price, qty)
+        else:
+            need = budget if budget is not None else 1
+        return "INSUFFICIENT_FUNDS" if p["locked_units"] < need else None
 
     def _new_taker(self, p: dict, qty: int) -> RefOrder:
         return RefOrder(p["order_id"], p["user_id"], p["side"], p["price_ticks"], qty, qty, p["locked_units"])
@@ -238,36 +251,51 @@ class ReferenceBook:
         spent = 0
         stopped_by = None
         while taker.remaining > 0:
-            # The best maker: best price, then earliest arrival (sorted() is stable).
-            makers = [o for o in self.resting if o.side != taker.side]
-            if not makers:
-                break
-            makers = sorted(makers, key=lambda o: o.price if is_buy else -o.price)
-            maker = makers[0]
-            if is_limit and (maker.price > taker.price if is_buy else maker.price < taker.price):
+            maker = self._best_maker(taker, taker.price if is_limit else None)
+            if maker is None:
                 break
             if maker.user_id == taker.user_id and stp != "none":
-                if stp in ("expire_maker", "expire_both"):
-                    self.resting.remove(maker)
-                    self._release(maker)
-                    maker.status = "expired"
-                    maker.reason = "SELF_TRADE_PREVENTED"
-                    result.orders[maker.order_id] = self._row(maker)
-                if stp in ("expire_taker", "expire_both"):
+                if self._self_trade(maker, stp, result):
                     stopped_by = "stp"
                     break
                 continue
             q = min(maker.remaining, taker.remaining)
             if budget is not None:
-                can_afford = (budget - spent) // (maker.price * unit_q)
-                if can_afford == 0:
+                q = min(q, (budget - spent) // (maker.price * unit_q))
+                if q == 0:
                     stopped_by = "budget"
                     break
-                q = min(q, can_afford)
             self._trade(taker, maker, q, result)
             spent += rules.notional_units(maker.price, q)
             result.orders[maker.order_id] = self._row(maker)
+        self._end_taker(taker, p, stopped_by)
+        result.orders[taker.order_id] = self._row(taker)
+        return result
 
+    def _best_maker(self, taker: RefOrder, limit: int | None) -> RefOrder | None:
+        """The maker the taker meets next: best price, then earliest arrival (sorted() is
+        stable); None when none is left within `limit` (None: a market order's, none)."""
+        makers = [o for o in self.resting if o.side != taker.side]
+        if not makers:
+            return None
+        is_buy = taker.side == "buy"
+        maker = sorted(makers, key=lambda o: o.price if is_buy else -o.price)[0]
+        if limit is not None and (maker.price > limit if is_buy else maker.price < limit):
+            return None
+        return maker
+
+    def _self_trade(self, maker: RefOrder, stp: str, result: RefResult) -> bool:
+        """The taker meets its own user's order: expire the maker or stop the taker (True)."""
+        if stp in ("expire_maker", "expire_both"):
+            self.resting.remove(maker)
+            self._release(maker)
+            maker.status = "expired"
+            maker.reason = "SELF_TRADE_PREVENTED"
+            result.orders[maker.order_id] = self._row(maker)
+        return stp in ("expire_taker", "expire_both")
+
+    def _end_taker(self, taker: RefOrder, p: dict, stopped_by: str | None) -> None:
+        """Filled, rested (GTC limit) or expired; what it still locks is released unless it rests."""
         if stopped_by == "stp":
             taker.status, taker.reason = "expired", "SELF_TRADE_PREVENTED"
         elif (taker.remaining == 0 and taker.executed > 0) or (
@@ -275,15 +303,13 @@ class ReferenceBook:
             stopped_by == "budget" and p["quantity_lots"] is None and taker.executed > 0
         ):
             taker.status = "filled"
-        elif is_limit and p["time_in_force"] == "GTC":
+        elif p["order_type"] == "limit" and p["time_in_force"] == "GTC":
             taker.status = "partially_filled" if taker.executed else "new"
             self.resting.append(taker)
         else:
             taker.status = "expired"
         if taker.status != "new" and taker.status != "partially_filled":
             self._release(taker)
-        result.orders[taker.order_id] = self._row(taker)
-        return result
 
     def _trade(self, taker: RefOrder, maker: RefOrder, q: int, result: RefResult) -> None:
         rules = self.rules

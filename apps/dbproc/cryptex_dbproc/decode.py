@@ -219,16 +219,23 @@ class _Checker:
             if not checker.check(d[key]):
                 return False
         for key, by_tag in verdict.tagged:
-            for item in d[key]:
-                if type(item) is not dict:
-                    return False
-                tag = item.get("type")
-                item_checker = by_tag.get(tag) if type(tag) is str else None
-                if item_checker is None or not item_checker.check(item):
-                    return False
+            if not _tagged_items_pass(d[key], by_tag):
+                return False
         for key, default in verdict.defaults:
             d[key] = default
         return True
+
+
+def _tagged_items_pass(items: list[Any], by_tag: dict[str, _Checker]) -> bool:
+    """Every item is a dict whose "type" names a variant whose checker passes it."""
+    for item in items:
+        if type(item) is not dict:
+            return False
+        tag = item.get("type")
+        item_checker = by_tag.get(tag) if type(tag) is str else None
+        if item_checker is None or not item_checker.check(item):
+            return False
+    return True
 
 
 try:
