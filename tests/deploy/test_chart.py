@@ -273,7 +273,7 @@ def test_monitoring_objects_match_their_schemas(helm: str) -> None:
     from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor
 
     docs = rendered(helm, "monitoring")
-    models = {"ServiceMonitor": ServiceMonitor, "PrometheusRule": PrometheusRule}
+    models: dict[str, Any] = {"ServiceMonitor": ServiceMonitor, "PrometheusRule": PrometheusRule}
     seen = set()
     for doc in docs:
         model = models.get(doc["kind"])
