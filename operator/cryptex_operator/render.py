@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from cryptex_common import keys
-from cryptex_common.markets import MarketSpec, MarketState
+from cryptex_common.markets import MarketSpec, MarketState, market_tag
 from cryptex_operator.config import OperatorSettings
 from cryptex_operator.crd import GROUP, KIND, VERSION
 
@@ -34,7 +34,7 @@ def selector_labels(symbol: str, release: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "engine",
         "app.kubernetes.io/instance": release,
-        "cryptex.io/market": keys.market_tag(symbol),
+        "cryptex.io/market": market_tag(symbol),
     }
 
 

@@ -99,7 +99,7 @@ async def find_start(redis: Redis, spec: MarketSpec, use: SnapshotUse) -> Start:
             # state unless it was trimmed (refused just below)
             log.error("snapshot rejected; replaying the whole stream",
                       extra={"market": spec.symbol, "error": str(exc)})
-        if start is None and (use is SnapshotUse.ALWAYS or (trimmed and use is not SnapshotUse.NEVER)):
+        if start is None and (use is SnapshotUse.ALWAYS or trimmed):
             raise StreamTrimmed(f"{trimmed or stream}; and there is no valid snapshot "
                                 "(see docs/durability.md)")
     start = start or empty_start(spec)

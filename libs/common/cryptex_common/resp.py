@@ -25,7 +25,8 @@ import asyncio
 import collections
 import contextlib
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import hiredis
 from redis.connection import UnixDomainSocketConnection, parse_url
@@ -33,9 +34,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+_P = TypeVar("_P", bound=asyncio.Protocol)
+
 
 def _pack(*args: Any) -> bytes:
-    return hiredis.pack_command(args)
+    packed: bytes = hiredis.pack_command(args)  # (hiredis is untyped)
+    return packed
 
 
 def as_text(value: bytes | str) -> str:
@@ -117,7 +121,7 @@ class _Endpoint:
         self.username = opts.get("username")
         self.password = opts.get("password")
 
-    async def connect(self, factory: Any) -> tuple[asyncio.Transport, Any]:
+    async def connect(self, factory: Callable[[], _P]) -> tuple[asyncio.Transport, _P]:
         loop = asyncio.get_running_loop()
         if self.unix:
             return await loop.create_unix_connection(factory, self.path)
