@@ -29,6 +29,7 @@ from cryptex_client import CryptexClient
 from cryptex_common import keys
 from cryptex_wsgateway.book import checksum
 from tests.e2e.conftest import ADMIN, make_stack, register_all
+from tests.support.eventually import eventually
 from tests.support.servers import redis_server
 from tests.wsgateway.conftest import auth_params, client_frame, raw_ws_connect
 
@@ -133,81 +134,12 @@ async def test_book_trades_ticker_and_private_streams_match_the_engine(stack: An
         for sink in priv_msgs:  # once acknowledged, every later private event arrives (issue 11 defect 7)
             await wait_acks(sink)
 
-        # Random order flow.
-        placed: list[set[str]] = [set(), set()]
-        open_orders: list[tuple[int, str]] = []
-        reply_trades: dict[str, tuple[str, str]] = {}
-        for _ in range(250):
-            who = rng.randrange(2)
-            client = users[who]
-            roll = rng.random()
-            if roll < 0.15 and open_orders:
-                owner, oid = open_orders.pop(rng.randrange(len(open_orders)))
-                await users[owner].cancel_order(oid)
-                continue
-            side = rng.choice(["buy", "sell"])
-            qty = f"{rng.randint(1, 3000) / 1000:.3f}"
-            if roll < 0.25:
-                r = await client.place_order(side=side, type="market", quantity=qty, market=M)
-            else:
-                price = f"{100 + rng.randint(-40, 40) / 20:.2f}"
-                r = await client.place_order(side=side, type="limit", price=price, quantity=qty,
-                                             market=M)
-            if r.status != 200:
-                continue
-            order = r.body["order"]
-            placed[who].add(order["orderId"])
-            if order["status"] in ("new", "partially_filled"):
-                open_orders.append((who, order["orderId"]))
-            for f in r.body.get("fills", []):
-                reply_trades[f["tradeId"]] = (f["price"], f["quantity"])
+        placed, reply_trades = await random_order_flow(users, rng)
         assert len(reply_trades) > 20
-
-        # The book: rebuilt from the stream, equal to the engine's.
-        rest = (await admin.depth(M, limit=200)).body
-        deadline = time.monotonic() + 10
-        rebuilt = BookClient()
-        done = 0
-        while True:
-            for msg in book_msgs[done:]:
-                if msg.get("stream") == "depth@SOL/USDC":
-                    rebuilt.on_message(msg["data"])
-            done = len(book_msgs)
-            if rebuilt.last_u is not None and rebuilt.last_u >= rest["lastUpdateId"] and \
-                    rebuilt.sorted_levels() == (rest["bids"], rest["asks"]):
-                break
-            assert time.monotonic() < deadline, (rebuilt.sorted_levels(), rest)
-            await asyncio.sleep(0.1)
-            rest = (await admin.depth(M, limit=200)).body
-        assert rebuilt.checked > 50
-
-        # Trades and ticker.
-        deadline = time.monotonic() + 10
-        while True:
-            streamed = {t["tradeId"]: (t["price"], t["quantity"]) for m in book_msgs
-                        if m.get("stream") == "trades@SOL/USDC" for t in m["data"]}
-            tickers = [m["data"] for m in book_msgs if m.get("stream") == "ticker@SOL/USDC"]
-            if len(streamed) >= len(reply_trades) and tickers and \
-                    tickers[-1]["count"] == len(reply_trades):
-                break
-            assert time.monotonic() < deadline, (len(streamed), len(reply_trades), tickers[-1:])
-            await asyncio.sleep(0.2)
-        assert streamed == reply_trades
-        ticker = tickers[-1]
-        prices = [Decimal(p) for p, _ in reply_trades.values()]
-        last_id = max(reply_trades, key=int)
-        assert Decimal(ticker["volume"]) == sum(Decimal(q) for _, q in reply_trades.values())
-        assert Decimal(ticker["high"]) == max(prices) and Decimal(ticker["low"]) == min(prices)
-        assert ticker["last"] == reply_trades[last_id][0]
-
-        # Private streams: only their owner's data, and all of it.
+        await assert_book_rebuilt_from_the_stream(admin, book_msgs)
+        await assert_trades_and_ticker(book_msgs, reply_trades)
         await asyncio.sleep(1.0)
-        for who in (0, 1):
-            orders = {m["data"]["orderId"] for m in priv_msgs[who] if m.get("stream") == "user.orders"}
-            fills = {m["data"]["orderId"] for m in priv_msgs[who] if m.get("stream") == "user.fills"}
-            assert orders and orders <= placed[who], (who, orders - placed[who])
-            assert orders == placed[who]
-            assert fills <= placed[who]
+        assert_private_streams(priv_msgs, placed)
 
         # The client that never reads is dropped while the book client gets everything. The
         # order flow above is too small to fill a socket's buffers, so bulk messages are
@@ -239,3 +171,86 @@ async def test_book_trades_ticker_and_private_streams_match_the_engine(stack: An
             await ws.close()
         for t in readers:
             t.cancel()
+
+
+async def random_order_flow(users: list[CryptexClient], rng: random.Random
+                            ) -> tuple[list[set[str]], dict[str, tuple[str, str]]]:
+    """250 random limit, market and cancel requests by two users: the order ids each user
+    placed, and every trade of the replies (id -> (price, quantity))."""
+    placed: list[set[str]] = [set(), set()]
+    open_orders: list[tuple[int, str]] = []
+    reply_trades: dict[str, tuple[str, str]] = {}
+    for _ in range(250):
+        who = rng.randrange(2)
+        client = users[who]
+        roll = rng.random()
+        if roll < 0.15 and open_orders:
+            owner, oid = open_orders.pop(rng.randrange(len(open_orders)))
+            await users[owner].cancel_order(oid)
+            continue
+        side = rng.choice(["buy", "sell"])
+        qty = f"{rng.randint(1, 3000) / 1000:.3f}"
+        if roll < 0.25:
+            r = await client.place_order(side=side, type="market", quantity=qty, market=M)
+        else:
+            price = f"{100 + rng.randint(-40, 40) / 20:.2f}"
+            r = await client.place_order(side=side, type="limit", price=price, quantity=qty, market=M)
+        if r.status != 200:
+            continue
+        order = r.body["order"]
+        placed[who].add(order["orderId"])
+        if order["status"] in ("new", "partially_filled"):
+            open_orders.append((who, order["orderId"]))
+        for f in r.body.get("fills", []):
+            reply_trades[f["tradeId"]] = (f["price"], f["quantity"])
+    return placed, reply_trades
+
+
+async def assert_book_rebuilt_from_the_stream(admin: CryptexClient, book_msgs: list[dict[str, Any]]) -> None:
+    """The book rebuilt from the depth stream (checksums verified) ends equal to REST /depth."""
+    rebuilt = BookClient()
+    done = 0
+
+    async def equal_to_rest() -> bool:
+        nonlocal done
+        rest = (await admin.depth(M, limit=200)).body
+        for msg in book_msgs[done:]:
+            if msg.get("stream") == "depth@SOL/USDC":
+                rebuilt.on_message(msg["data"])
+        done = len(book_msgs)
+        return bool(rebuilt.last_u is not None and rebuilt.last_u >= rest["lastUpdateId"]
+                    and rebuilt.sorted_levels() == (rest["bids"], rest["asks"]))
+
+    await eventually(equal_to_rest, 10, interval_s=0.1, what="the streamed book equal to REST /depth")
+    assert rebuilt.checked > 50
+
+
+async def assert_trades_and_ticker(book_msgs: list[dict[str, Any]], reply_trades: dict[str, tuple[str, str]]) -> None:
+    """The trades stream holds exactly the replies' trades; the last ticker agrees with them."""
+    def streamed() -> dict[str, tuple[str, str]]:
+        return {t["tradeId"]: (t["price"], t["quantity"]) for m in book_msgs
+                if m.get("stream") == "trades@SOL/USDC" for t in m["data"]}
+
+    def tickers() -> list[dict[str, Any]]:
+        return [m["data"] for m in book_msgs if m.get("stream") == "ticker@SOL/USDC"]
+
+    await eventually(lambda: len(streamed()) >= len(reply_trades) and tickers()
+                     and tickers()[-1]["count"] == len(reply_trades), 10, interval_s=0.2,
+                     what="every trade streamed and counted by the ticker")
+    assert streamed() == reply_trades
+    ticker = tickers()[-1]
+    prices = [Decimal(p) for p, _ in reply_trades.values()]
+    last_id = max(reply_trades, key=int)
+    assert Decimal(ticker["volume"]) == sum(Decimal(q) for _, q in reply_trades.values())
+    assert Decimal(ticker["high"]) == max(prices) and Decimal(ticker["low"]) == min(prices)
+    assert ticker["last"] == reply_trades[last_id][0]
+
+
+def assert_private_streams(priv_msgs: list[list[dict[str, Any]]], placed: list[set[str]]) -> None:
+    """Each user's private streams: only their own orders and fills, and all their orders."""
+    for who in (0, 1):
+        orders = {m["data"]["orderId"] for m in priv_msgs[who] if m.get("stream") == "user.orders"}
+        fills = {m["data"]["orderId"] for m in priv_msgs[who] if m.get("stream") == "user.fills"}
+        assert orders and orders <= placed[who], (who, orders - placed[who])
+        assert orders == placed[who]
+        assert fills <= placed[who]
