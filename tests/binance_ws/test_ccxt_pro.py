@@ -154,6 +154,9 @@ async def test_watch_ohlcv_bids_asks_and_tickers(exchange: Exchange, admin: Cryp
     assert bid_ask["symbol"] == SYMBOL and {"bid", "ask", "bidVolume", "askVolume"} <= set(bid_ask)
     tickers = await asyncio.wait_for(pro.watch_tickers([SYMBOL]), 10)
     assert tickers[SYMBOL]["last"] is not None and tickers[SYMBOL]["symbol"] == SYMBOL
+    every = await asyncio.wait_for(pro.watch_tickers(), 10)  # !miniTicker@arr: every market's latest
+    assert SYMBOL in every and set(every) <= set(pro.markets)
+    await eventually(lambda: pro.tickers[SYMBOL]["last"] == 97.60 or None)
 
 
 async def test_watch_balance_follows_deposits_and_orders(exchange: Exchange, admin: CryptexClient) -> None:

@@ -73,8 +73,8 @@ def check_trades(msgs: list[dict[str, Any]], raw_msgs: list[dict[str, Any]], tra
     assert agg == [{"e": "aggTrade", "E": t["E"], "s": "SOLUSDC", "a": trade_id, "p": "101.25",
                     "q": "1.500", "f": trade_id, "l": trade_id, "T": t["T"], "m": False, "M": True}]
     # @kline_1m: the open candle of the trade's minute, closing at the trade's price
-    k = [m["k"] for m in by_stream(msgs, f"{SYM}@kline_1m") if m["k"]["t"] <= t["T"] <= m["k"]["T"]][-1]
-    assert k["s"] == "SOLUSDC" and k["i"] == "1m" and k["c"] == "101.25" and k["x"] is False
+    k = next(m["k"] for m in by_stream(msgs, f"{SYM}@kline_1m") if m["k"]["t"] <= t["T"] <= m["k"]["T"])
+    assert k["s"] == "SOLUSDC" and k["i"] == "1m" and k["c"] == "101.25" and k["x"] is False  # the update
     assert k["T"] - k["t"] == 59_999 and k["n"] >= 1 and Decimal(k["v"]) >= Decimal("1.5")
 
 
@@ -191,3 +191,26 @@ async def test_socket_limits_hold_on_the_facade(exchange: Exchange, session: aio
     assert flood.close_code == 1008
     assert {"result": [], "id": 0} in replies and any("Too many requests" in r.get("error", {}).get("msg", "")
                                                       for r in replies)
+
+
+async def test_all_market_ticker_arrays(exchange: Exchange, admin: CryptexClient,
+                                        session: aiohttp.ClientSession) -> None:
+    ws = await session.ws_connect(f"{exchange.ws}/ws/!ticker@arr")
+    assert await call(ws, "SUBSCRIBE", ["!miniTicker@arr"], 1) == {"result": None, "id": 1}
+    assert await call(ws, "LIST_SUBSCRIPTIONS", rid=2) == {"result": ["!miniTicker@arr", "!ticker@arr"], "id": 2}
+    await cross(admin, "95.35", "0.050")
+
+    seen: set[str] = set()  # both arrays come from one native ticker, in either order
+
+    def both_seen(m: Any) -> bool:
+        if isinstance(m, list):
+            seen.update(t["e"] for t in m if t["s"] == "SOLUSDC" and t["c"] == "95.35")
+        return seen == {"24hrTicker", "24hrMiniTicker"}
+
+    await until(ws, both_seen)
+    # a new subscriber gets every market's latest ticker at once
+    late = await session.ws_connect(f"{exchange.ws}/ws/!miniTicker@arr")
+    first = await recv(late)
+    assert {t["s"] for t in first} >= {"SOLUSDC"} and all(t["e"] == "24hrMiniTicker" for t in first)
+    for s in (ws, late):
+        await s.close()

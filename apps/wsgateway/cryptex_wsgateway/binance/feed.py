@@ -3,7 +3,8 @@ once per Binance stream and fanned out through the gateway's `Hub`.
 
 Invariants:
 - a native topic carries a tap exactly while some Binance socket follows a stream derived
-  from it (`by_native`), so nothing is translated for a stream nobody follows and native
+  from it (`by_native`, and its inverse `natives_of`: an all-market stream follows every
+  market's ticker), so nothing is translated for a stream nobody follows and native
   sockets are served exactly as before;
 - each payload is encoded once per delivery form: bare (a `/ws` socket) and wrapped as
   `{"stream","data"}` (a combined socket); every subscriber gets the same bytes;
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 import cryptex_common.metrics as metrics
+from cryptex_common.binance import binance_symbol
 from cryptex_wsgateway.binance import payloads as p
 from cryptex_wsgateway.binance.streams import BinanceStream, parse_binance_stream
 from cryptex_wsgateway.fanout import Connection
@@ -46,6 +48,7 @@ class PublicFeed:
         self.combined: set[Connection] = set()  # sockets that get {"stream","data"}
         self.streams: dict[str, BinanceStream] = {}  # followed Binance name -> stream
         self.by_native: dict[str, set[str]] = {}  # native topic -> Binance names
+        self.natives_of: dict[str, list[str]] = {}  # Binance name -> native topics
         self._partial_sent: dict[str, int] = {}
         self._zeros: dict[str, p.Zeros] = {}
 
@@ -82,36 +85,45 @@ class PublicFeed:
         if s.name in self.streams:
             return
         self.streams[s.name] = s
-        native = s.native
-        names = self.by_native.setdefault(native, set())
-        names.add(s.name)
-        self.gw.publisher.taps[native] = lambda payload: self._on_native(native, payload)
+        natives = self.natives_of[s.name] = s.natives(self.gw.market.markets)
+        for native in natives:
+            self.by_native.setdefault(native, set()).add(s.name)
+            self.gw.publisher.taps[native] = self._tap(native)
+
+    def _tap(self, native: str) -> Any:
+        return lambda payload: self._on_native(native, payload)
 
     def _maybe_unfollow(self, name: str) -> None:
         if self.subs.subscribers(name):
             return
-        s = self.streams.pop(name, None)
+        self.streams.pop(name, None)
         self._partial_sent.pop(name, None)
-        if s is None:
-            return
-        names = self.by_native.get(s.native)
-        if names is not None:
-            names.discard(name)
-            if not names:
-                del self.by_native[s.native]
-                self.gw.publisher.taps.pop(s.native, None)
+        for native in self.natives_of.pop(name, ()):
+            names = self.by_native.get(native)
+            if names is not None:
+                names.discard(name)
+                if not names:
+                    del self.by_native[native]
+                    self.gw.publisher.taps.pop(native, None)
 
     # --- data ---------------------------------------------------------------------------
     def _on_native(self, native: str, payload: Any) -> None:
         data = orjson.loads(payload) if isinstance(payload, bytes | bytearray) else payload
         now = now_ms()
         kind = stream_type(native)
+        market = native.partition("@")[2]
         for name in list(self.by_native.get(native, ())):
             stream = self.streams[name]
-            for out in self._translate(stream, data, now):
+            for out in self._translate(stream, data, now, market):
                 self.send(name, out, kind)
 
-    def _translate(self, s: BinanceStream, data: Any, now: int) -> list[p.Payload]:
+    def _translate(self, s: BinanceStream, data: Any, now: int, market: str) -> list[Any]:
+        """Payloads for stream `s` from one native message of `market`."""
+        if s.all_markets:  # an array of the tickers that changed: this market's
+            zeros, symbol = self.zeros(market), binance_symbol(market)
+            if s.channel == "miniTicker@arr":
+                return [[p.mini_ticker(symbol, data, zeros)]]
+            return [[p.ticker(symbol, data, self._book_ticker(market), zeros)]]
         symbol, channel = s.symbol, s.channel
         if channel == "depth":
             update = p.depth_update(symbol, data, now)
@@ -151,7 +163,7 @@ class PublicFeed:
             z = self._zeros[market] = p.Zeros(self.gw.market.markets[market])
         return z
 
-    def send(self, name: str, payload: p.Payload, kind: str) -> None:
+    def send(self, name: str, payload: Any, kind: str) -> None:
         """Encode once per delivery form and queue on every subscriber of `name`."""
         conns = self.subs.subscribers(name)
         if not conns:
@@ -167,7 +179,7 @@ class PublicFeed:
             sent += hub.broadcast(wrapped, encode_text_frame(wrap(name, body)))  # type: ignore[arg-type]
         metrics.WS_MESSAGES_SENT.labels(kind).inc(sent)
 
-    def frame_for(self, conn: Connection, name: str, payload: p.Payload) -> bytes:
+    def frame_for(self, conn: Connection, name: str, payload: Any) -> bytes:
         body = orjson.dumps(payload)
         return encode_text_frame(wrap(name, body) if conn in self.combined else body)
 
@@ -178,8 +190,12 @@ class PublicFeed:
         if payload is not None:
             self.gw.hub.send(conn, self.frame_for(conn, s.name, payload))
 
-    def _initial_payload(self, s: BinanceStream) -> p.Payload | None:
+    def _initial_payload(self, s: BinanceStream) -> Any:
         market, now = self.gw.market, now_ms()
+        if s.all_markets:
+            tickers = [self._translate(s, orjson.loads(raw), now, m)[0][0]
+                       for m, raw in sorted(market.last_ticker.items()) if m in market.markets]
+            return tickers or None
         if s.levels is not None:
             tracker = market.trackers.get(s.market)
             if tracker is None or not tracker.live:
@@ -187,9 +203,9 @@ class PublicFeed:
             bids, asks = tracker.book.top(s.levels)
             return p.partial_depth(tracker.emitted_u, bids, asks)
         if s.channel in ("ticker", "miniTicker") and s.market in market.last_ticker:
-            return self._translate(s, orjson.loads(market.last_ticker[s.market]), now)[0]
+            return self._translate(s, orjson.loads(market.last_ticker[s.market]), now, s.market)[0]
         if s.channel == "bookTicker" and s.market in market.last_book_ticker:
-            return self._translate(s, orjson.loads(market.last_book_ticker[s.market]), now)[0]
+            return self._translate(s, orjson.loads(market.last_book_ticker[s.market]), now, s.market)[0]
         if s.interval is not None:
             for b in market.klines.get(s.market, ()):
                 if b.interval == s.interval and b.current is not None:

@@ -3,7 +3,8 @@
 Grammar (Binance Spot): `<symbol>@<channel>[@<speed>]`, the symbol being the Cryptex symbol
 without its separator (`solusdc` for `SOL/USDC`, any case), channel one of `depth`,
 `depth5|10|20`, `trade`, `aggTrade`, `kline_<interval>`, `miniTicker`, `ticker`,
-`bookTicker`; speed `100ms` or `1000ms`, only after a depth channel.
+`bookTicker`; speed `100ms` or `1000ms`, only after a depth channel. All-market streams:
+`!miniTicker@arr` and `!ticker@arr` (market "", following every market's ticker).
 
 Invariants:
 - a parsed stream names a registered market, and its canonical `name` is Binance's spelling
@@ -37,6 +38,9 @@ _CHANNELS: dict[str, tuple[str, str]] = {
 }
 
 
+ALL_MARKETS = {"!miniticker@arr": "!miniTicker@arr", "!ticker@arr": "!ticker@arr"}
+
+
 class BinanceStreamError(ValueError):
     pass
 
@@ -44,8 +48,20 @@ class BinanceStreamError(ValueError):
 @dataclass(frozen=True, slots=True)
 class BinanceStream:
     name: str  # canonical Binance name, e.g. "solusdc@depth@100ms"
-    market: str  # Cryptex symbol, e.g. "SOL/USDC"
+    market: str  # Cryptex symbol, e.g. "SOL/USDC"; "" for an all-market stream
     channel: str  # canonical Binance channel: "depth", "depth5", "aggTrade", "kline_1m", ...
+    # ... or "miniTicker@arr", "ticker@arr" for the all-market streams
+
+    @property
+    def all_markets(self) -> bool:
+        return self.market == ""
+
+    def natives(self, markets: Collection[str]) -> list[str]:
+        """The gateway topics this stream is translated from (every market's ticker for an
+        all-market stream: the markets registered when it is first followed)."""
+        if self.all_markets:
+            return [f"ticker@{m}" for m in sorted(markets)]
+        return [self.native]
 
     @property
     def symbol(self) -> str:
@@ -72,6 +88,9 @@ def parse_binance_stream(raw: object, markets: Collection[str]) -> BinanceStream
     """The stream for a client's name, or BinanceStreamError saying what is wrong."""
     if not isinstance(raw, str) or not 0 < len(raw) <= MAX_NAME_CHARS:
         raise BinanceStreamError(f"a stream name is a string of 1 to {MAX_NAME_CHARS} characters")
+    every = ALL_MARKETS.get(raw.lower())
+    if every is not None:
+        return BinanceStream(every, "", every[1:])
     parts = raw.split("@")
     if len(parts) not in (2, 3):
         raise BinanceStreamError(f"invalid stream {raw[:MAX_NAME_CHARS]!r}")
