@@ -18,7 +18,7 @@ Invariants:
 - Publishing happens after settling, inside the same script call and only when it applied:
   a lost publish loses a notification, never money; a refused batch publishes nothing.
 - Reading never changes what another engine will read: the engine reads by its own position
-  (XREAD), never by consumer-group delivery (issue 11 defect 5, docs/decisions/0011).
+  (XREAD), never by consumer-group delivery (docs/decisions/0011).
 - Rules are sequenced: the core starts from `MatchingEngine.empty` (bootstrap rules) or a
   snapshot's rules, and only configure commands change them (docs/decisions/0010).
 """

@@ -26,7 +26,7 @@ DBPROC_GROUP = "dbproc"
 
 # --- per market -----------------------------------------------------------------------
 def commands_stream(symbol: str) -> str:
-    """The market's command log (the seed's `MESSAGES` queue), read by its engine."""
+    """The market's command log (its `MESSAGES` queue), read by its engine."""
     return f"MESSAGES:{{{market_tag(symbol)}}}"
 
 

@@ -1,4 +1,4 @@
-"""A lean pipelined Redis connection for the order path (issue 12).
+"""A lean pipelined Redis connection for the order path.
 
 redis-py's asyncio client costs ~60 us of CPU per command here (pool lock and condition,
 per-command timeouts, packing in Python); the order path sends one script call per order.

@@ -26,7 +26,7 @@ Invariants (each has a test in tests/engine):
   `bootstrap_rules`, which no registry value decides: replaying a stream never depends on
   what the registry says today (docs/decisions/0010-sequenced-market-rules.md).
 
-Decisions beyond the brief (see the engine's report / docs):
+Further rules:
 - post_only is only valid on a GTC limit order (else INVALID_FIELD);
 - a market buy by quote budget alone cannot be FOK (INVALID_FIELD), and it may buy at most
   `max_quantity_lots`; it ends FILLED when it stopped because the budget (or that cap) ran
