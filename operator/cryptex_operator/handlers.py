@@ -22,8 +22,8 @@ from typing import Any
 
 import kopf
 from pydantic import ValidationError
-from redis.asyncio import Redis
 
+from cryptex_common import redis_client
 from cryptex_common.markets import MarketState
 from cryptex_common.registry import ImmutableFieldChanged
 from cryptex_operator import exchange, k8s, render
@@ -53,7 +53,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     memo.cfg = cfg
-    memo.redis = Redis.from_url(cfg.redis_url)
+    memo.redis = redis_client.connect(cfg.redis_url, "operator")
     memo.apps = k8s.apps_api(cfg)
 
 

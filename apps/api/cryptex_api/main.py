@@ -11,13 +11,12 @@ import asyncio
 import logging
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from cryptex_api.app import Api, create_app
 from cryptex_api.serving import CappedTCPSite
 from cryptex_api.settings import ApiSettings
-from cryptex_common import resp, runtime
+from cryptex_common import redis_client, resp, runtime
 from cryptex_common.logs import configure_logging
 from cryptex_common.settings import load_settings
 
@@ -39,18 +38,15 @@ async def open_history(settings: ApiSettings) -> Any:
     return HistoryReader(pool)
 
 
-def redis_pool(url: str, connections: int, wait_s: float) -> aioredis.Redis:
-    """A client over a pool that waits at most `wait_s` for a free connection, then raises
-    (answered 503): a busy pool never grows past `connections`."""
-    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=connections, timeout=wait_s)
-    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
-
-
 async def serve(settings: ApiSettings) -> None:
     stop = asyncio.Event()
     runtime.install_stop_signals(stop)
-    redis = redis_pool(settings.redis_url, settings.redis_order_connections, settings.redis_order_wait_s)
-    public_redis = redis_pool(settings.redis_url, settings.redis_public_connections, settings.redis_public_wait_s)
+    # separate pools: public reads never take the connections signed orders need
+    redis = redis_client.connect(settings.redis_url, "api", max_connections=settings.redis_order_connections,
+                                 wait_s=settings.redis_order_wait_s)
+    public_redis = redis_client.connect(settings.redis_url, "api-public",
+                                        max_connections=settings.redis_public_connections,
+                                        wait_s=settings.redis_public_wait_s)
     history = await open_history(settings)
     order_redis = resp.RespClient(settings.redis_url, settings.redis_order_wait_s) \
         if resp.supports(settings.redis_url) else None

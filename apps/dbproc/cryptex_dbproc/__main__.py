@@ -10,8 +10,8 @@ import logging
 import sys
 
 import asyncpg
-from redis.asyncio import Redis
 
+from cryptex_common import redis_client
 from cryptex_common.logs import configure_logging
 from cryptex_common.runtime import install_stop_signals, run, start_ops_server
 from cryptex_common.settings import load_settings
@@ -27,7 +27,7 @@ USAGE = "usage: python -m cryptex_dbproc [migrate]"
 async def serve(settings: DbprocSettings) -> None:
     stop = asyncio.Event()
     install_stop_signals(stop)
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_client.connect(settings.redis_url, "dbproc")
     processor = DbProcessor(settings, redis, stop)
     init_service_metrics()
     ops = await start_ops_server(settings.ops_host, settings.ops_port, processor.ready)

@@ -10,9 +10,9 @@ import sys
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from cryptex_common import registry, runtime
+from cryptex_common import redis_client, registry, runtime
 from cryptex_common.logs import configure_logging
-from cryptex_common.markets import MarketSpec, normalize_symbol
+from cryptex_common.markets import MarketSpec, market_tag, normalize_symbol
 from cryptex_common.settings import load_settings
 from cryptex_engine.housekeeping import StreamTrimmed
 from cryptex_engine.lease import Fenced
@@ -39,8 +39,8 @@ async def serve(settings: EngineSettings) -> int:
     stop = asyncio.Event()
     runtime.install_stop_signals(stop)
     # the socket timeout must outlast a blocking read (redis-py's default is 5 s)
-    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True,
-                                    socket_timeout=settings.block_ms / 1000 + 5)
+    redis = redis_client.connect(settings.redis_url, f"engine-{market_tag(settings.market)}", decode=True,
+                                 socket_timeout_s=settings.block_ms / 1000 + 5)
     service: EngineService | None = None
 
     async def ready() -> bool:

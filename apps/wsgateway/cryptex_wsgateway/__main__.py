@@ -12,8 +12,8 @@ import asyncio
 import logging
 
 from aiohttp import web
-from redis.asyncio import Redis
 
+from cryptex_common import redis_client
 from cryptex_common.logs import configure_logging
 from cryptex_common.runtime import install_stop_signals, run, start_ops_server
 from cryptex_common.settings import load_settings
@@ -26,7 +26,7 @@ log = logging.getLogger("cryptex_wsgateway")
 async def main() -> None:
     settings = load_settings(WsSettings)
     configure_logging("wsgateway", settings.log_level, instance=settings.instance_id)
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_client.connect(settings.redis_url, "wsgateway")
     gateway = Gateway(settings, redis)
     stop = asyncio.Event()
     install_stop_signals(stop)

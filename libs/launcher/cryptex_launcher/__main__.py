@@ -48,11 +48,10 @@ async def register_markets(redis_url: str, path: Path) -> list:
 
 
 async def register_specs(redis_url: str, specs: list) -> None:
-    import redis.asyncio as aioredis
-
+    from cryptex_common import redis_client
     from cryptex_common.registry import register_market
 
-    redis = aioredis.Redis.from_url(redis_url)
+    redis = redis_client.connect(redis_url, "launcher")
     try:
         for spec in specs:
             await register_market(redis, spec)
