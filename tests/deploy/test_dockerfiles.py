@@ -1,4 +1,4 @@
-"""Static checks of the Dockerfiles and .dockerignore: two stages on one base chosen by
+"""Static checks of the Dockerfiles and .dockerignore: three stages on one base chosen by
 `ARG PYTHON_IMAGE` (default the official slim image), only the component's extra installed,
 a numeric non-root user, only the component's own package and the common one copied, the
 entrypoint the component is run with. tests/images builds and runs them."""
@@ -26,12 +26,13 @@ def test_dockerfile(path: str) -> None:
     source, module = IMAGES[path]
     assert re.findall(r"^ARG PYTHON_IMAGE=(\S+)", text, re.M) == ["python:3.11-slim"]
     froms = re.findall(r"^FROM (\S+)", text, re.M)
-    assert froms == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"], froms
+    assert froms == ["${PYTHON_IMAGE}"] * 3, froms
     extra = module.removeprefix("cryptex_")
     assert f'["optional-dependencies"]["{extra}"]' in text  # only its own extra
     assert "RUN /venv/bin/pip install --no-deps . " in text
     copies = re.findall(r"^COPY (?!--from)(\S+) ", text, re.M)
-    assert copies == ["pyproject.toml", "libs/common", source]
+    assert copies == ["pyproject.toml", "pyproject.toml", "libs/common", source]
+    assert "COPY --from=requirements /requirements.txt /tmp/requirements.txt" in text
     assert (ROOT / source / module.split("/")[-1]).exists() or (ROOT / source).exists()
     user = re.findall(r"^USER (\S+)", text, re.M)
     assert user == ["10001:10001"]
