@@ -10,16 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cryptex_dbproc.candles import (
-    INTERVAL_MS,
-    INTERVALS,
-    Candle,
-    TradeTick,
-    aggregate,
-    bucket_start_ms,
-    close_time_ms,
-    merge,
-)
+from cryptex_common.intervals import CANDLE_INTERVALS_MS as INTERVAL_MS
+from cryptex_common.intervals import bucket_start_ms, close_time_ms
+from cryptex_dbproc.candles import INTERVALS, Candle, TradeTick, aggregate, merge
 from tests.dbproc.support import MONDAY_2024_01_08_MS
 
 
@@ -75,7 +68,7 @@ def naive_candles(trades: list[TradeTick], interval: str) -> dict[int, tuple[int
     groups: dict[int, list[TradeTick]] = {}
     for t in trades:
         groups.setdefault(naive_bucket(t.ts_ms, interval), []).append(t)
-    out = {}
+    out: dict[int, tuple[int, ...]] = {}
     for start, ts in groups.items():
         ordered = sorted(ts, key=lambda t: t.trade_id)
         out[start] = (

@@ -9,6 +9,7 @@ from decimal import Decimal
 import orjson
 import pytest
 
+from cryptex_common.intervals import bucket_start_ms
 from cryptex_wsgateway.book import DepthTracker, LocalBook, checksum, checksum_string
 from cryptex_wsgateway.klines import KlineBuilder, parse_trades
 from cryptex_wsgateway.protocol import (
@@ -196,6 +197,18 @@ def test_kline_open_updates_and_close() -> None:
     [final] = k.tick(base + 120_000)
     assert final["closed"] and final["openTime"] == base + 60_000
     assert k.tick(base + 180_000) == []
+
+
+def test_weekly_and_daily_klines_use_the_candle_table_buckets() -> None:
+    """issue 15: the gateway's candles and dbproc's share one bucket rule
+    (cryptex_common.intervals): a week starts Monday 00:00 UTC, not on the epoch's Thursday."""
+    wednesday_noon = 1_700_049_600_000  # 2023-11-15T12:00Z, a Wednesday
+    monday = 1_699_833_600_000  # 2023-11-13T00:00Z
+    [week] = KlineBuilder("SOL/USDC", "1w", 604_800_000).add_trades([_trade(wednesday_noon, "10.00", "1.000")])
+    assert (week["openTime"], week["closeTime"]) == (monday, monday + 604_800_000 - 1)
+    assert week["openTime"] == bucket_start_ms(wednesday_noon, "1w")
+    [day] = KlineBuilder("SOL/USDC", "1d", 86_400_000).add_trades([_trade(wednesday_noon, "10.00", "1.000")])
+    assert day["openTime"] == 1_700_006_400_000  # 2023-11-15T00:00Z
 
 
 def test_kline_without_subscribers_keeps_the_candle_but_builds_no_message() -> None:

@@ -1,9 +1,7 @@
 """Candle maths: UTC buckets, trades -> candle deltas, and the merge rule. No I/O.
 
 Invariants:
-- Every bucket is `[open_time_ms, open_time_ms + interval_ms)` in UTC. Intervals of a day or
-  less are aligned on the Unix epoch; `1w` buckets start on Monday 00:00 UTC (ISO weeks), so
-  they are aligned on 1970-01-05, the first Monday after the epoch.
+- Buckets are `cryptex_common.intervals`' (the gateway's kline streams use the same).
 - A candle's open is the price of its trade with the smallest trade id and its close the
   price of the trade with the largest trade id (`first_trade_id`/`last_trade_id` are kept),
   never "the first trade that happened to arrive". Merging is therefore associative and
@@ -23,29 +21,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from cryptex_common.intervals import CANDLE_INTERVALS_MS
+from cryptex_common.intervals import CANDLE_INTERVALS_MS, MINUTE_MS, bucket_start_ms
 
-MINUTE_MS = 60_000
-HOUR_MS = 60 * MINUTE_MS
-DAY_MS = 24 * HOUR_MS
-WEEK_MS = 7 * DAY_MS
-# 1970-01-01 was a Thursday; the first Monday 00:00 UTC is four days later.
-FIRST_MONDAY_MS = 4 * DAY_MS
-
-INTERVAL_MS = CANDLE_INTERVALS_MS
-INTERVALS: tuple[str, ...] = tuple(INTERVAL_MS)
-
-
-def bucket_start_ms(ts_ms: int, interval: str) -> int:
-    """Open time (UTC ms) of the `interval` bucket holding `ts_ms`. KeyError if unknown."""
-    size_ms = INTERVAL_MS[interval]
-    origin_ms = FIRST_MONDAY_MS if interval == "1w" else 0
-    return ts_ms - (ts_ms - origin_ms) % size_ms
-
-
-def close_time_ms(open_time_ms: int, interval: str) -> int:
-    """Last millisecond of the bucket (Binance `closeTime`)."""
-    return open_time_ms + INTERVAL_MS[interval] - 1
+INTERVALS: tuple[str, ...] = tuple(CANDLE_INTERVALS_MS)
 
 
 @dataclass(frozen=True, slots=True)

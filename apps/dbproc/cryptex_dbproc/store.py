@@ -33,9 +33,9 @@ from typing import Any
 
 import asyncpg
 
+from cryptex_common.intervals import CANDLE_INTERVALS_MS, MINUTE_MS, bucket_origin_ms
 from cryptex_common.markets import MarketSpec
 from cryptex_common.stream_ids import StreamId
-from cryptex_dbproc.candles import FIRST_MONDAY_MS, INTERVAL_MS, MINUTE_MS
 from cryptex_dbproc.decode import Batch
 
 TRADE_COLUMNS = (
@@ -63,8 +63,8 @@ TRUNCATE_STAGING_ROWS = 20_000
 
 # Candle buckets per interval: (name, size ms, origin ms). 1w buckets start on Monday.
 _INTERVAL_ROWS = ", ".join(
-    f"('{name}', {size_ms}, {FIRST_MONDAY_MS if name == '1w' else 0})"
-    for name, size_ms in INTERVAL_MS.items()
+    f"('{name}', {size_ms}, {bucket_origin_ms(name)})"
+    for name, size_ms in CANDLE_INTERVALS_MS.items()
 )
 
 # Trades, their fills and their candles in one statement, all derived from exactly the trade

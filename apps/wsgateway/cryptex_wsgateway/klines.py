@@ -1,7 +1,9 @@
 """Candles (klines) built from the engine's trades. Pure, no I/O.
 
-A candle covers `[openTime, closeTime]` with `openTime = ts - ts % interval` (UTC buckets by
-the trade's timestamp, milliseconds) and `closeTime = openTime + interval - 1`.
+A candle covers `[openTime, closeTime]`: the `cryptex_common.intervals` bucket of the
+trade's timestamp (the same buckets as dbproc's candle table; weeks start on Monday).
+Trades arrive in the engine's publish order, which is trade id order, so open and close
+are the lowest and highest trade id's prices, as in dbproc's candles.
 
 Invariants:
 - open/close are the first/last trade's price in the bucket (in trade order), high/low the
@@ -18,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+
+from cryptex_common.intervals import bucket_start_ms
 
 
 @dataclass(slots=True)
@@ -81,7 +85,7 @@ class KlineBuilder:
         out: list[dict[str, Any]] = []
         changed = False
         for ts, price, qty, quote in trades:
-            bucket = ts - ts % self.interval_ms
+            bucket = bucket_start_ms(ts, self.interval)
             c = self.current
             if c is not None and bucket < c.open_time:
                 continue  # late trade for a closed bucket
