@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from cryptex_common.intervals import CANDLE_INTERVALS_MS
 from cryptex_common.markets import normalize_symbol
 
-# streamed live: every candle interval but 1w (Monday-aligned weeks come from REST /klines)
-KLINE_INTERVALS_MS: dict[str, int] = {k: v for k, v in CANDLE_INTERVALS_MS.items() if k != "1w"}
+# streamed live: every candle interval, in the candle table's buckets (weeks start Monday)
+KLINE_INTERVALS_MS: dict[str, int] = dict(CANDLE_INTERVALS_MS)
 PUBLIC_CHANNELS: dict[str, str] = {
     "depth": "depth",
     "trades": "trades",
