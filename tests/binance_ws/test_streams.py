@@ -73,8 +73,9 @@ def check_trades(msgs: list[dict[str, Any]], raw_msgs: list[dict[str, Any]], tra
     assert agg == [{"e": "aggTrade", "E": t["E"], "s": "SOLUSDC", "a": trade_id, "p": "101.25",
                     "q": "1.500", "f": trade_id, "l": trade_id, "T": t["T"], "m": False, "M": True}]
     # @kline_1m: the open candle of the trade's minute, closing at the trade's price
-    k = next(m["k"] for m in by_stream(msgs, f"{SYM}@kline_1m") if m["k"]["t"] <= t["T"] <= m["k"]["T"])
-    assert k["s"] == "SOLUSDC" and k["i"] == "1m" and k["c"] == "101.25" and k["x"] is False  # the update
+    k = next(m["k"] for m in by_stream(msgs, f"{SYM}@kline_1m")
+             if m["k"]["t"] <= t["T"] <= m["k"]["T"] and m["k"]["c"] == "101.25")
+    assert k["s"] == "SOLUSDC" and k["i"] == "1m" and k["x"] is False  # the update after the trade
     assert k["T"] - k["t"] == 59_999 and k["n"] >= 1 and Decimal(k["v"]) >= Decimal("1.5")
 
 
