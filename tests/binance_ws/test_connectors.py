@@ -1,6 +1,7 @@
 """python-binance's ThreadedWebsocketManager and binance-connector's
-SpotWebsocketStreamClient on the facade, one market stream each, with only their URLs
-changed: the REST base (python-binance pings it when it starts) and the stream URL."""
+SpotWebsocketStreamClient on the facade, one market stream each, and python-binance's user
+socket (WebSocket API `userDataStream.subscribe.signature`), with only their URLs changed:
+the REST base (python-binance pings it when it starts), the stream URL and the WS API URL."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from binance.ws import threaded_stream
 from binance.ws.streams import ThreadedWebsocketManager
 
 from cryptex_client import CryptexClient
-from tests.binance_ws.conftest import Exchange, cross
+from tests.binance_ws.conftest import Exchange, M, cross, funded
 
 pytestmark = pytest.mark.slow
 
@@ -37,47 +38,81 @@ async def take(q: queue.Queue[Any], pred: Any, timeout: float = 10.0) -> Any:
             return item
 
 
+class Manager:
+    """python-binance's ThreadedWebsocketManager with its URLs on the facade, run from a plain
+    thread as in python-binance's examples (the manager takes that thread's event loop and
+    runs it in its own thread); `start(name, **kw)` calls its `start_<name>` there."""
+
+    def __init__(self, exchange: Exchange, monkeypatch: pytest.MonkeyPatch, key: str = "", secret: str = "") -> None:
+        class FacadeClient(AsyncClient):
+            API_URL = f"{exchange.api}/api"  # the spot REST base; python-binance pings it at start
+            WS_API_URL = f"{exchange.ws}/ws-api/v3"  # user data: userDataStream.subscribe.signature
+
+        class FacadeManager(ThreadedWebsocketManager):
+            async def _before_socket_listener_start(self) -> None:
+                await super()._before_socket_listener_start()
+                self._bsm.STREAM_URL = f"{exchange.ws}/"  # python-binance appends "ws/<stream>"
+
+        monkeypatch.setattr(threaded_stream, "AsyncClient", FacadeClient)
+        self.factory = lambda: FacadeManager(api_key=key or None, api_secret=secret or None)
+        self.received: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.paths: list[str] = []
+        self.ready, self.done = threading.Event(), threading.Event()
+        self.thread: threading.Thread | None = None
+
+    async def start(self, name: str, **kw: Any) -> None:
+        def manage() -> None:
+            twm = self.factory()
+            twm.start()
+            try:
+                self.paths.append(getattr(twm, f"start_{name}")(callback=self.received.put, **kw))
+                self.ready.set()
+                self.done.wait(30)
+            finally:
+                twm.stop()
+                twm.join(timeout=10)
+
+        self.thread = threading.Thread(target=manage, daemon=True)
+        self.thread.start()
+        assert await asyncio.to_thread(self.ready.wait, 10)
+        await asyncio.sleep(1.0)  # the manager's thread opens the socket
+
+    async def stop(self) -> None:
+        self.done.set()
+        if self.thread is not None:
+            await asyncio.to_thread(self.thread.join, 15)
+
+
 async def test_python_binance_threaded_trade_socket(exchange: Exchange, admin: CryptexClient,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    class FacadeClient(AsyncClient):
-        API_URL = f"{exchange.api}/api"  # the spot REST base; python-binance pings it at start
-
-    class FacadeManager(ThreadedWebsocketManager):
-        async def _before_socket_listener_start(self) -> None:
-            await super()._before_socket_listener_start()
-            self._bsm.STREAM_URL = f"{exchange.ws}/"  # python-binance appends "ws/<stream>"
-
-    monkeypatch.setattr(threaded_stream, "AsyncClient", FacadeClient)
-    received: queue.Queue[dict[str, Any]] = queue.Queue()
-    paths: list[str] = []
-    ready, done = threading.Event(), threading.Event()
-
-    def manage() -> None:
-        """A plain thread, as in python-binance's examples: the manager takes this thread's
-        event loop and runs it in its own thread."""
-        twm = FacadeManager()
-        twm.start()
-        try:
-            paths.append(twm.start_trade_socket(callback=received.put, symbol="SOLUSDC"))
-            ready.set()
-            done.wait(30)
-        finally:
-            twm.stop()
-            twm.join(timeout=10)
-
-    thread = threading.Thread(target=manage, daemon=True)
-    thread.start()
+    twm = Manager(exchange, monkeypatch)
     try:
-        assert await asyncio.to_thread(ready.wait, 10)
-        assert paths == ["solusdc@trade"]
-        await asyncio.sleep(1.0)  # the manager's thread opens the socket
+        await twm.start("trade_socket", symbol="SOLUSDC")
+        assert twm.paths == ["solusdc@trade"]
         _s, _b, _sell, buy = await cross(admin, "97.10", "0.330")
         trade_id = int(buy["fills"][0]["tradeId"])
-        msg = await take(received, lambda m: m.get("e") == "trade" and m["t"] == trade_id)
+        msg = await take(twm.received, lambda m: m.get("e") == "trade" and m["t"] == trade_id)
         assert (msg["s"], msg["p"], msg["q"], msg["m"]) == ("SOLUSDC", "97.10", "0.330", False)
     finally:
-        done.set()
-        await asyncio.to_thread(thread.join, 15)
+        await twm.stop()
+
+
+async def test_python_binance_threaded_user_socket(exchange: Exchange, admin: CryptexClient,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    user = await funded(admin, {"SOL": "3"})
+    twm = Manager(exchange, monkeypatch, str(user.api_key), str(user.api_secret))
+    try:
+        await twm.start("user_socket")
+        order = (await user.place_order(side="sell", type="limit", price="450.00", quantity="0.700",
+                                        market=M)).body["order"]
+        msg = await take(twm.received, lambda m: m.get("e") == "executionReport")
+        assert (msg["i"], msg["X"], msg["q"], msg["p"], msg["S"]) == (
+            int(order["orderId"]), "NEW", "0.700", "450.00", "SELL")
+        await user.cancel_order(order["orderId"])
+        msg = await take(twm.received, lambda m: m.get("e") == "executionReport" and m["X"] == "CANCELED")
+        assert msg["i"] == int(order["orderId"])
+    finally:
+        await twm.stop()
 
 
 async def test_binance_connector_agg_trade_stream(exchange: Exchange, admin: CryptexClient) -> None:
