@@ -41,13 +41,13 @@ make_base() {
   if podman image exists "$BASE"; then
     echo "base $BASE exists (cached)" >&2; return
   fi
-  local t0=$SECONDS dir tarball
+  local t0=$SECONDS dir
   dir=$(mktemp -d /var/tmp/cryptex-base.XXXXXX)
   trap 'rm -rf "$dir"' RETURN
   echo "debootstrap $SUITE from $(mirror) into $dir ..." >&2
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
     "$SUITE" "$dir/rootfs" "$(mirror)" > "$dir/debootstrap.log" 2>&1 \
-    || { tail -n 30 "$dir/debootstrap.log" >&2; exit 1; }
+    || { tail -n 30 "$dir/debootstrap.log" >&2; rm -rf "$dir"; exit 1; }
   # This machine reaches PyPI through an egress proxy with its own CA: the local anchors
   # (/usr/local/share/ca-certificates) go into the base so pip inside `buildah bud` trusts it.
   if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
@@ -58,10 +58,17 @@ make_base() {
     "$dir"/rootfs/usr/share/doc/* "$dir"/rootfs/usr/share/man/* "$dir"/rootfs/usr/share/info/* \
     "$dir"/rootfs/var/log/* "$dir"/rootfs/tmp/*
   find "$dir/rootfs/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name 'locale.alias' -exec rm -rf {} +
-  # proc/sys/dev stay empty directories: the runtime mounts them.
-  local ctr
+  # proc/sys/dev stay empty directories: the runtime mounts them. Copied with `cp -a` into
+  # the mounted container (owners, groups and modes as debootstrap made them: /etc/shadow
+  # stays root:shadow); `buildah copy` (everything owned by root) where mounting fails.
+  local ctr mnt
   ctr=$(buildah from scratch)
-  buildah copy --quiet "$ctr" "$dir/rootfs" / >/dev/null
+  if mnt=$(buildah mount "$ctr" 2>/dev/null); then
+    cp -a "$dir/rootfs/." "$mnt/"
+    buildah umount "$ctr" >/dev/null
+  else
+    buildah copy --quiet "$ctr" "$dir/rootfs" / >/dev/null
+  fi
   buildah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     --env LANG=C.UTF-8 --env PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
     --cmd python3 --label org.opencontainers.image.title=cryptex-python-base \
