@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 
 from cryptex_client import CryptexClient
 from cryptex_common import keys
-from cryptex_dbproc.candles import TradeTick, aggregate
+from cryptex_common.candles import TradeTick, aggregate
 from cryptex_engine.replay import replay_market
 from cryptex_launcher.stack import wait_for_port
 from tests.chaos.support import (

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from cryptex_common.intervals import CANDLE_INTERVALS_MS as INTERVAL_MS
 from cryptex_common.intervals import bucket_start_ms, close_time_ms
-from cryptex_dbproc.candles import INTERVALS, Candle, TradeTick, aggregate, merge
+from cryptex_common.candles import INTERVALS, Candle, TradeTick, aggregate, merge
 from tests.dbproc.support import MONDAY_2024_01_08_MS
 
 

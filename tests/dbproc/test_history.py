@@ -20,7 +20,7 @@ from cryptex_api.history import (
     parse_trades_query,
 )
 from cryptex_common.errors import CryptexError, ErrorCode
-from cryptex_dbproc.candles import INTERVALS
+from cryptex_common.candles import INTERVALS
 from tests.dbproc.support import (
     BTC,
     DB_NOT_YET,

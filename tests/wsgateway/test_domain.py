@@ -9,7 +9,10 @@ from decimal import Decimal
 import orjson
 import pytest
 
+from cryptex_common.candles import aggregate
 from cryptex_common.intervals import bucket_start_ms
+from cryptex_common.markets import load_markets_yaml
+from cryptex_common.wire import WireFormat
 from cryptex_wsgateway.book import DepthTracker, LocalBook, checksum, checksum_string
 from cryptex_wsgateway.klines import KlineBuilder, parse_trades
 from cryptex_wsgateway.protocol import (
@@ -20,6 +23,7 @@ from cryptex_wsgateway.protocol import (
 )
 from cryptex_wsgateway.streams import Stream, StreamError, parse_stream
 from cryptex_wsgateway.subscriptions import Subscriptions, TooManyStreams, private_topic
+from tests.e2e.conftest import ROOT
 
 MARKETS = {"SOL/USDC", "BTC/USDC"}
 
@@ -175,18 +179,28 @@ def test_tracker_reset_after_lost_connection() -> None:
 
 
 # --- klines ---------------------------------------------------------------------------------
-def _trade(ts: int, price: str, qty: str) -> dict:
-    quote = str(Decimal(price) * Decimal(qty))
-    return {"price": price, "quantity": qty, "quoteQuantity": quote, "ts": ts}
+SOL = next(s for s in load_markets_yaml((ROOT / "markets.yaml").read_text()) if s.symbol == "SOL/USDC")
+FMT = WireFormat(SOL)
+_ids = iter(range(1, 10**6))
+
+
+def _trade(ts: int, price: str, qty: str, trade_id: int | None = None) -> dict:
+    quote = Decimal(price) * Decimal(qty)
+    return {"tradeId": str(trade_id if trade_id is not None else next(_ids)), "price": price, "quantity": qty,
+            "quoteQuantity": str(quote), "ts": ts}
+
+
+def builder(interval: str = "1m") -> KlineBuilder:
+    return KlineBuilder(FMT, interval)
 
 
 def test_kline_open_updates_and_close() -> None:
-    k = KlineBuilder("SOL/USDC", "1m", 60_000)
+    k = builder()
     base = 1_700_000_040_000  # a minute boundary
     [msg] = k.add_trades([_trade(base + 1, "10.00", "1.000"), _trade(base + 2, "12.00", "0.500")])
     assert msg["closed"] is False and msg["openTime"] == base and msg["closeTime"] == base + 59_999
     assert (msg["open"], msg["high"], msg["low"], msg["close"]) == ("10.00", "12.00", "10.00", "12.00")
-    assert (msg["volume"], msg["quoteVolume"], msg["count"]) == ("1.500", "16.00000", 2)
+    assert (msg["volume"], msg["quoteVolume"], msg["count"]) == ("1.500", "16.000000", 2)
     [msg] = k.add_trades([_trade(base + 3, "9.00", "1.000")])
     assert msg["low"] == "9.00" and msg["close"] == "9.00" and msg["count"] == 3
     closed, opened = k.add_trades([_trade(base + 60_000, "11.00", "1.000")])
@@ -199,15 +213,28 @@ def test_kline_open_updates_and_close() -> None:
     assert k.tick(base + 180_000) == []
 
 
+def test_live_kline_equals_the_candle_table_row() -> None:
+    """The gateway's candle is dbproc's for the same trades: open and close by trade id, not
+    by arrival (a resync can deliver a batch late), integer sums."""
+    base = 1_700_000_040_000
+    trades = [_trade(base + 3, "11.00", "0.250", 7), _trade(base + 1, "10.00", "1.000", 5),
+              _trade(base + 2, "12.00", "0.500", 6)]
+    k = builder()
+    [msg] = k.add_trades(trades)
+    assert (msg["open"], msg["close"]) == ("10.00", "11.00")  # trade 5 opens, trade 7 closes
+    [reference] = aggregate("SOL/USDC", parse_trades(trades, FMT), ["1m"]).values()
+    assert k.current == reference
+
+
 def test_weekly_and_daily_klines_use_the_candle_table_buckets() -> None:
     """issue 15: the gateway's candles and dbproc's share one bucket rule
     (cryptex_common.intervals): a week starts Monday 00:00 UTC, not on the epoch's Thursday."""
     wednesday_noon = 1_700_049_600_000  # 2023-11-15T12:00Z, a Wednesday
     monday = 1_699_833_600_000  # 2023-11-13T00:00Z
-    [week] = KlineBuilder("SOL/USDC", "1w", 604_800_000).add_trades([_trade(wednesday_noon, "10.00", "1.000")])
+    [week] = builder("1w").add_trades([_trade(wednesday_noon, "10.00", "1.000")])
     assert (week["openTime"], week["closeTime"]) == (monday, monday + 604_800_000 - 1)
     assert week["openTime"] == bucket_start_ms(wednesday_noon, "1w")
-    [day] = KlineBuilder("SOL/USDC", "1d", 86_400_000).add_trades([_trade(wednesday_noon, "10.00", "1.000")])
+    [day] = builder("1d").add_trades([_trade(wednesday_noon, "10.00", "1.000")])
     assert day["openTime"] == 1_700_006_400_000  # 2023-11-15T00:00Z
 
 
@@ -216,13 +243,13 @@ def test_kline_without_subscribers_keeps_the_candle_but_builds_no_message() -> N
     message; a subscriber arriving later still gets the exact candle."""
     trades = [_trade(1_700_000_040_001, "10.00", "1.000"), _trade(1_700_000_040_002, "12.00", "0.500"),
               _trade(1_700_000_040_003, "9.00", "2.000")]
-    quiet, loud = KlineBuilder("SOL/USDC", "1m", 60_000), KlineBuilder("SOL/USDC", "1m", 60_000)
-    assert quiet.fold(parse_trades(trades[:2]), report=False) == []
-    assert quiet.fold(parse_trades(trades[2:]), report=False) == []
+    quiet, loud = builder(), builder()
+    assert quiet.fold(parse_trades(trades[:2], FMT), report=False) == []
+    assert quiet.fold(parse_trades(trades[2:], FMT), report=False) == []
     expected = loud.add_trades(trades)
     assert quiet.current == loud.current
     assert quiet.current is not None
-    assert [quiet.current.to_wire("SOL/USDC", "1m", False)] == expected
+    assert [quiet.message()] == expected
 
 
 # --- protocol -----------------------------------------------------------------------------

@@ -33,9 +33,7 @@ from cryptex_common.messages import FillRecord, OrderRecord, TradeRecord
 from cryptex_common.money import INT64_MAX
 from cryptex_common.wire import WireFormat
 
-# The interval list and bucket rules are dbproc's (cryptex_dbproc.candles); the API and
-# dbproc never import each other, so the names and lengths are repeated here.
-INTERVAL_MS = CANDLE_INTERVALS_MS
+INTERVAL_MS = CANDLE_INTERVALS_MS  # names, lengths and buckets: cryptex_common.intervals
 MAX_LIMIT = 1000
 KLINES_DEFAULT_LIMIT = 500
 HISTORY_DEFAULT_LIMIT = 100

@@ -7,7 +7,7 @@ Invariants:
 - An order row only moves forward: an update is applied when its `seq` is greater than the
   stored one.
 - Candles are aggregated and merged in SQL, in the trades statement, with the rules of
-  `candles.aggregate` and `candles.merge` (open/close by trade id, sums added), one upsert
+  `cryptex_common.candles.aggregate` and `.merge` (open/close by trade id, sums added), one upsert
   per (market, interval, bucket) per round (tests recompute every candle in Python from the
   raw trades and compare).
 - Fills are derived in SQL from exactly the trade rows just inserted, two per trade, with
@@ -72,7 +72,7 @@ _INTERVAL_ROWS = ", ".join(
 # in a candle.
 # - Fills: the SQL twin of wire.fills_for_trade (the buyer pays its fee in the base asset,
 #   the seller in the quote asset; the maker is the side that did not take), two per trade.
-# - Candles: the SQL twin of candles.aggregate and candles.merge. The new trades are folded
+# - Candles: the SQL twin of cryptex_common.candles.aggregate and merge. The new trades are folded
 #   into 1m buckets (open/close = price of the smallest/largest trade id), the minutes are
 #   rolled up into every interval (each bucket is a union of whole minutes), and each
 #   (market, interval, bucket) is upserted once per round with the merge rule.

@@ -28,6 +28,7 @@ from cryptex_common import keys
 from cryptex_common.depth import read_depth
 from cryptex_common.markets import MarketSpec
 from cryptex_common.registry import load_markets
+from cryptex_common.wire import WireFormat
 from cryptex_wsgateway.book import DepthTracker
 from cryptex_wsgateway.klines import KlineBuilder, parse_trades
 from cryptex_wsgateway.protocol import data_message
@@ -96,7 +97,8 @@ class MarketData:
     async def _add_market(self, m: str) -> None:
         metrics.WS_RESNAPSHOTS.labels(m)  # a zero series per market
         self.trackers[m] = DepthTracker(m)
-        self.klines[m] = [KlineBuilder(m, i, ms) for i, ms in KLINE_INTERVALS_MS.items()]
+        fmt = WireFormat(self.markets[m])
+        self.klines[m] = [KlineBuilder(fmt, interval) for interval in KLINE_INTERVALS_MS]
         ticker = await self.redis.get(keys.ticker_key(m))
         if ticker:
             self.last_ticker[m] = ticker if isinstance(ticker, bytes) else ticker.encode()
@@ -175,7 +177,7 @@ class MarketData:
         builders = self.klines.get(market)
         if not builders:
             return
-        parsed = parse_trades(trades)  # once, not once per interval
+        parsed = parse_trades(trades, builders[0].fmt)  # once, not once per interval
         wanted = self.publisher.wanted
         for builder in builders:
             topic = f"kline_{builder.interval}@{market}"
@@ -214,7 +216,8 @@ class MarketData:
         elif stream.interval is not None and m is not None:
             payload: bytes | None = None
             for b in self.klines.get(m, ()):
-                if b.interval == stream.interval and b.current is not None:
-                    payload = data_message(stream.name, b.current.to_wire(m, b.interval, False))
+                message = b.message() if b.interval == stream.interval else None
+                if message is not None:
+                    payload = data_message(stream.name, message)
             return payload
         return None

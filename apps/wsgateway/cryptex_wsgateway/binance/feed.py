@@ -208,6 +208,7 @@ class PublicFeed:
             return self._translate(s, orjson.loads(market.last_book_ticker[s.market]), now, s.market)[0]
         if s.interval is not None:
             for b in market.klines.get(s.market, ()):
-                if b.interval == s.interval and b.current is not None:
-                    return p.kline(s.symbol, b.current.to_wire(s.market, b.interval, False), now)
+                message = b.message() if b.interval == s.interval else None
+                if message is not None:
+                    return p.kline(s.symbol, message, now)
         return None

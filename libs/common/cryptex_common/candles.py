@@ -1,4 +1,5 @@
-"""Candle maths: UTC buckets, trades -> candle deltas, and the merge rule. No I/O.
+"""Candle maths, shared by dbproc (the candle table) and the gateway (live kline streams):
+trades -> candle deltas, and the merge rule. No I/O.
 
 Invariants:
 - Buckets are `cryptex_common.intervals`' (the gateway's kline streams use the same).
@@ -11,9 +12,9 @@ Invariants:
 - All values are integers: prices in ticks, volume in lots, quote volume in quote smallest
   units.
 
-The writer does the same aggregation and merge in SQL (`store.INSERT_TRADES_SQL`); this
-module is its Python twin and the tests' reference: they recompute candles from the raw
-trades with it and compare with the table.
+dbproc's writer does the same aggregation and merge in SQL (`cryptex_dbproc.store`); this
+module is its Python twin, the tests' reference (they recompute candles from the raw trades
+with it and compare with the table) and the gateway's live candles.
 """
 
 from __future__ import annotations
