@@ -19,6 +19,7 @@ import pytest
 from cryptex_client import CryptexClient
 from tests.binance_ws.conftest import Exchange, M, cross, funded
 from tests.binance_ws.test_depth import FLOW_FUNDS, FLOW_MARKET, flow, rest_depth
+from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.slow
 SYMBOL = "SOL/USDC"  # ccxt's unified symbol is Cryptex's
@@ -47,16 +48,6 @@ async def pro(exchange: Exchange) -> AsyncIterator[Any]:
     ex = pro_binance(exchange)
     yield ex
     await ex.close()
-
-
-async def eventually(probe: Any, timeout: float = 10.0) -> Any:
-    """Poll a ccxt cache until `probe()` gives something: a message that arrives while no
-    watch_* call is pending updates ccxt's cache but resolves nothing."""
-    deadline = time.monotonic() + timeout
-    while (found := probe()) is None:
-        assert time.monotonic() < deadline, "not seen in ccxt's cache"
-        await asyncio.sleep(0.05)
-    return found
 
 
 def as_floats(levels: list[list[str]]) -> list[list[float]]:

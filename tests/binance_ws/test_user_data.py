@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from cryptex_client import CryptexClient
 from cryptex_common import keys
 from tests.binance_ws.conftest import Exchange, M, funded, recv
+from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -34,13 +35,6 @@ async def events(ws: aiohttp.ClientWebSocketResponse, sink: list[dict[str, Any]]
         if msg.type != aiohttp.WSMsgType.TEXT:
             return
         sink.append(msg.json())
-
-
-async def wait_for(cond: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
 
 
 def reports(sink: list[dict[str, Any]], order_id: str) -> list[tuple[str, str, str]]:
@@ -74,7 +68,7 @@ async def test_listen_key_stream_reports_a_crossing_pair_exactly(
     buy = (await buyer.place_order(side="buy", type="limit", price="100.00", quantity="1.000", market=M)).body
     sid, bid = sell["order"]["orderId"], buy["order"]["orderId"]
     trade_id = int(buy["fills"][0]["tradeId"])
-    await wait_for(lambda: len(reports(sinks[0], sid)) == 2 and len(reports(sinks[1], bid)) == 2
+    await eventually(lambda: len(reports(sinks[0], sid)) == 2 and len(reports(sinks[1], bid)) == 2
                    and last_balances(sinks[0]).get("USDC") == ("99.900000", "0.000000")
                    and last_balances(sinks[1]).get("SOL") == ("0.998000000", "0.000000000"))
     assert reports(sinks[0], sid) == [("NEW", "NEW", "0.000"), ("TRADE", "FILLED", "1.000")]
@@ -111,7 +105,7 @@ async def test_ioc_remainder_expires_and_a_cancel_is_reported(
                                    timeInForce="IOC", market=M)).body["order"]
     rest = (await taker.place_order(side="buy", type="limit", price="1.00", quantity="2.000", market=M)).body["order"]
     await taker.cancel_order(rest["orderId"])
-    await wait_for(lambda: len(reports(sink, ioc["orderId"])) == 3 and len(reports(sink, rest["orderId"])) == 2)
+    await eventually(lambda: len(reports(sink, ioc["orderId"])) == 3 and len(reports(sink, rest["orderId"])) == 2)
     assert reports(sink, ioc["orderId"]) == [
         ("NEW", "NEW", "0.000"), ("TRADE", "PARTIALLY_FILLED", "0.400"), ("EXPIRED", "EXPIRED", "0.400")]
     assert [e["f"] for e in sink if e.get("i") == int(ioc["orderId"])] == ["IOC"] * 3
@@ -147,7 +141,7 @@ async def test_ws_api_signature_subscription(exchange: Exchange, admin: CryptexC
     order = (await user.place_order(side="sell", type="limit", price="300.00", quantity="0.500", market=M)).body
     sink: list[dict[str, Any]] = []
     reader = asyncio.create_task(events(ws, sink))
-    await wait_for(lambda: any(e.get("event", {}).get("e") == "executionReport" for e in sink)
+    await eventually(lambda: any(e.get("event", {}).get("e") == "executionReport" for e in sink)
                    and any(e.get("event", {}).get("e") == "outboundAccountPosition" for e in sink))
     report = next(e for e in sink if e.get("event", {}).get("e") == "executionReport")
     assert report["subscriptionId"] == 0
@@ -156,7 +150,7 @@ async def test_ws_api_signature_subscription(exchange: Exchange, admin: CryptexC
     position = [e["event"] for e in sink if e.get("event", {}).get("e") == "outboundAccountPosition"][-1]
     assert {b["a"]: (b["f"], b["l"]) for b in position["B"]}["SOL"] == ("4.500000000", "0.500000000")
     await ws.send_json({"id": 6, "method": "userDataStream.unsubscribe", "params": {}})
-    await wait_for(lambda: any(e.get("id") == 6 for e in sink))
+    await eventually(lambda: any(e.get("id") == 6 for e in sink))
     assert next(e for e in sink if e.get("id") == 6)["result"] == {}
     await ws.close()
     reader.cancel()
@@ -184,7 +178,7 @@ async def test_deposit_and_withdrawal_are_balance_updates(
     assert (await admin.deposit(uid, "USDC", "25.5", f"bu-{uid}-1")).status == 200
     assert (await admin.withdraw(uid, "USDC", "0.25", f"bu-{uid}-2")).status == 200
     assert (await admin.deposit(uid, "USDC", "25.5", f"bu-{uid}-1")).status == 200  # a replay: no event
-    await wait_for(lambda: last_balances(sink).get("USDC") == ("35.250000", "0.000000"))
+    await eventually(lambda: last_balances(sink).get("USDC") == ("35.250000", "0.000000"))
     await asyncio.sleep(0.3)
     updates = [(e["a"], e["d"]) for e in sink if e.get("e") == "balanceUpdate"]
     assert updates == [("USDC", "25.500000"), ("USDC", "-0.250000")]
@@ -202,11 +196,11 @@ async def test_listen_key_in_a_combined_stream(exchange: Exchange, admin: Crypte
     order = (await user.place_order(side="sell", type="limit", price="400.00", quantity="0.100", market=M)).body
     sink: list[dict[str, Any]] = []
     reader = asyncio.create_task(events(ws, sink))
-    await wait_for(lambda: any(m.get("data", {}).get("e") == "executionReport" for m in sink))
+    await eventually(lambda: any(m.get("data", {}).get("e") == "executionReport" for m in sink))
     report = next(m for m in sink if m.get("data", {}).get("e") == "executionReport")
     assert report["stream"] == key and report["data"]["i"] == int(order["order"]["orderId"])
     assert all(m["stream"] in (key, "solusdc@bookTicker") for m in sink)
     await user.cancel_order(order["order"]["orderId"])
-    await wait_for(lambda: any(m["data"].get("X") == "CANCELED" for m in sink))
+    await eventually(lambda: any(m["data"].get("X") == "CANCELED" for m in sink))
     await ws.close()
     reader.cancel()
