@@ -36,6 +36,7 @@ import orjson
 
 from cryptex_common.errors import CryptexError, ErrorCode
 from cryptex_common.markets import MarketSpec, SelfTradePrevention
+from cryptex_common.messages import ORDER_RECORD_PLACED, order_record
 from cryptex_common.money import INT64_MAX, decimal_text, format_steps
 
 MARKET_BUY_COLLAR_BPS = 500  # a market buy by quantity may pay up to 5% over the book estimate
@@ -79,17 +80,17 @@ class OrderCommand:
         })
 
     def record_tail(self, market: str) -> bytes:
-        """The new OrderRecord's JSON without its opening brace and without orderId, createdMs
-        and updatedMs (enqueue_order.lua splices them in): byte-identical to OrderRecord(...)
-        .model_dump(by_alias=True, mode="json", exclude=those) through orjson."""
-        return orjson.dumps({
-            "userId": self.user_id, "market": market, "side": self.side, "orderType": self.order_type,
-            "timeInForce": self.time_in_force, "postOnly": self.post_only,
-            "priceTicks": self.price_ticks, "quantityLots": self.quantity_lots,
-            "quoteBudgetUnits": self.quote_budget_units, "executedLots": 0,
-            "executedQuoteUnits": 0, "status": "new", "reason": None,
-            "clientOrderId": self.client_order_id,
-        })[1:]
+        """The new order's record (`messages.order_record`) as JSON without its opening brace
+        and without orderId, createdMs and updatedMs, which enqueue_order.lua splices in."""
+        record = order_record(
+            order_id=0, user_id=self.user_id, market=market, side=self.side, order_type=self.order_type,
+            time_in_force=self.time_in_force, post_only=self.post_only, price_ticks=self.price_ticks,
+            quantity_lots=self.quantity_lots, quote_budget_units=self.quote_budget_units, executed_lots=0,
+            executed_quote_units=0, status="new", reason=None, client_order_id=self.client_order_id,
+            created_ms=0, updated_ms=0)
+        for name in ORDER_RECORD_PLACED:
+            del record[name]
+        return orjson.dumps(record)[1:]
 
 
 def cancel_command_json(user_id: str, order_id: int, reply_to: str | None, request_id: str | None,

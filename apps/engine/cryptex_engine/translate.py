@@ -20,6 +20,7 @@ from cryptex_common.messages import (
     ReplyType,
     Side,
     TimeInForce,
+    order_record,
 )
 from cryptex_engine.decode import REASON_UNSUPPORTED, Decoded
 from cryptex_engine.domain.commands import CommandResult, OrderUpdate, PlaceOrder
@@ -75,25 +76,12 @@ class Translator:
         m = self.meta.get(u.order_id)
         if m is None:  # an order the core knows but we never saw placed: impossible by design
             raise KeyError(f"no metadata for order {u.order_id}")
-        return {
-            "orderId": u.order_id,
-            "userId": u.user_id,
-            "market": self.symbol,
-            "side": _VALUE[u.side],
-            "orderType": _VALUE[m.order_type],
-            "timeInForce": _VALUE[m.time_in_force],
-            "postOnly": m.post_only,
-            "priceTicks": m.price_ticks,
-            "quantityLots": m.quantity_lots,
-            "quoteBudgetUnits": m.quote_budget_units,
-            "executedLots": u.executed_lots,
-            "executedQuoteUnits": u.executed_quote_units,
-            "status": _VALUE[u.status],
-            "reason": u.reason,
-            "clientOrderId": m.client_order_id,
-            "createdMs": m.created_ms,
-            "updatedMs": ts_ms,
-        }
+        return order_record(
+            order_id=u.order_id, user_id=u.user_id, market=self.symbol, side=_VALUE[u.side],
+            order_type=_VALUE[m.order_type], time_in_force=_VALUE[m.time_in_force], post_only=m.post_only,
+            price_ticks=m.price_ticks, quantity_lots=m.quantity_lots, quote_budget_units=m.quote_budget_units,
+            executed_lots=u.executed_lots, executed_quote_units=u.executed_quote_units, status=_VALUE[u.status],
+            reason=u.reason, client_order_id=m.client_order_id, created_ms=m.created_ms, updated_ms=ts_ms)
 
     def _remember(self, d: Decoded) -> None:
         """Keep the static facts of an order from its place command until it is terminal."""

@@ -20,7 +20,7 @@ rejects and unlocks) a version above COMMAND_VERSION. See docs/decisions/0010 an
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, TypeAdapter, model_serializer
 
@@ -166,6 +166,28 @@ class OrderRecord(_Msg):
     client_order_id: str | None = Field(alias="clientOrderId", default=None)
     created_ms: int = Field(alias="createdMs")
     updated_ms: int = Field(alias="updatedMs")
+
+
+# `order_record` builds an OrderRecord's stored form without pydantic (the API's enqueue and
+# the engine's settle run it per order): the same fields, names and order as the model's
+# `model_dump(by_alias=True, mode="json")`; tests/engine/test_translate_contract.py and the
+# API's validation tests hold it to the model.
+ORDER_RECORD_PLACED = ("orderId", "createdMs", "updatedMs")  # known only once it is queued
+
+
+def order_record(
+    *, order_id: int, user_id: str, market: str, side: str, order_type: str, time_in_force: str, post_only: bool,
+    price_ticks: int | None, quantity_lots: int | None, quote_budget_units: int | None, executed_lots: int,
+    executed_quote_units: int, status: str, reason: str | None, client_order_id: str | None, created_ms: int,
+    updated_ms: int,
+) -> dict[str, Any]:
+    return {
+        "orderId": order_id, "userId": user_id, "market": market, "side": side, "orderType": order_type,
+        "timeInForce": time_in_force, "postOnly": post_only, "priceTicks": price_ticks,
+        "quantityLots": quantity_lots, "quoteBudgetUnits": quote_budget_units, "executedLots": executed_lots,
+        "executedQuoteUnits": executed_quote_units, "status": status, "reason": reason,
+        "clientOrderId": client_order_id, "createdMs": created_ms, "updatedMs": updated_ms,
+    }
 
 
 class FillRecord(_Msg):
