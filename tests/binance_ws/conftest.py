@@ -51,7 +51,12 @@ def exchange() -> Iterator[Exchange]:
             "CRYPTEX_HISTORY_ENABLED": "false", "CRYPTEX_RATE_LIMIT_PER_S": "200",
             "CRYPTEX_RATE_LIMIT_BURST": "400"})
         asyncio.run(register_all(srv.url, st))
-        st.start_all()
+        try:
+            st.start_all()
+        except BaseException:  # a service that failed to start: stop the ones that did
+            st.stop_all()
+            shutil.rmtree(st.state_dir, ignore_errors=True)
+            raise
         yield Exchange(st, srv)
         codes = st.stop_all()
         shutil.rmtree(st.state_dir, ignore_errors=True)
