@@ -101,6 +101,8 @@ async def test_watch_trades_and_ticker(exchange: Exchange, admin: CryptexClient,
     ticker = await eventually(lambda: pro.tickers[SYMBOL] if pro.tickers[SYMBOL]["last"] == 98.40 else None)
     assert ticker["symbol"] == SYMBOL and ticker["high"] >= 98.40 >= ticker["low"]
     assert ticker["baseVolume"] > 0 and ticker["timestamp"] > 0
+    await asyncio.wait_for(pro.un_watch_trades(SYMBOL), 10)  # UNSUBSCRIBE, acknowledged
+    await asyncio.wait_for(pro.un_watch_ticker(SYMBOL), 10)
 
 
 async def test_watch_orders_and_my_trades(exchange: Exchange, admin: CryptexClient) -> None:
