@@ -65,7 +65,8 @@ class Api:
         self.ledger = Ledger(redis)
         self.replies = ReplyWaiter(redis, settings.instance_id,
                                    settings.redis_url if order_redis is not None else None)
-        self.markets: dict[str, MarketSpec] = {}
+        self.known_markets = registry.MarketRegistry()
+        self.markets: dict[str, MarketSpec] = {}  # known_markets' views, as of the last reload
         self.formats: dict[str, WireFormat] = {}
         self.asset_decimals: dict[str, int] = {}
         self._market_names: dict[str, MarketSpec] = {}
@@ -78,14 +79,12 @@ class Api:
 
     # --- markets ---------------------------------------------------------------------
     async def reload_markets(self) -> None:
-        self.markets = await registry.load_markets(self.redis)
-        self.formats = {s: WireFormat(spec) for s, spec in self.markets.items()}
+        known = self.known_markets
+        await known.reload(self.redis)
+        self.markets, self.formats, self.asset_decimals = known.specs, known.formats, known.asset_decimals
         self._market_names = {name: spec for symbol, spec in self.markets.items()
                               for name in (symbol, symbol.lower(), symbol.replace("/", "_"),
                                            symbol.replace("/", "_").lower())}
-        for spec in self.markets.values():
-            self.asset_decimals[spec.base_asset] = spec.base_decimals
-            self.asset_decimals[spec.quote_asset] = spec.quote_decimals
 
         if self.history is not None:
             self.history.markets = self.markets

@@ -27,8 +27,7 @@ import cryptex_common.metrics as metrics
 from cryptex_common import keys
 from cryptex_common.depth import read_depth
 from cryptex_common.markets import MarketSpec
-from cryptex_common.registry import load_markets
-from cryptex_common.wire import WireFormat
+from cryptex_common.registry import MarketRegistry
 from cryptex_wsgateway.book import DepthTracker
 from cryptex_wsgateway.klines import KlineBuilder, parse_trades
 from cryptex_wsgateway.protocol import data_message
@@ -49,7 +48,8 @@ class MarketData:
         self.publisher = publisher
         self.resync_wait_s = resync_wait_s
         self._spawn = spawn
-        self.markets: dict[str, MarketSpec] = {}
+        self.known_markets = MarketRegistry()
+        self.markets: dict[str, MarketSpec] = {}  # known_markets' views, as of the last reload
         self.asset_decimals: dict[str, int] = {}
         self.trackers: dict[str, DepthTracker] = {}
         self.klines: dict[str, list[KlineBuilder]] = {}
@@ -61,14 +61,9 @@ class MarketData:
     async def reload(self) -> None:
         """Serve exactly the markets in the registry: route and subscribe the new ones (and
         resync their depth), unroute and unsubscribe the removed ones."""
-        specs = await load_markets(self.redis)
-        added = [m for m in specs if m not in self.markets]
-        removed = [m for m in self.markets if m not in specs]
-        self.markets = specs
-        self.asset_decimals = {}
-        for spec in specs.values():
-            self.asset_decimals[spec.base_asset] = spec.base_decimals
-            self.asset_decimals[spec.quote_asset] = spec.quote_decimals
+        known = self.known_markets
+        added, removed = await known.reload(self.redis)
+        self.markets, self.asset_decimals = known.specs, known.asset_decimals
         routes = self.upstream.routes
         channels: list[bytes] = []
         for m in added:
@@ -97,7 +92,7 @@ class MarketData:
     async def _add_market(self, m: str) -> None:
         metrics.WS_RESNAPSHOTS.labels(m)  # a zero series per market
         self.trackers[m] = DepthTracker(m)
-        fmt = WireFormat(self.markets[m])
+        fmt = self.known_markets.formats[m]
         self.klines[m] = [KlineBuilder(fmt, interval) for interval in KLINE_INTERVALS_MS]
         ticker = await self.redis.get(keys.ticker_key(m))
         if ticker:

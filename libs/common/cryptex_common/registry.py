@@ -22,6 +22,7 @@ from cryptex_common import keys
 from cryptex_common.markets import MarketSpec
 from cryptex_common.messages import ConfigureMarketCommand
 from cryptex_common.resp import as_text
+from cryptex_common.wire import WireFormat
 
 IMMUTABLE_FIELDS = (
     "symbol", "base_asset", "base_decimals", "quote_asset", "quote_decimals", "tick_size",
@@ -41,6 +42,34 @@ class ImmutableFieldChanged(ValueError):
 async def load_markets(redis: Redis) -> dict[str, MarketSpec]:
     raw = await redis.hgetall(keys.MARKETS_HASH)
     return {as_text(k): MarketSpec.model_validate_json(v) for k, v in raw.items()}
+
+
+class MarketRegistry:
+    """The registered markets as this process last read them, with the views the services
+    derive from them (wire formats, asset decimals), rebuilt together on every `adopt` so
+    they never disagree. The API and the gateway each own one and reload it on
+    `markets:changed`."""
+
+    def __init__(self) -> None:
+        self.specs: dict[str, MarketSpec] = {}
+        self.formats: dict[str, WireFormat] = {}
+        self.asset_decimals: dict[str, int] = {}
+
+    async def reload(self, redis: Redis) -> tuple[list[str], list[str]]:
+        """Re-read the registry; (markets added, markets removed) since the last read."""
+        return self.adopt(await load_markets(redis))
+
+    def adopt(self, specs: dict[str, MarketSpec]) -> tuple[list[str], list[str]]:
+        added = [m for m in specs if m not in self.specs]
+        removed = [m for m in self.specs if m not in specs]
+        self.specs = specs
+        self.formats = {symbol: WireFormat(spec) for symbol, spec in specs.items()}
+        decimals: dict[str, int] = {}
+        for spec in specs.values():
+            decimals[spec.base_asset] = spec.base_decimals
+            decimals[spec.quote_asset] = spec.quote_decimals
+        self.asset_decimals = decimals
+        return added, removed
 
 
 async def get_market(redis: Redis, symbol: str) -> MarketSpec | None:
