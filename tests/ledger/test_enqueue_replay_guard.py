@@ -71,7 +71,7 @@ async def test_a_malformed_guard_ttl_is_refused_before_any_write(redis_client: a
     await market_with_funds(redis_client)
     call = enqueue_call(symbol=SYMBOL, user_id="1", lock_asset="USDC", lock_units=100, command_json="{}",
                         record_tail_json="}", client_order_id=None, signature=SIG, replay_guard_ms=10_000)
-    args = [*call.args[:-1], guard_ms]
+    args = [*call.args[:-2], guard_ms, call.args[-1]]  # the guard's ms, then the order key prefix
     before = await snapshot(redis_client)
     reply = await redis_client.register_script(ledger_script_source("enqueue_order.lua"))(keys=call.keys, args=args)
     assert reply == [b"invalid", b"replay guard ms"]

@@ -188,7 +188,7 @@ def enqueue_call(
         args=[keys.available_field(lock_asset), keys.locked_field(lock_asset), units, command_json,
               "1" if client_order_id else "0", CLIENT_ORDER_ID_TTL_S, symbol, user_id,
               record_tail_json, keys.user_channel(user_id), _balance_hint(lock_asset), lock_asset,
-              *ENTRY_FIELDS, guard_ms],
+              *ENTRY_FIELDS, guard_ms, keys.order_key("")],
     )
 
 

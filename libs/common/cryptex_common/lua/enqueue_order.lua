@@ -8,14 +8,17 @@
 --       without orderId/createdMs/updatedMs (spliced in here), 10 the user's private
 --       channel, 11 the balance hint published there, 12 lock asset,
 --       13-17 stream entry field names for: order id, user id, lock asset, locked units, command,
---       18 how long the replay guard lives in ms ("0": no guard)
+--       18 how long the replay guard lives in ms ("0": no guard),
+--       19 the order key's prefix (keys.order_key(""): the key is the prefix and the new id)
 -- Returns {"ok", orderId, streamId} | {"replayed"} | {"dup", orderId} | {"insufficient"}
 --       | {"invalid", argname} | {"corrupt", key, field}; every reply but "ok" wrote nothing.
 -- "replayed": KEYS[6] exists, the signed request was already used; on "ok" the guard is
 -- set (PX ARGV[18]), so a signed order costs one round trip (docs/decisions/0006).
--- Every check runs before the first write. The one key not in KEYS is `order:<id>`: its id
--- comes from the counter read here (docs/decisions/0009-ledger-exact-arithmetic.md).
-if #KEYS ~= 6 or #ARGV ~= 18 then return {"invalid", "layout"} end
+-- Every check runs before the first write. The one key not in KEYS is the new order's: its
+-- id comes from the counter read here (docs/decisions/0009-ledger-exact-arithmetic.md;
+-- Redis Cluster mode allocates ids per user bucket instead, decision 0013).
+if #KEYS ~= 6 or #ARGV ~= 19 then return {"invalid", "layout"} end
+if ARGV[19] == "" then return {"invalid", "order key prefix"} end
 if not dec_is_positive(ARGV[3]) then return {"invalid", "lock units"} end
 if ARGV[5] ~= "0" and ARGV[5] ~= "1" then return {"invalid", "has client order id"} end
 local guard = ARGV[18] ~= "0"
@@ -38,7 +41,7 @@ local last_id = redis.call("GET", KEYS[3]) or "0"
 -- ids stay below 2**53: they are also sorted-set scores (doubles)
 if not dec_is_natural(last_id) or #last_id > 15 then return {"corrupt", KEYS[3], ""} end
 local id = dec_add(last_id, "1")
-local order_key = "order:" .. id
+local order_key = ARGV[19] .. id
 if redis.call("EXISTS", order_key) == 1 then return {"corrupt", order_key, ""} end
 if not key_type_is(KEYS[2], "stream") then return {"corrupt", KEYS[2], ""} end
 if not key_type_is(KEYS[4], "zset") then return {"corrupt", KEYS[4], ""} end
