@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from tests.images.podman import ROOT, ci, missing_tools, podman
+from tests.images.podman import LABEL, ROOT, ci, missing_tools, podman
 
 COMPONENTS = ("api", "engine", "wsgateway", "dbproc", "operator")
 PREFIX = os.environ.get("CRYPTEX_IMAGE_PREFIX", "localhost/cryptex")
@@ -80,8 +80,8 @@ def images(container_tools: None, tmp_path_factory: pytest.TempPathFactory) -> I
     names = {c: f"{PREFIX}/{c}:{TAG}" for c in COMPONENTS}
     _report.build_seconds, _report.build_log = seconds, log.read_text()
     yield Images(names, seconds, log)
-    # Containers a failed or interrupted test may have left behind (all of them are ours).
-    left = podman("ps", "-aq", "--filter", "label=cryptex.test=images", check=False).stdout.split()
+    # Containers a failed or interrupted test of this session may have left behind.
+    left = podman("ps", "-aq", "--filter", f"label={LABEL}", check=False).stdout.split()
     if left:
         podman("rm", "-f", *left, check=False)
 

@@ -1,7 +1,9 @@
 """Containers under rootful podman for the image tests: start, wait for HTTP, inspect, remove.
 
 Every container these tests start is named `cryptex-test-<uuid>` and labelled
-`cryptex.test=images`, and is removed (`podman rm -f`) when its test ends.
+`cryptex.test=images-<session>`, and is removed (`podman rm -f`) when its test ends; at the
+end of the session, whatever this session left is removed (never another session's: other
+checkouts may run the tier at the same time).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ("buildah", "podman", "runc", "slirp4netns", "debootstrap")
-LABEL = "cryptex.test=images"
+SESSION = uuid.uuid4().hex[:12]
+LABEL = f"cryptex.test=images-{SESSION}"
 # What the chart (and any sane cluster) runs with: read-only root, no capabilities,
 # no privilege escalation, a numeric non-root user.
 HARDENED = ("--read-only", "--cap-drop=ALL", "--security-opt=no-new-privileges",
