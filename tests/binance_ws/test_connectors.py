@@ -8,17 +8,22 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import random
 import threading
+import time
 from typing import Any
 
+import aiohttp
 import pytest
 from binance.async_client import AsyncClient
 from binance.websocket.spot.websocket_stream import SpotWebsocketStreamClient
 from binance.ws import threaded_stream
-from binance.ws.streams import ThreadedWebsocketManager
+from binance.ws.depthcache import ThreadedDepthCacheManager
+from binance.ws.streams import BinanceSocketManager, ThreadedWebsocketManager
 
 from cryptex_client import CryptexClient
 from tests.binance_ws.conftest import Exchange, M, cross, funded
+from tests.binance_ws.test_depth import FLOW_FUNDS, FLOW_MARKET, flow, rest_depth
 
 pytestmark = pytest.mark.slow
 
@@ -128,3 +133,52 @@ async def test_binance_connector_agg_trade_stream(exchange: Exchange, admin: Cry
         assert (msg["s"], msg["p"], msg["q"], msg["f"], msg["l"]) == ("SOLUSDC", "96.20", "0.440", trade_id, trade_id)
     finally:
         client.stop()
+
+
+async def rest_depth_async(exchange: Exchange) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as s:
+        return await rest_depth(s, exchange)
+
+
+async def test_python_binance_depth_cache_equals_rest_depth(
+        exchange: Exchange, admin: CryptexClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """python-binance's own local-book recipe (ThreadedDepthCacheManager: REST get_order_book
+    plus `@depth` diffs) ends equal to REST depth under traffic."""
+    users = [await funded(admin, FLOW_FUNDS) for _ in range(2)]
+    rng = random.Random(41)
+    await flow(users, rng, 30)
+    Manager(exchange, monkeypatch)  # points python-binance's AsyncClient at the facade
+    books: queue.Queue[tuple[list[list[str]], list[list[str]]]] = queue.Queue()
+    ready, done = threading.Event(), threading.Event()
+
+    def on_book(cache: Any) -> None:  # python-binance's thread: copy the book as decimal strings
+        books.put(([[f"{p:.1f}", f"{q:.5f}"] for p, q in cache.get_bids()],
+                   [[f"{p:.1f}", f"{q:.5f}"] for p, q in cache.get_asks()]))
+
+    def manage() -> None:
+        dcm = ThreadedDepthCacheManager()
+        dcm.start()
+        try:
+            while dcm._client is None:
+                time.sleep(0.01)
+            bm = BinanceSocketManager(dcm._client)
+            bm.STREAM_URL = f"{exchange.ws}/"
+            dcm.start_depth_cache(callback=on_book, symbol=FLOW_MARKET.replace("/", ""), bm=bm, limit=1000)
+            ready.set()
+            done.wait(60)
+        finally:
+            dcm.stop()
+            dcm.join(timeout=10)
+
+    thread = threading.Thread(target=manage, daemon=True)
+    thread.start()
+    try:
+        assert await asyncio.to_thread(ready.wait, 15)
+        await asyncio.sleep(1.0)
+        assert await flow(users, rng, 120) > 80
+        rest = await rest_depth_async(exchange)
+        latest = await take(books, lambda b: b == (rest["bids"], rest["asks"]), timeout=15)
+        assert latest[0] or latest[1]
+    finally:
+        done.set()
+        await asyncio.to_thread(thread.join, 20)

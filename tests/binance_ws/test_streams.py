@@ -101,7 +101,7 @@ def check_depth(msgs: list[dict[str, Any]]) -> None:
     for prev, nxt in itertools.pairwise(diffs):
         assert nxt["U"] == prev["u"] + 1 and nxt["pu"] == prev["u"]
     levels = [lvl for d in diffs for lvl in d["a"] if lvl[0] == "101.25"]
-    assert levels[:1] == [["101.25", "1.500"]] and levels[-1] == ["101.25", "0.000"]
+    assert levels[:1] == [["101.25", "1.500"]] and levels[-1] == ["101.25", "0.00000000"]  # Binance's zero
     assert all(d["e"] == "depthUpdate" and d["s"] == "SOLUSDC" for d in diffs)
     # partial books: at most N levels, ids growing
     for n, name in ((5, "depth5"), (10, "depth10@100ms"), (20, "depth20")):

@@ -16,6 +16,7 @@ from cryptex_common.money import format_steps
 
 Payload = dict[str, Any]
 AVG_PRICE_STEP = Decimal("0.00000001")
+BINANCE_ZERO = "0.00000000"
 
 
 class Zeros:
@@ -26,13 +27,20 @@ class Zeros:
         self.qty = format_steps(0, Decimal(spec.lot_size))
 
 
+def binance_levels(levels: list[list[str]]) -> list[list[str]]:
+    """A removed level's quantity written as Binance writes it, "0.00000000": python-binance's
+    depth cache removes a level only on that exact text. Other quantities stay on the grid."""
+    return [[price, qty if qty.strip("0.") else BINANCE_ZERO] for price, qty in levels]
+
+
 def depth_update(symbol: str, msg: Payload, now: int) -> Payload | None:
     """A native `depthUpdate` as Binance's diff-depth event (None for a native snapshot:
     Binance's diff stream has none; the next update's `U` tells the client to resync)."""
     if msg.get("e") != "depthUpdate":
         return None
     return {"e": "depthUpdate", "E": msg.get("ts") or now, "s": symbol, "U": msg["U"],
-            "u": msg["u"], "pu": msg["pu"], "b": msg["bids"], "a": msg["asks"]}
+            "u": msg["u"], "pu": msg["pu"], "b": binance_levels(msg["bids"]),
+            "a": binance_levels(msg["asks"])}
 
 
 def partial_depth(last_update_id: int, bids: list[list[str]], asks: list[list[str]]) -> Payload:
