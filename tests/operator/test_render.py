@@ -72,3 +72,14 @@ def test_phase_follows_state(state: str, phase: str) -> None:
     status = render.market_status(state=MarketState(state), engine="e", engine_available=True,
                                   last_seq=1, generation=2, now="T", previous=None)
     assert status["phase"] == phase
+
+
+@pytest.mark.parametrize("standalone", [True, False])
+def test_standalone_operator_does_not_require_peering(standalone: bool) -> None:
+    """A peering name makes kopf's peering mandatory even when standalone (it then waits for
+    a KopfPeering that a standalone install does not have): only a peered operator names one."""
+    from cryptex_operator.__main__ import run_options
+
+    options = run_options(OperatorSettings(standalone=standalone, peering_name="cryptex-operator"))
+    assert options["standalone"] is standalone
+    assert options["peering_name"] == (None if standalone else "cryptex-operator")
