@@ -29,20 +29,11 @@ from cryptex_engine.domain.commands import BalanceDelta, Fill
 Release = tuple[str, int]
 
 
-def fold_balances(
-    fills: list[Fill],
-    releases: list[Release],
-    taker_user: str,
-    taker_buys: bool,
-    taker_consumed: int,
-    taker_release: int,
-    base_asset: str,
-    quote_asset: str,
-    fee_account: str,
-) -> list[BalanceDelta]:
-    """The balance changes of one taker's walk (see the module doc for the rules).
-    `taker_consumed`: what its fills used of its lock; `taker_release`: what it frees of
-    the rest (all of it when it does not rest). Positional: called once per taker."""
+def fold_balances(fills: list[Fill], releases: list[Release], taker_user: str, taker_buys: bool,
+                  taker_consumed: int, taker_release: int, base_asset: str, quote_asset: str,
+                  fee_account: str) -> list[BalanceDelta]:
+    """The balance changes of one taker's walk (rules: the module doc). `taker_consumed`:
+    what its fills used of its lock; `taker_release`: what it frees of the rest."""
     taker_quote = BalanceDelta(taker_user, quote_asset, 0, 0)
     taker_base = BalanceDelta(taker_user, base_asset, 0, 0)
     # the entries accumulate in place; first-touch order (dicts keep insertion order)
@@ -92,10 +83,9 @@ def fold_balances(
         taker_quote.available += executed_quote - fee_quote
     # the fee account last
     for asset, fee in ((base_asset, fee_base), (quote_asset, fee_quote)):
-        if fee:
-            entry = get((fee_account, asset))
-            if entry is None:
-                deltas[(fee_account, asset)] = BalanceDelta(fee_account, asset, fee, 0)
-            else:
-                entry.available += fee
+        entry = get((fee_account, asset)) if fee else None
+        if entry is not None:
+            entry.available += fee
+        elif fee:
+            deltas[(fee_account, asset)] = BalanceDelta(fee_account, asset, fee, 0)
     return [d for d in deltas.values() if d.available or d.locked]

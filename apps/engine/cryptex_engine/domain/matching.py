@@ -284,15 +284,8 @@ class MatchingEngine(Cancels, Execution):
                 if level is None:
                     level = own.level_for_insert(price)
                 # The level's price object is shared: one int per level, not one per order.
-                order = Order(
-                    order_id,
-                    user_id,
-                    is_buy,
-                    level.price_ticks,
-                    qty,
-                    cmd.locked_units,
-                    cmd.client_order_id,
-                )
+                order = Order(order_id, user_id, is_buy, level.price_ticks, qty, cmd.locked_units,
+                              cmd.client_order_id)
                 level.orders[order_id] = order
                 level.total_lots += qty
                 book.orders[order_id] = order
@@ -315,26 +308,10 @@ class MatchingEngine(Cancels, Execution):
             lots, budget = self._market_size(cmd)
 
         stp = cmd.stp if cmd.stp is not None else self.rules.default_stp
-        if cmd.time_in_force == FOK and not self._fok_fillable(
-            opposite,
-            cmd.user_id,
-            is_buy,
-            lots,
-            limit_ticks,
-            budget,
-            stp,
-        ):
+        if cmd.time_in_force == FOK and not self._fok_fillable(opposite, cmd.user_id, is_buy, lots, limit_ticks,
+                                                                budget, stp):
             return self._expire_unmatched(cmd, ts_ms, REASON_FOK)
-
-        taker = Order(
-            cmd.order_id,
-            cmd.user_id,
-            is_buy,
-            limit_ticks,
-            lots,
-            cmd.locked_units,
-            cmd.client_order_id,
-        )
+        taker = Order(cmd.order_id, cmd.user_id, is_buy, limit_ticks, lots, cmd.locked_units, cmd.client_order_id)
         return self._execute(cmd, taker, opposite, budget, stp, ts_ms)
 
     def _market_size(self, cmd: PlaceOrder) -> tuple[int, int | None]:
