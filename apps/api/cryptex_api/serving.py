@@ -1,10 +1,15 @@
-"""The API's listening socket: aiohttp's TCPSite with a cap on open connections.
+"""The API's listening socket: aiohttp's TCPSite with a cap on open connections, whose
+own error answers are the API's JSON errors.
 
 Past `max_connections` a new connection is answered `503` (with `Retry-After`) and closed
 before any request is read, so a flood of connections cannot exhaust file descriptors or
 memory. The header-read timeout is aiohttp's keep-alive timer (`keepalive_timeout` on the
 runner, set from `header_timeout_s`): a connection whose next request's headers are not
 complete that long after it opened, or after its previous response, is closed.
+
+A request aiohttp's parser refuses before any route sees it (a request line or header over
+8190 bytes, a malformed request) is answered with the API's JSON error (`BAD_REQUEST`,
+field `request`) instead of aiohttp's text/plain one, which echoed the request's bytes.
 """
 
 from __future__ import annotations
@@ -12,7 +17,11 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
-from aiohttp import web
+from aiohttp import web, web_protocol
+from aiohttp.web_request import BaseRequest
+
+from cryptex_api.responses import error_response
+from cryptex_common.errors import CryptexError, ErrorCode
 
 _BODY = b'{"code":"ENGINE_UNAVAILABLE","message":"too many connections; retry"}'
 REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
@@ -43,6 +52,24 @@ class _Refuse(asyncio.Protocol):
         return False
 
 
+class JsonErrorRequestHandler(web_protocol.RequestHandler):
+    """aiohttp's request handler whose own error answers are JSON (it still logs the error
+    and closes the connection, as aiohttp does)."""
+
+    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs; raises if output began
+        if status >= 500:
+            err = CryptexError(ErrorCode.INTERNAL, "internal error")
+        else:
+            err = CryptexError(ErrorCode.BAD_REQUEST, "the request line or headers could not be read "
+                               "(too long, at most 8190 bytes each, or malformed)", "request")
+        response = error_response(err)
+        response.set_status(status)
+        response.force_close()
+        return response
+
+
 class ConnectionCap:
     """A protocol factory: aiohttp's request handler while under the cap, else _Refuse."""
 
@@ -55,7 +82,8 @@ class ConnectionCap:
         if len(self.server.connections) >= self.max_connections:
             self.refused += 1
             return _Refuse()
-        return self.server()
+        # web.Server.__call__ builds aiohttp's RequestHandler from these same arguments
+        return JsonErrorRequestHandler(self.server, loop=self.server._loop, **self.server._kwargs)
 
 
 class CappedTCPSite(web.TCPSite):
