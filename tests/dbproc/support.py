@@ -14,10 +14,10 @@ import asyncpg
 from redis.asyncio import Redis
 
 from cryptex_common import keys
+from cryptex_common.candles import Candle, TradeTick, aggregate
 from cryptex_common.markets import MarketSpec
 from cryptex_common.messages import EVENT_BATCH_ADAPTER, EventBatch
 from cryptex_common.registry import register_market
-from cryptex_common.candles import Candle, TradeTick, aggregate
 from cryptex_dbproc.processor import DbProcessor
 from cryptex_dbproc.settings import DbprocSettings
 from cryptex_launcher.stack import as_postgres, pg_bin

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cryptex_common.candles import INTERVALS, Candle, TradeTick, aggregate, merge
 from cryptex_common.intervals import CANDLE_INTERVALS_MS as INTERVAL_MS
 from cryptex_common.intervals import bucket_start_ms, close_time_ms
-from cryptex_common.candles import INTERVALS, Candle, TradeTick, aggregate, merge
 from tests.dbproc.support import MONDAY_2024_01_08_MS
 
 
