@@ -19,8 +19,8 @@ from cryptex_api.history import (
     parse_orders_history_query,
     parse_trades_query,
 )
-from cryptex_common.errors import CryptexError, ErrorCode
 from cryptex_common.candles import INTERVALS
+from cryptex_common.errors import CryptexError, ErrorCode
 from tests.dbproc.support import (
     BTC,
     DB_NOT_YET,
