@@ -106,7 +106,9 @@ class Execution(EngineState):
         order = OrderUpdate(taker.order_id, taker.user_id, taker_side, status, executed_lots,
                             taker.executed_quote_units, remaining, reason)
         updates.insert(0, order)
-        depth = [(side, price, level.total_lots) for side, price, level in touched]
+        depth = []  # (a loop, not a comprehension: one frame less on every taker)
+        for side, price, level in touched:
+            depth.append((side, price, level.total_lots))
         return CommandResult.executed(self.seq, ts_ms, order, updates, fills, deltas, depth)
 
     def _walk(self, taker: Order, opposite: BookSide, budget_units: int | None, stp: SelfTradePrevention) -> Walk:
@@ -134,7 +136,7 @@ class Execution(EngineState):
         sign = -1 if is_buy else 1  # opposite key -> price (asks store minus the price)
         # keys below `floor` are past the taker's limit (every key is above it for a market order)
         floor = sign * taker.price_ticks if taker.price_ticks is not None else -(1 << 127)
-        unindex = self.book.unindex
+        book_orders, by_user = self.book.orders, self.book.by_user
         lots_left = taker.remaining_lots
         executed_quote = stop = 0
         while lots_left > 0 and keys and keys[-1] >= floor:
@@ -143,13 +145,18 @@ class Execution(EngineState):
             lots_before = level.total_lots
             done: list[Order] = []
             lots_left, executed_quote, stop = self._take(terms, level, lots_left, executed_quote, done)
-            if done:
+            if done:  # (OrderBook.unindex and BookSide.drop_level, inlined: most takers empty a level)
                 orders = level.orders
                 for maker in done:
                     del orders[maker.order_id]
-                    unindex(maker)
-                if not orders:
-                    opposite.drop_level(price)
+                    del book_orders[maker.order_id]
+                    mine = by_user[maker.user_id]
+                    del mine[maker.order_id]
+                    if not mine:
+                        del by_user[maker.user_id]
+                if not orders:  # the walk is at the best level: its key is the last
+                    del levels[price]
+                    keys.pop()
             if level.total_lots != lots_before:
                 touched.append((maker_side, price, level))
             if stop:
@@ -191,9 +198,11 @@ class Execution(EngineState):
             if q > lots_left:
                 q = lots_left
             if budget_units is not None:
-                q = _affordable(q, budget_units - executed_quote, unit)
-                if q == 0:
-                    return lots_left, executed_quote, _STOP_BUDGET
+                affordable = (budget_units - executed_quote) // unit
+                if affordable < q:
+                    if affordable == 0:
+                        return lots_left, executed_quote, _STOP_BUDGET
+                    q = affordable
             quote_units = unit * q
             base_units = bupl * q
             trade_id += 1
@@ -252,9 +261,3 @@ WalkTerms = tuple[int, str, Side, Side, str | None, SelfTradePrevention, int | N
 # levels it changed, why it stopped (0, _STOP_BUDGET, _STOP_STP) and what it used up of the
 # taker's lock.
 Walk = tuple[list[Fill], list[OrderUpdate], list[Release], list[tuple[Side, int, PriceLevel]], int, int]
-
-
-def _affordable(lots: int, budget_left: int, unit: int) -> int:
-    """How many of `lots` the budget left still buys at `unit` quote units a lot."""
-    affordable = budget_left // unit
-    return lots if lots <= affordable else affordable
