@@ -72,18 +72,29 @@ class Execution(EngineState):
     def _execute(
         self,
         cmd: PlaceOrder,
-        taker: Order,
+        is_buy: bool,
+        limit_ticks: int | None,
+        lots: int,
         opposite: BookSide,
         budget_units: int | None,
         stp: SelfTradePrevention,
         ts_ms: int,
     ) -> CommandResult:
-        """Match a taker against the opposite side (the walk), end it (filled, rested or
-        expired), and fold the walk's fills and freed locks into balance changes."""
-        fills, updates, releases, touched, stop, consumed = self._walk(taker, opposite, budget_units, stp)
-        lots_left = taker.remaining_lots
-        executed_lots = taker.executed_lots
-        taker_side = BUY if taker.is_buy else SELL
+        """Match a taker of `lots` (at most `limit_ticks`, None for a market order) against
+        the opposite side (the walk), end it (filled, rested or expired), and fold the
+        walk's fills and freed locks into balance changes."""
+        fills, updates, releases, touched, stop, lots_left, executed_quote = self._walk(
+            cmd, is_buy, limit_ticks, lots, opposite, budget_units, stp)
+        executed_lots = lots - lots_left
+        # What the fills used up of the taker's lock: a buy what it locked for its lots at
+        # its own limit (the exact cost for a market buy), a sell the base it sold.
+        if not is_buy:
+            consumed = self._base_units_per_lot * executed_lots
+        elif limit_ticks is not None:
+            consumed = limit_ticks * self._quote_units_per_tick_lot * executed_lots
+        else:
+            consumed = executed_quote
+        taker_side = BUY if is_buy else SELL
         reason = None
         if stop == _STOP_STP:
             status, reason = EXPIRED, REASON_STP
@@ -91,32 +102,34 @@ class Execution(EngineState):
             status = FILLED  # (a budget too small for one lot starts with lots_left == 0)
         elif stop == _STOP_BUDGET and cmd.quantity_lots is None and executed_lots > 0:
             status = FILLED  # a budget-only market buy spent what it could
-        elif taker.price_ticks is not None and cmd.time_in_force == GTC:
+        elif limit_ticks is not None and cmd.time_in_force == GTC:
             status = PARTIAL if executed_lots else NEW  # rests with its lots left
         else:
             status = EXPIRED
-        if status is NEW or status is PARTIAL:
-            touched.append((taker_side, taker.price_ticks, self.book.rest(taker)))  # type: ignore[arg-type]
-            remaining, release = lots_left, 0
-        else:
-            remaining, release = 0, taker.locked_remaining
-            taker.locked_remaining = 0
-        deltas = fold_balances(fills, releases, taker.user_id, taker.is_buy, consumed, release,
+        remaining, release = 0, cmd.locked_units - consumed
+        if status is NEW or status is PARTIAL:  # the taker becomes a resting order
+            taker = Order(cmd.order_id, cmd.user_id, is_buy, limit_ticks, lots, release, cmd.client_order_id)
+            taker.remaining_lots = remaining = lots_left
+            taker.executed_lots = executed_lots
+            taker.executed_quote_units = executed_quote
+            touched.append((taker_side, limit_ticks, self.book.rest(taker)))  # type: ignore[arg-type]
+            release = 0
+        deltas = fold_balances(fills, releases, cmd.user_id, is_buy, consumed, release,
                                self._base_asset, self._quote_asset, self.fee_account)
-        order = OrderUpdate(taker.order_id, taker.user_id, taker_side, status, executed_lots,
-                            taker.executed_quote_units, remaining, reason)
+        order = OrderUpdate(cmd.order_id, cmd.user_id, taker_side, status, executed_lots, executed_quote,
+                            remaining, reason)
         updates.insert(0, order)
         depth = []  # (a loop, not a comprehension: one frame less on every taker)
         for side, price, level in touched:
             depth.append((side, price, level.total_lots))
         return CommandResult.executed(self.seq, ts_ms, order, updates, fills, deltas, depth)
 
-    def _walk(self, taker: Order, opposite: BookSide, budget_units: int | None, stp: SelfTradePrevention) -> Walk:
+    def _walk(self, cmd: PlaceOrder, is_buy: bool, limit_ticks: int | None, lots: int, opposite: BookSide,
+              budget_units: int | None, stp: SelfTradePrevention) -> Walk:
         """The match walk: take from the best level down, FIFO inside a level, at the
         maker's price, until the taker's lots, its limit, its budget or STP stop it. Changes
-        the book (makers' remaining lots and locks, emptied levels) and the taker's executed
-        totals and lock; the balance changes are `fold_balances`' (balances.py)."""
-        is_buy = taker.is_buy
+        the book (makers' remaining lots and locks, emptied levels); the balance changes are
+        `fold_balances`' (balances.py)."""
         fills: list[Fill] = []
         updates: list[OrderUpdate] = []
         releases: list[Release] = []
@@ -124,8 +137,8 @@ class Execution(EngineState):
         taker_bps, maker_bps = self.taker_fee_bps, self.maker_fee_bps
         maker_side = SELL if is_buy else BUY
         terms = (
-            taker.order_id, taker.user_id, BUY if is_buy else SELL, maker_side,
-            taker.user_id if stp != STP_NONE else None,  # whose orders it must not trade with
+            cmd.order_id, cmd.user_id, BUY if is_buy else SELL, maker_side,
+            cmd.user_id if stp != STP_NONE else None,  # whose orders it must not trade with
             stp, budget_units,
             taker_bps if is_buy else maker_bps,  # the buyer's fee rate
             maker_bps if is_buy else taker_bps,  # the seller's
@@ -135,9 +148,9 @@ class Execution(EngineState):
         levels = opposite.levels
         sign = -1 if is_buy else 1  # opposite key -> price (asks store minus the price)
         # keys below `floor` are past the taker's limit (every key is above it for a market order)
-        floor = sign * taker.price_ticks if taker.price_ticks is not None else -(1 << 127)
+        floor = sign * limit_ticks if limit_ticks is not None else -(1 << 127)
         book_orders, by_user = self.book.orders, self.book.by_user
-        lots_left = taker.remaining_lots
+        lots_left = lots
         executed_quote = stop = 0
         while lots_left > 0 and keys and keys[-1] >= floor:
             price = sign * keys[-1]
@@ -161,21 +174,8 @@ class Execution(EngineState):
                 touched.append((maker_side, price, level))
             if stop:
                 break
-
         self.last_trade_id += len(fills)
-        taker.remaining_lots = lots_left
-        taker.executed_lots = executed_lots = taker.quantity_lots - lots_left
-        taker.executed_quote_units = executed_quote
-        # What the fills used up of the taker's lock: a buy what it locked for its lots at
-        # its own limit (the exact cost for a market buy), a sell the base it sold.
-        if not is_buy:
-            consumed = self._base_units_per_lot * executed_lots
-        elif taker.price_ticks is not None:
-            consumed = taker.price_ticks * self._quote_units_per_tick_lot * executed_lots
-        else:
-            consumed = executed_quote
-        taker.locked_remaining -= consumed
-        return fills, updates, releases, touched, stop, consumed
+        return fills, updates, releases, touched, stop, lots_left, executed_quote
 
     def _take(self, terms: WalkTerms, level: PriceLevel, lots_left: int, executed_quote: int,
               done: list[Order]) -> tuple[int, int, int]:
@@ -258,6 +258,6 @@ class Execution(EngineState):
 WalkTerms = tuple[int, str, Side, Side, str | None, SelfTradePrevention, int | None, int, int, bool,
                   list[Fill], list[OrderUpdate], list[Release]]
 # What a walk did: fills and maker updates in walk order, the maker locks it freed, the
-# levels it changed, why it stopped (0, _STOP_BUDGET, _STOP_STP) and what it used up of the
-# taker's lock.
-Walk = tuple[list[Fill], list[OrderUpdate], list[Release], list[tuple[Side, int, PriceLevel]], int, int]
+# levels it changed, why it stopped (0, _STOP_BUDGET, _STOP_STP), the taker's lots left and
+# the quote it executed.
+Walk = tuple[list[Fill], list[OrderUpdate], list[Release], list[tuple[Side, int, PriceLevel]], int, int, int]

@@ -311,8 +311,7 @@ class MatchingEngine(Cancels, Execution):
         if cmd.time_in_force == FOK and not self._fok_fillable(opposite, cmd.user_id, is_buy, lots, limit_ticks,
                                                                 budget, stp):
             return self._expire_unmatched(cmd, ts_ms, REASON_FOK)
-        taker = Order(cmd.order_id, cmd.user_id, is_buy, limit_ticks, lots, cmd.locked_units, cmd.client_order_id)
-        return self._execute(cmd, taker, opposite, budget, stp, ts_ms)
+        return self._execute(cmd, is_buy, limit_ticks, lots, opposite, budget, stp, ts_ms)
 
     def _market_size(self, cmd: PlaceOrder) -> tuple[int, int | None]:
         """A market order's lots and spending cap (None for a sell). A market sell and a
