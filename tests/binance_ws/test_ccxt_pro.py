@@ -18,7 +18,7 @@ import pytest
 
 from cryptex_client import CryptexClient
 from tests.binance_ws.conftest import Exchange, M, cross, funded
-from tests.binance_ws.test_depth import FLOW_FUNDS, FLOW_MARKET, flow, rest_depth
+from tests.binance_ws.test_depth import FLOW_FUNDS, FLOW_MARKET, flow, paced_flow, rest_depth
 from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.slow
@@ -76,12 +76,7 @@ async def test_watch_order_book_stays_equal_to_rest_depth(
     await pro.watch_order_book(FLOW_MARKET)
     ids, levels = [], 0
     for _ in range(4):  # rounds of traffic, each followed by a comparison with REST
-        traffic = asyncio.create_task(flow(users, rng, 40))
-        seen = set()  # the book's update ids while the traffic runs (ccxt applies each diff)
-        while not traffic.done():
-            seen.add(pro.orderbooks[FLOW_MARKET]["nonce"])
-            await asyncio.sleep(0.01)
-        assert await traffic > 25 and len(seen) > 3, seen
+        assert await paced_flow(users, rng, bursts=4, per_burst=10) > 25
         rest = await until_equal_to_rest(pro, session, exchange)
         ids.append(rest["lastUpdateId"])
         levels += len(rest["bids"]) + len(rest["asks"])

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -13,7 +15,8 @@ import aiohttp
 import pytest
 
 from cryptex_client import CryptexClient
-from tests.binance_ws.conftest import SYM, Exchange, call, cross, recv, until
+from tests.binance_ws.conftest import SYM, Exchange, M, call, cross, funded, recv, until
+from tests.binance_ws.test_depth import FLOW_FUNDS, flow
 
 pytestmark = pytest.mark.slow
 
@@ -40,14 +43,22 @@ async def test_every_stream_type_after_a_crossing_pair(exchange: Exchange, admin
     raw_msgs: list[dict[str, Any]] = []
     readers = [asyncio.create_task(collect(combined, msgs)), asyncio.create_task(collect(raw, raw_msgs))]
     await asyncio.sleep(0.2)
-    _seller, _buyer, sell, buy = await cross(admin, "101.25", "1.500")
+    # the sell rests longer than the slowest stream's update time (1 s), then is taken
+    seller, buyer = await funded(admin, {"SOL": "10"}), await funded(admin, {"USDC": "1000"})
+    sell = (await seller.place_order(side="sell", type="limit", price="101.25", quantity="1.500", market=M)).body
+    await asyncio.sleep(1.3)
+    buy = (await buyer.place_order(side="buy", type="limit", price="101.25", quantity="1.500", market=M)).body
     trade_id = int(buy["fills"][0]["tradeId"])
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
     wanted = ("trade", "aggTrade", "kline_1m", "miniTicker", "ticker", "bookTicker", "depth5",
               "depth10@100ms", "depth20", "depth", "depth@100ms")
+    def removed(name: str) -> bool:  # the level's last change on a diff stream is its removal
+        changes = [lvl for d in by_stream(msgs, f"{SYM}@{name}") for lvl in d["a"] if lvl[0] == "101.25"]
+        return bool(changes) and changes[-1][1] == "0.00000000"
+
     while not all(by_stream(msgs, f"{SYM}@{w}") for w in wanted) or not raw_msgs or \
-            by_stream(msgs, f"{SYM}@ticker")[-1]["c"] != "101.25":
+            by_stream(msgs, f"{SYM}@ticker")[-1]["c"] != "101.25" or not (removed("depth") and removed("depth@100ms")):
         assert loop.time() < deadline, {w: len(by_stream(msgs, f"{SYM}@{w}")) for w in wanted}
         await asyncio.sleep(0.1)
 
@@ -95,14 +106,15 @@ def check_tickers(msgs: list[dict[str, Any]]) -> None:
 
 
 def check_depth(msgs: list[dict[str, Any]]) -> None:
-    # diff depth: the sell level added, then removed, each message continuing the previous
-    diffs = by_stream(msgs, f"{SYM}@depth")
-    assert by_stream(msgs, f"{SYM}@depth@100ms") == diffs
-    for prev, nxt in itertools.pairwise(diffs):
-        assert nxt["U"] == prev["u"] + 1 and nxt["pu"] == prev["u"]
-    levels = [lvl for d in diffs for lvl in d["a"] if lvl[0] == "101.25"]
-    assert levels[:1] == [["101.25", "1.500"]] and levels[-1] == ["101.25", "0.00000000"]  # Binance's zero
-    assert all(d["e"] == "depthUpdate" and d["s"] == "SOLUSDC" for d in diffs)
+    # diff depth at both speeds: the sell level added, then removed, each message continuing
+    # the previous one
+    for name in ("depth", "depth@100ms"):
+        diffs = by_stream(msgs, f"{SYM}@{name}")
+        for prev, nxt in itertools.pairwise(diffs):
+            assert nxt["U"] == prev["u"] + 1 and nxt["pu"] == prev["u"]
+        levels = [lvl for d in diffs for lvl in d["a"] if lvl[0] == "101.25"]
+        assert levels[:1] == [["101.25", "1.500"]] and levels[-1] == ["101.25", "0.00000000"]  # Binance's zero
+        assert all(d["e"] == "depthUpdate" and d["s"] == "SOLUSDC" for d in diffs)
     # partial books: at most N levels, ids growing
     for n, name in ((5, "depth5"), (10, "depth10@100ms"), (20, "depth20")):
         books_n = by_stream(msgs, f"{SYM}@{name}")
@@ -215,3 +227,28 @@ async def test_all_market_ticker_arrays(exchange: Exchange, admin: CryptexClient
     assert {t["s"] for t in first} >= {"SOLUSDC"} and all(t["e"] == "24hrMiniTicker" for t in first)
     for s in (ws, late):
         await s.close()
+
+
+async def test_diff_depth_comes_at_its_update_speed(exchange: Exchange, admin: CryptexClient,
+                                                    session: aiohttp.ClientSession) -> None:
+    """`@depth` merges a burst of updates into about one message a second, `@depth@100ms`
+    into one per 100 ms; both continue the previous message and end at the same book."""
+    users = [await funded(admin, FLOW_FUNDS) for _ in range(2)]
+    ws = await session.ws_connect(f"{exchange.ws}/stream?streams=btcusdc@depth/btcusdc@depth@100ms")
+    msgs: list[dict[str, Any]] = []
+    reader = asyncio.create_task(collect(ws, msgs))
+    rng, started = random.Random(5), time.monotonic()
+    for _ in range(6):  # bursts 250 ms apart
+        assert await flow(users, rng, 10) > 5
+        await asyncio.sleep(0.25)
+    elapsed = time.monotonic() - started
+    await asyncio.sleep(1.3)  # the last merged updates are sent
+    slow, fast = by_stream(msgs, "btcusdc@depth"), by_stream(msgs, "btcusdc@depth@100ms")
+    for diffs in (slow, fast):
+        for prev, nxt in itertools.pairwise(diffs):
+            assert nxt["U"] == prev["u"] + 1
+    assert slow and fast and slow[-1]["u"] == fast[-1]["u"]
+    assert len(slow) <= elapsed + 2 and 6 <= len(fast) <= elapsed * 10 + 2 and len(slow) < len(fast), (
+        len(slow), len(fast), elapsed)
+    await ws.close()
+    reader.cancel()

@@ -10,12 +10,16 @@ Invariants:
   `{"stream","data"}` (a combined socket); every subscriber gets the same bytes;
 - a new subscriber first gets what Binance would send it soon anyway: the current partial
   book, ticker, bookTicker or open candle (nothing for diff depth, trades);
-- partial-book streams send the book as of the tracker's last forwarded update id, never
-  twice for the same id.
+- diff-depth and partial-book streams are sent at their update speed (1000 ms, or 100 ms
+  for `@100ms`), Binance's cadence, at most once per period and only when the book changed:
+  diff updates are merged (`batching.DepthBatch`) and flushed early before a native resync,
+  so every diff sent continues the previous one; a partial book is the tracker's book as
+  of its last forwarded update id, never sent twice for the same id.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +28,7 @@ import orjson
 import cryptex_common.metrics as metrics
 from cryptex_common.binance import binance_symbol
 from cryptex_wsgateway.binance import payloads as p
+from cryptex_wsgateway.binance.batching import DepthBatch
 from cryptex_wsgateway.binance.streams import BinanceStream, parse_binance_stream
 from cryptex_wsgateway.fanout import Connection
 from cryptex_wsgateway.protocol import encode_text_frame
@@ -50,6 +55,8 @@ class PublicFeed:
         self.by_native: dict[str, set[str]] = {}  # native topic -> Binance names
         self.natives_of: dict[str, list[str]] = {}  # Binance name -> native topics
         self._partial_sent: dict[str, int] = {}
+        self._batches: dict[str, DepthBatch] = {}  # diff depth merged until its update time
+        self._due: set[str] = set()  # streams with a send scheduled
         self._zeros: dict[str, p.Zeros] = {}
 
     # --- subscriptions ------------------------------------------------------------------
@@ -98,6 +105,7 @@ class PublicFeed:
             return
         self.streams.pop(name, None)
         self._partial_sent.pop(name, None)
+        self._batches.pop(name, None)
         for native in self.natives_of.pop(name, ()):
             names = self.by_native.get(native)
             if names is not None:
@@ -126,10 +134,11 @@ class PublicFeed:
             return [[p.ticker(symbol, data, self._book_ticker(market), zeros)]]
         symbol, channel = s.symbol, s.channel
         if channel == "depth":
-            update = p.depth_update(symbol, data, now)
-            return [update] if update is not None else []
+            self._batch_depth(s, data)
+            return []
         if s.levels is not None:
-            return self._partial(s)
+            self._later(s.name, s.update_ms, lambda: self._flush_partial(s))
+            return []
         if channel == "trade":
             return [p.trade(symbol, t) for t in data]
         if channel == "aggTrade":
@@ -142,6 +151,42 @@ class PublicFeed:
         if channel == "ticker":
             return [p.ticker(symbol, data, self._book_ticker(s.market), zeros)]
         return [p.book_ticker(symbol, data, zeros)]
+
+    # --- depth at the stream's update speed -----------------------------------------------
+    def _later(self, name: str, delay_ms: int, flush: Any) -> None:
+        """Run `flush` once `delay_ms` from now, unless it is already due for `name`."""
+        if name not in self._due:
+            self._due.add(name)
+            asyncio.get_running_loop().call_later(delay_ms / 1000, self._run_due, name, flush)
+
+    def _run_due(self, name: str, flush: Any) -> None:
+        self._due.discard(name)
+        if name in self.streams:
+            flush()
+
+    def _batch_depth(self, s: BinanceStream, msg: dict[str, Any]) -> None:
+        """Merge native updates over the stream's update speed; a native snapshot (a resync:
+        the next update does not continue) or a gap sends what was merged at once."""
+        batch = self._batches.get(s.name)
+        if batch is not None and (msg.get("e") != "depthUpdate" or not batch.continues(msg)):
+            self._flush_depth(s)
+            batch = None
+        if msg.get("e") != "depthUpdate":
+            return
+        if batch is None:
+            self._batches[s.name] = DepthBatch(msg)
+            self._later(s.name, s.update_ms, lambda: self._flush_depth(s))
+        else:
+            batch.add(msg)
+
+    def _flush_depth(self, s: BinanceStream) -> None:
+        batch = self._batches.pop(s.name, None)
+        if batch is not None:
+            self.send(s.name, batch.payload(s.symbol, now_ms()), "depth")
+
+    def _flush_partial(self, s: BinanceStream) -> None:
+        for payload in self._partial(s):
+            self.send(s.name, payload, "depth")
 
     def _partial(self, s: BinanceStream) -> list[p.Payload]:
         tracker = self.gw.market.trackers.get(s.market)

@@ -33,16 +33,6 @@ def binance_levels(levels: list[list[str]]) -> list[list[str]]:
     return [[price, qty if qty.strip("0.") else BINANCE_ZERO] for price, qty in levels]
 
 
-def depth_update(symbol: str, msg: Payload, now: int) -> Payload | None:
-    """A native `depthUpdate` as Binance's diff-depth event (None for a native snapshot:
-    Binance's diff stream has none; the next update's `U` tells the client to resync)."""
-    if msg.get("e") != "depthUpdate":
-        return None
-    return {"e": "depthUpdate", "E": msg.get("ts") or now, "s": symbol, "U": msg["U"],
-            "u": msg["u"], "pu": msg["pu"], "b": binance_levels(msg["bids"]),
-            "a": binance_levels(msg["asks"])}
-
-
 def partial_depth(last_update_id: int, bids: list[list[str]], asks: list[list[str]]) -> Payload:
     return {"lastUpdateId": last_update_id, "bids": bids, "asks": asks}
 

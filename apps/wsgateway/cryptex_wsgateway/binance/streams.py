@@ -80,6 +80,11 @@ class BinanceStream:
         return int(tail) if self.channel.startswith("depth") and tail else None
 
     @property
+    def update_ms(self) -> int:
+        """How often a depth stream is sent: 100 ms for `@100ms`, else Binance's 1000 ms."""
+        return 100 if self.name.endswith("@100ms") else 1000
+
+    @property
     def interval(self) -> str | None:
         return self.channel[len("kline_"):] if self.channel.startswith("kline_") else None
 
