@@ -249,13 +249,11 @@ class OrderHandlers:
         rec = await self.resolve_order(user_id, dict(request.query))
         return json_response(self.api.order_wire(rec))
 
-    async def open_orders(self, request: web.Request, user_id: str, _: dict[str, Any]) -> web.Response:
-        """The caller's open orders (the first 1000), optionally of one market."""
-        api = self.api
-        raw = request.query.get("market")
-        symbol = api.market(raw).symbol if raw else None
-        ids = await api.redis.zrange(keys.open_orders_key(user_id), 0, 999)
-        pipe = api.redis.pipeline(transaction=False)
+    async def open_order_records(self, user_id: str, symbol: str | None) -> list[OrderRecord]:
+        """The user's open orders (the first 1000), of one market or all."""
+        redis = self.api.redis
+        ids = await redis.zrange(keys.open_orders_key(user_id), 0, 999)
+        pipe = redis.pipeline(transaction=False)
         for order_id in ids:
             pipe.hget(keys.order_key(as_text(order_id)), "r")
         out = []
@@ -263,8 +261,14 @@ class OrderHandlers:
             if raw_rec:
                 rec = OrderRecord.model_validate_json(raw_rec)
                 if rec.status not in TERMINAL_STATUSES and (symbol is None or rec.market == symbol):
-                    out.append(api.order_wire(rec))
-        return json_response(out)
+                    out.append(rec)
+        return out
+
+    async def open_orders(self, request: web.Request, user_id: str, _: dict[str, Any]) -> web.Response:
+        """The caller's open orders (the first 1000), optionally of one market."""
+        raw = request.query.get("market")
+        symbol = self.api.market(raw).symbol if raw else None
+        return json_response([self.api.order_wire(rec) for rec in await self.open_order_records(user_id, symbol)])
 
     async def balances(self, request: web.Request, user_id: str, _: dict[str, Any]) -> web.Response:
         held = await self.api.ledger.balances(user_id)

@@ -30,6 +30,7 @@ from urllib.parse import unquote_plus
 
 from aiohttp import web
 
+from cryptex_api import params as native_params
 from cryptex_api.binance.errors import BinanceError, illegal, mandatory, rate_limited
 from cryptex_common import keys
 from cryptex_common.auth import REPLAY_GUARD_MS
@@ -41,9 +42,6 @@ if TYPE_CHECKING:
 MAX_RECV_WINDOW_MS = 60_000
 DEFAULT_RECV_WINDOW_MS = 5_000
 AHEAD_MS = 1_000  # Binance refuses a timestamp more than this ahead of the server
-_INT = re.compile(r"[0-9]{1,15}")
-_API_KEY = re.compile(r"[0-9A-Za-z_\-]{1,128}")
-_SIGNATURE = re.compile(r"[0-9a-fA-F]{64}")
 _SIG_PARAM = re.compile(rb"(?:^|&)signature=[^&]*")
 
 
@@ -103,7 +101,7 @@ def recv_window(params: dict[str, str]) -> int:
     raw = params.get("recvWindow")
     if raw is None:
         return DEFAULT_RECV_WINDOW_MS
-    if not _INT.fullmatch(raw):
+    if not native_params.TIMESTAMP_MS.fullmatch(raw):
         raise illegal("recvWindow", "^[0-9]{1,15}$")
     if int(raw) > MAX_RECV_WINDOW_MS:
         raise BinanceError(-1131, "recvWindow must be less than 60000")
@@ -114,7 +112,7 @@ def check_timestamp(params: dict[str, str], window_ms: int) -> None:
     raw = params.get("timestamp")
     if not raw:
         raise mandatory("timestamp")
-    if not _INT.fullmatch(raw):
+    if not native_params.TIMESTAMP_MS.fullmatch(raw):
         raise illegal("timestamp", "^[0-9]{1,15}$")
     now = int(time.time() * 1000)
     ts = int(raw)
@@ -126,7 +124,7 @@ def check_timestamp(params: dict[str, str], window_ms: int) -> None:
 
 def api_key(request: web.Request) -> str:
     key = request.headers.get("X-MBX-APIKEY")
-    if not key or not _API_KEY.fullmatch(key):
+    if not key or not native_params.API_KEY.fullmatch(key):
         raise BinanceError(-2014, "API-key format invalid.", 401)
     return key
 
@@ -154,7 +152,7 @@ async def verify(api: Api, request: web.Request, body: bytes) -> Signed:
     window = recv_window(params)
     check_timestamp(params, window)
     user_id, secret = await key_owner(api, request, key)
-    if not _SIGNATURE.fullmatch(signature) or not hmac.compare_digest(
+    if not native_params.SIGNATURE.fullmatch(signature) or not hmac.compare_digest(
             hmac.digest(secret, signed_payload(query, form), "sha256").hex(), signature.lower()):
         raise BinanceError(-1022, "Signature for this request is not valid.")
     api.auth.take_rate(key)

@@ -18,12 +18,10 @@ from cryptex_api.binance.errors import TIMEOUT, BinanceError, from_native, manda
 from cryptex_api.binance.order_params import new_order
 from cryptex_api.orders import validate_order
 from cryptex_api.responses import GuardChecked
-from cryptex_common import keys
 from cryptex_common.errors import CryptexError, ErrorCode
 from cryptex_common.markets import MarketSpec
-from cryptex_common.messages import TERMINAL_STATUSES, OrderRecord
+from cryptex_common.messages import OrderRecord
 from cryptex_common.money import format_units
-from cryptex_common.resp import as_text
 from cryptex_common.wire import WireFormat
 
 if TYPE_CHECKING:
@@ -114,19 +112,11 @@ class Trading:
     async def open_orders(self, request: web.Request, s: Signed) -> Any:
         """The caller's open orders (the first 1000), of one symbol or all."""
         symbol = self.facade.spec(s.params).symbol if s.params.get("symbol") else None
-        redis = self.api.redis
-        ids = await redis.zrange(keys.open_orders_key(s.user_id), 0, 999)
-        pipe = redis.pipeline(transaction=False)
-        for order_id in ids:
-            pipe.hget(keys.order_key(as_text(order_id)), "r")
         out = []
-        for raw in await pipe.execute():
-            if raw:
-                rec = OrderRecord.model_validate_json(raw)
-                if rec.status not in TERMINAL_STATUSES and (symbol is None or rec.market == symbol):
-                    spec = self.api.markets.get(rec.market)
-                    if spec is not None:
-                        out.append(formats.queried(self.api.order_wire(rec), self._fmt(spec), self._stp(spec)))
+        for rec in await self.api.orders.open_order_records(s.user_id, symbol):
+            spec = self.api.markets.get(rec.market)
+            if spec is not None:
+                out.append(formats.queried(self.api.order_wire(rec), self._fmt(spec), self._stp(spec)))
         return out
 
     # --- cancelling ------------------------------------------------------------------
