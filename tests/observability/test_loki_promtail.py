@@ -111,3 +111,18 @@ def test_loki_config_structure() -> None:
     assert limits["max_label_names_per_series"] <= 5
     assert limits["discover_service_name"] == []
     assert "3100" in _promtail()["clients"][0]["url"]
+
+
+def test_log_timestamps_are_utc_milliseconds_across_seconds() -> None:
+    """The formatter reuses a second's text while records stay in that second: every record
+    still carries its own second and milliseconds, in UTC."""
+    from cryptex_common.logs import JsonFormatter
+
+    formatter = JsonFormatter("api")
+    stamps = []
+    for second, msecs in ((1_700_000_000, 123), (1_700_000_000, 999), (1_700_000_001, 4), (1_699_999_999, 500)):
+        record = logging.LogRecord("cryptex.api", logging.INFO, __file__, 1, "order queued", None, None)
+        record.created, record.msecs = second + msecs / 1000, msecs
+        stamps.append(json.loads(formatter.format(record))["ts"])
+    assert stamps == ["2023-11-14T22:13:20.123Z", "2023-11-14T22:13:20.999Z", "2023-11-14T22:13:21.004Z",
+                      "2023-11-14T22:13:19.500Z"]
