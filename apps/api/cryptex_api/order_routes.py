@@ -49,7 +49,7 @@ class OrderHandlers:
         self.replies = api.replies
         self._enqueue_source = ledger_script_source("enqueue_order.lua")
         self._enqueue_sha = hashlib.sha1(self._enqueue_source.encode()).hexdigest()
-        # per-market metric children, labels resolved once (issue 12)
+        # per-market metric children, labels resolved once (labels() is slow per order)
         self.order_metrics: dict[str, tuple[Any, Any, Any]] = {}
 
     def init_metrics(self, symbols: Any) -> None:
@@ -173,7 +173,7 @@ class OrderHandlers:
     # --- cancelling ------------------------------------------------------------------
     async def cancel_order(self, request: web.Request, user_id: str, body: dict[str, Any]) -> web.Response:
         """The order record read as a plain dict and the command built by orjson (no
-        pydantic), both over the order connection (issue 12)."""
+        pydantic), both over the order connection."""
         api = self.api
         ref = params.order_ref({**request.query, **body}, CLIENT_ORDER_ID)
         order_id = ref.order_id

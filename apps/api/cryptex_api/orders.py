@@ -1,7 +1,7 @@
 """Order validation: a request body -> a command and the funds to lock. Pure, no I/O.
 
 Rules (each error names the field and the rule; nothing is ever rounded):
-- the seed body `{"kind","type","price","quantity","market"}` is valid as written; `side`
+- the minimal body `{"kind","type","price","quantity","market"}` is valid as written; `side`
   is an alias of `kind` (both given must agree); unknown fields are refused;
 - limit: `price` and `quantity` required, `quoteQuantity` refused; price on the tick grid,
   quantity on the lot grid within [minQuantity, maxQuantity], notional >= minNotional;
@@ -17,7 +17,7 @@ Rules (each error names the field and the rule; nothing is ever rounded):
   = quoteQuantity or the estimate (quote). Fees are taken from what is received, so no
   fee is locked.
 
-Plain code on the hot path (issue 12): no pydantic, no Decimal, no Fraction. An amount's
+Plain code on the hot path: no pydantic, no Decimal, no Fraction. An amount's
 text is split into an integer and a power of ten and checked against the market's grid
 (`Grid`, integers computed once per market spec) with exact integer arithmetic; Decimal
 only formats the message of an error. The command is a plain dataclass whose JSON is

@@ -3,7 +3,7 @@ the waiting request picks its reply by request id. Subscribed once at start.
 
 Replies are decoded with orjson into plain dicts (the CommandReply shape, camelCase keys,
 as the engine's translate layer builds them) and formatted for clients by `WireFormat.order_dict` / `fill_dict`;
-no pydantic on the order path (issue 12). A request waits on a future resolved by the
+no pydantic on the order path. A request waits on a future resolved by the
 listener or, after its timeout, with None by a timer (no task per request).
 """
 
