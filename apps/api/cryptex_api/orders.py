@@ -236,14 +236,14 @@ def _quantity_lots(body: dict[str, object], spec: MarketSpec, g: Grid) -> int:
     return lots
 
 
-def validate_order(  # noqa: C901  (hot path, being optimised separately)
+def validate_order(
     body: dict[str, object],
     spec: MarketSpec,
     user_id: str,
     asks_ticks_lots: list[tuple[int, int]] | None = None,
 ) -> ValidatedOrder:
     """`asks_ticks_lots` is the visible ask side (best first), needed only for a market buy
-    by quantity."""
+    by quantity. Checks run in a fixed order (the first failing one is answered)."""
     if not ALLOWED_FIELDS.issuperset(body):
         unknown = sorted(set(body) - ALLOWED_FIELDS)
         raise CryptexError(ErrorCode.UNKNOWN_FIELD, f"unknown field: {unknown[0]}", unknown[0])
@@ -263,70 +263,77 @@ def validate_order(  # noqa: C901  (hot path, being optimised separately)
             "clientOrderId must be 1-36 characters of letters, digits, _ - : .",
             "clientOrderId",
         )
-    price_ticks = quantity_lots = budget_units = None
-
+    price_ticks: int | None = None
+    quantity_lots: int | None
+    budget_units: int | None
     if is_limit:
-        for required in ("price", "quantity"):
-            if body.get(required) is None:
-                raise CryptexError(ErrorCode.MISSING_FIELD, f"{required} is required for a limit order", required)
-        if body.get("quoteQuantity") is not None:
-            raise CryptexError(ErrorCode.INVALID_FIELD, "quoteQuantity is only for market buys", "quoteQuantity")
-        if post_only and tif != "GTC":
-            raise CryptexError(ErrorCode.INVALID_FIELD, "postOnly orders must be GTC", "postOnly")
-        price_ticks = _positive(_steps(_amount(body["price"], "price"), g.tick_m, g.tick_e, "price",
-                                       ErrorCode.OFF_TICK, spec.tick_size), "price")
-        if price_ticks > g.max_price_ticks:
-            top = format_steps(g.max_price_ticks, Decimal(spec.tick_size))
-            raise CryptexError(ErrorCode.AMOUNT_TOO_LARGE, f"price must be at most {top}", "price")
-        quantity_lots = _quantity_lots(body, spec, g)
-        notional = price_ticks * quantity_lots * g.quote_units_per_tick_lot
-        if notional > INT64_MAX:
-            raise CryptexError(ErrorCode.AMOUNT_TOO_LARGE, "price x quantity is too large", "price")
-        if notional < g.min_notional_units:
-            raise CryptexError(
-                ErrorCode.NOTIONAL_TOO_SMALL,
-                f"price x quantity must be at least {spec.min_notional} {spec.quote_asset}",
-                "quantity",
-            )
-        lock_units = notional if side == "buy" else quantity_lots * g.base_units_per_lot
+        price_ticks, quantity_lots, budget_units, lock_units = _limit_amounts(body, spec, g, side, tif, post_only)
     else:
-        if body.get("price") is not None:
-            raise CryptexError(ErrorCode.INVALID_FIELD, "price is not allowed on a market order", "price")
-        if post_only:
-            raise CryptexError(ErrorCode.INVALID_FIELD, "postOnly is only for limit orders", "postOnly")
-        if tif == "GTC":
-            raise CryptexError(ErrorCode.INVALID_FIELD, "market orders are IOC or FOK", "timeInForce")
-        has_qty, has_quote = body.get("quantity") is not None, body.get("quoteQuantity") is not None
-        if side == "sell":
-            if has_quote:
-                raise CryptexError(ErrorCode.INVALID_FIELD, "quoteQuantity is only for market buys", "quoteQuantity")
-            if not has_qty:
-                raise CryptexError(ErrorCode.MISSING_FIELD, "quantity is required", "quantity")
-            quantity_lots = _quantity_lots(body, spec, g)
-            lock_units = quantity_lots * g.base_units_per_lot
-        else:
-            if has_qty == has_quote:
-                raise CryptexError(
-                    ErrorCode.MISSING_FIELD,
-                    "a market buy takes exactly one of quantity or quoteQuantity", "quantity",
-                )
-            if has_quote:
-                budget_units = _positive(
-                    _steps(_amount(body["quoteQuantity"], "quoteQuantity"), 1, g.quote_decimals,
-                           "quoteQuantity", ErrorCode.INVALID_FIELD, g.quote_decimals), "quoteQuantity"
-                )
-                if budget_units < g.min_notional_units:
-                    raise CryptexError(
-                        ErrorCode.NOTIONAL_TOO_SMALL,
-                        f"quoteQuantity must be at least {spec.min_notional}", "quoteQuantity",
-                    )
-            else:
-                quantity_lots = _quantity_lots(body, spec, g)
-                budget_units = market_buy_estimate(quantity_lots, asks_ticks_lots or [], spec)
-            lock_units = budget_units
+        quantity_lots, budget_units, lock_units = _market_amounts(body, spec, g, side, tif, post_only,
+                                                                  asks_ticks_lots)
     command = OrderCommand(user_id, side, order_type, tif, post_only, price_ticks, quantity_lots,
                            budget_units, stp, coid, lock_units)
     return ValidatedOrder(command, g.quote_asset if side == "buy" else g.base_asset, lock_units)
+
+
+def _limit_amounts(body: dict[str, object], spec: MarketSpec, g: Grid, side: str, tif: str,
+                   post_only: bool) -> tuple[int, int, None, int]:
+    """A limit order's (price ticks, quantity lots, no budget, units to lock)."""
+    for required in ("price", "quantity"):
+        if body.get(required) is None:
+            raise CryptexError(ErrorCode.MISSING_FIELD, f"{required} is required for a limit order", required)
+    if body.get("quoteQuantity") is not None:
+        raise CryptexError(ErrorCode.INVALID_FIELD, "quoteQuantity is only for market buys", "quoteQuantity")
+    if post_only and tif != "GTC":
+        raise CryptexError(ErrorCode.INVALID_FIELD, "postOnly orders must be GTC", "postOnly")
+    price_ticks = _positive(_steps(_amount(body["price"], "price"), g.tick_m, g.tick_e, "price",
+                                   ErrorCode.OFF_TICK, spec.tick_size), "price")
+    if price_ticks > g.max_price_ticks:
+        top = format_steps(g.max_price_ticks, Decimal(spec.tick_size))
+        raise CryptexError(ErrorCode.AMOUNT_TOO_LARGE, f"price must be at most {top}", "price")
+    quantity_lots = _quantity_lots(body, spec, g)
+    notional = price_ticks * quantity_lots * g.quote_units_per_tick_lot
+    if notional > INT64_MAX:
+        raise CryptexError(ErrorCode.AMOUNT_TOO_LARGE, "price x quantity is too large", "price")
+    if notional < g.min_notional_units:
+        raise CryptexError(
+            ErrorCode.NOTIONAL_TOO_SMALL,
+            f"price x quantity must be at least {spec.min_notional} {spec.quote_asset}",
+            "quantity",
+        )
+    return price_ticks, quantity_lots, None, notional if side == "buy" else quantity_lots * g.base_units_per_lot
+
+
+def _market_amounts(body: dict[str, object], spec: MarketSpec, g: Grid, side: str, tif: str, post_only: bool,
+                    asks_ticks_lots: list[tuple[int, int]] | None) -> tuple[int | None, int | None, int]:
+    """A market order's (quantity lots, quote budget units, units to lock)."""
+    if body.get("price") is not None:
+        raise CryptexError(ErrorCode.INVALID_FIELD, "price is not allowed on a market order", "price")
+    if post_only:
+        raise CryptexError(ErrorCode.INVALID_FIELD, "postOnly is only for limit orders", "postOnly")
+    if tif == "GTC":
+        raise CryptexError(ErrorCode.INVALID_FIELD, "market orders are IOC or FOK", "timeInForce")
+    has_qty, has_quote = body.get("quantity") is not None, body.get("quoteQuantity") is not None
+    if side == "sell":
+        if has_quote:
+            raise CryptexError(ErrorCode.INVALID_FIELD, "quoteQuantity is only for market buys", "quoteQuantity")
+        if not has_qty:
+            raise CryptexError(ErrorCode.MISSING_FIELD, "quantity is required", "quantity")
+        quantity_lots = _quantity_lots(body, spec, g)
+        return quantity_lots, None, quantity_lots * g.base_units_per_lot
+    if has_qty == has_quote:
+        raise CryptexError(ErrorCode.MISSING_FIELD, "a market buy takes exactly one of quantity or quoteQuantity",
+                           "quantity")
+    if has_quote:
+        budget_units = _positive(_steps(_amount(body["quoteQuantity"], "quoteQuantity"), 1, g.quote_decimals,
+                                        "quoteQuantity", ErrorCode.INVALID_FIELD, g.quote_decimals), "quoteQuantity")
+        if budget_units < g.min_notional_units:
+            raise CryptexError(ErrorCode.NOTIONAL_TOO_SMALL, f"quoteQuantity must be at least {spec.min_notional}",
+                               "quoteQuantity")
+        return None, budget_units, budget_units
+    quantity_lots = _quantity_lots(body, spec, g)
+    budget_units = market_buy_estimate(quantity_lots, asks_ticks_lots or [], spec)
+    return quantity_lots, budget_units, budget_units
 
 
 def market_buy_estimate(quantity_lots: int, asks: list[tuple[int, int]], spec: MarketSpec) -> int:
