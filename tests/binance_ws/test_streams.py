@@ -204,6 +204,12 @@ async def test_socket_limits_hold_on_the_facade(exchange: Exchange, session: aio
     assert flood.close_code == 1008
     assert {"result": [], "id": 0} in replies and any("Too many requests" in r.get("error", {}).get("msg", "")
                                                       for r in replies)
+    api = await session.ws_connect(f"{exchange.ws}/ws-api/v3")  # the WebSocket API, same limits
+    await api.send_bytes(b"\x00\x01")
+    refused = await recv(api)
+    assert (refused["status"], refused["error"]["code"]) == (400, -1000)
+    await api.receive(timeout=5)
+    assert api.close_code == 1003
 
 
 async def test_all_market_ticker_arrays(exchange: Exchange, admin: CryptexClient,

@@ -53,28 +53,14 @@ from cryptex_common.runtime import add_ops_routes
 from cryptex_wsgateway.binance import add_binance_routes
 from cryptex_wsgateway.book import DepthTracker
 from cryptex_wsgateway.fanout import Connection, Hub
+from cryptex_wsgateway.frames import CLOSE_GOING_AWAY, CLOSE_POLICY, close_socket
 from cryptex_wsgateway.market_data import MarketData
-from cryptex_wsgateway.private import REGISTER_LUA, SUBSCRIBE_CONFIRM_S, PrivateFeed
+from cryptex_wsgateway.private import PrivateFeed
 from cryptex_wsgateway.publisher import Publisher, now_ms
-from cryptex_wsgateway.sessions import (
-    CLOSE_GOING_AWAY,
-    CLOSE_INTERNAL,
-    CLOSE_POLICY,
-    CLOSE_TOO_BIG,
-    CLOSE_UNSUPPORTED,
-    RequestFailed,
-    Sessions,
-    close_socket,
-)
+from cryptex_wsgateway.sessions import Sessions
 from cryptex_wsgateway.settings import WsSettings
 from cryptex_wsgateway.subscriptions import Subscriptions
 from cryptex_wsgateway.upstream import SERVICE, Upstream
-
-__all__ = [
-    "CLOSE_GOING_AWAY", "CLOSE_INTERNAL", "CLOSE_POLICY", "CLOSE_TOO_BIG", "CLOSE_UNSUPPORTED",
-    "REGISTER_LUA", "REGISTRATION_REFRESH_S", "REGISTRATION_TTL_MS", "SERVICE",
-    "SUBSCRIBE_CONFIRM_S", "Gateway", "RequestFailed",
-]
 
 log = logging.getLogger(__name__)
 # Read when a Gateway is built (tests shorten them by patching this module).

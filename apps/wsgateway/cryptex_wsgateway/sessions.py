@@ -15,7 +15,6 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import logging
@@ -24,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -33,13 +32,13 @@ from cryptex_common import keys
 from cryptex_common.auth import REPLAY_GUARD_MS, WS_AUTH_PATH, signature_matches, timestamp_fresh
 from cryptex_common.resp import as_text
 from cryptex_wsgateway.fanout import Connection, Hub
+from cryptex_wsgateway.frames import CLOSE_INTERNAL, CLOSE_POLICY, close_socket, inbound_texts
 from cryptex_wsgateway.market_data import MarketData
 from cryptex_wsgateway.private import PrivateFeed
 from cryptex_wsgateway.protocol import (
     AuthParams,
     ProtocolError,
     Request,
-    TokenBucket,
     encode_text_frame,
     error_reply,
     parse_request,
@@ -57,11 +56,6 @@ from cryptex_wsgateway.subscriptions import (
 from cryptex_wsgateway.upstream import SERVICE
 
 log = logging.getLogger("cryptex_wsgateway.gateway")
-CLOSE_POLICY = 1008  # slow consumer, flood, failed AUTH
-CLOSE_GOING_AWAY = 1001
-CLOSE_UNSUPPORTED = 1003  # binary frame
-CLOSE_TOO_BIG = 1009  # frame over max_frame_bytes
-CLOSE_INTERNAL = 1011
 
 
 class RequestFailed(Exception):
@@ -69,19 +63,6 @@ class RequestFailed(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-async def close_socket(conn: Connection, code: int, reason: str) -> None:
-    """Send a close frame with the reason, after any replies still queued; abort the socket
-    if the client does not answer within 2 s (a slow client may never read it)."""
-    conn.closing = True
-    if conn.pending and not conn.transport.is_closing():  # replies queued before the close
-        conn.transport.write(b"".join(conn.pending))
-    conn.pending = []
-    try:
-        await asyncio.wait_for(conn.ws.close(code=code, message=reason.encode()[:120]), 2.0)
-    except Exception:  # the client did not take the close frame: drop the socket
-        conn.transport.abort()
 
 
 class Sessions:
@@ -120,45 +101,23 @@ class Sessions:
         return ws
 
     async def _read(self, conn: Connection, ws: web.WebSocketResponse) -> None:
-        """Handle inbound frames until the socket closes or must be closed."""
-        s = self.settings
-        bucket = TokenBucket(s.rate_per_s, s.rate_burst, time.monotonic())
-        refused = 0
-        async for msg in ws:
-            # CLOSE, or ERROR: aiohttp's reader already sent a close frame with its code
-            # (1009 far over the size limit, 1007 invalid UTF-8, 1002 protocol error)
-            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                break
-            if conn.closing:
-                continue
-            now = time.monotonic()
-            conn.last_seen = now
-            if msg.type == WSMsgType.BINARY:
-                await self._refuse(conn, "BAD_FRAME", "binary frames are not accepted: send JSON text",
-                                   CLOSE_UNSUPPORTED, "binary frame")
-                break
-            if len(msg.data) > s.max_frame_bytes:
-                why = f"frame over {s.max_frame_bytes} bytes"
-                await self._refuse(conn, "FRAME_TOO_BIG", why, CLOSE_TOO_BIG, why)
-                break
-            if not bucket.allow(now):
-                refused += 1
-                if refused >= s.flood_close_after:
-                    await close_socket(conn, CLOSE_POLICY, "message rate limit exceeded")
-                    break
-                self._reply(conn, error_reply(
-                    _request_id(msg.data), "RATE_LIMITED",
-                    f"at most {s.rate_per_s:g} messages per second",
-                ))
-                continue
-            await self._handle(conn, msg.data)
+        """Handle inbound frames (`frames.inbound_texts`' limits) until the socket closes or
+        must be closed."""
+        async for text in inbound_texts(conn, ws, self.settings, self):
+            await self._handle(conn, text)
             if conn.closing:
                 break
 
-    async def _refuse(self, conn: Connection, code: str, message: str, close: int, reason: str) -> None:
-        """An error reply (id null), then a close frame: the reply is written first."""
-        self._reply(conn, error_reply(None, code, message))
-        await close_socket(conn, close, reason)
+    # --- frames.Refusals: the native protocol's words for a refused frame ----------------
+    def binary(self, conn: Connection) -> None:
+        self._reply(conn, error_reply(None, "BAD_FRAME", "binary frames are not accepted: send JSON text"))
+
+    def too_big(self, conn: Connection, why: str) -> None:
+        self._reply(conn, error_reply(None, "FRAME_TOO_BIG", why))
+
+    def rate_limited(self, conn: Connection, text: str) -> None:
+        self._reply(conn, error_reply(_request_id(text), "RATE_LIMITED",
+                                      f"at most {self.settings.rate_per_s:g} messages per second"))
 
     async def _forget(self, conn: Connection) -> None:
         conn.closing = True

@@ -24,7 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from redis.exceptions import RedisError
 
 import cryptex_common.metrics as metrics
@@ -34,8 +34,8 @@ from cryptex_wsgateway.binance.feed import PublicFeed
 from cryptex_wsgateway.binance.streams import BinanceStream, BinanceStreamError, could_be_stream
 from cryptex_wsgateway.binance.userdata import UserData
 from cryptex_wsgateway.fanout import Connection
-from cryptex_wsgateway.protocol import TokenBucket, encode_text_frame
-from cryptex_wsgateway.sessions import CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED, close_socket
+from cryptex_wsgateway.frames import close_socket, inbound_texts
+from cryptex_wsgateway.protocol import encode_text_frame
 from cryptex_wsgateway.subscriptions import TooManyStreams
 
 if TYPE_CHECKING:
@@ -164,33 +164,19 @@ class StreamSockets:
 
     # --- requests -----------------------------------------------------------------------
     async def _read(self, conn: Connection, ws: web.WebSocketResponse) -> None:
-        s = self.gw.settings
-        bucket = TokenBucket(s.rate_per_s, s.rate_burst, time.monotonic())
-        refused = 0
-        async for msg in ws:
-            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                break
-            if conn.closing:
-                continue
-            now = time.monotonic()
-            conn.last_seen = now
-            if msg.type == WSMsgType.BINARY:
-                self._reply(conn, error_reply(None, 3, "Invalid JSON: binary frames are not accepted"))
-                await close_socket(conn, CLOSE_UNSUPPORTED, "binary frame")
-                break
-            if len(msg.data) > s.max_frame_bytes:
-                why = f"frame over {s.max_frame_bytes} bytes"
-                self._reply(conn, error_reply(None, 2, f"Invalid request: {why}"))
-                await close_socket(conn, CLOSE_TOO_BIG, why)
-                break
-            if not bucket.allow(now):
-                refused += 1
-                if refused >= s.flood_close_after:
-                    await close_socket(conn, CLOSE_POLICY, "message rate limit exceeded")
-                    break
-                self._reply(conn, error_reply(None, 2, f"Too many requests: at most {s.rate_per_s:g} per second"))
-                continue
-            self._handle(conn, msg.data)
+        async for text in inbound_texts(conn, ws, self.gw.settings, self):
+            self._handle(conn, text)
+
+    # --- frames.Refusals: Binance's words for a refused frame ---------------------------
+    def binary(self, conn: Connection) -> None:
+        self._reply(conn, error_reply(None, 3, "Invalid JSON: binary frames are not accepted"))
+
+    def too_big(self, conn: Connection, why: str) -> None:
+        self._reply(conn, error_reply(None, 2, f"Invalid request: {why}"))
+
+    def rate_limited(self, conn: Connection, text: str) -> None:
+        rate = self.gw.settings.rate_per_s
+        self._reply(conn, error_reply(None, 2, f"Too many requests: at most {rate:g} per second"))
 
     def _reply(self, conn: Connection, payload: bytes) -> None:
         self.gw.hub.send(conn, encode_text_frame(payload))

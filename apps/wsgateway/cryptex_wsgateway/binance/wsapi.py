@@ -28,7 +28,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from redis.exceptions import RedisError
 
 import cryptex_common.metrics as metrics
@@ -36,8 +36,8 @@ from cryptex_common import keys
 from cryptex_common.resp import as_text
 from cryptex_wsgateway.binance.sockets import StreamSockets
 from cryptex_wsgateway.fanout import Connection
-from cryptex_wsgateway.protocol import TokenBucket, encode_text_frame
-from cryptex_wsgateway.sessions import CLOSE_POLICY, CLOSE_TOO_BIG, close_socket
+from cryptex_wsgateway.frames import close_socket, inbound_texts
+from cryptex_wsgateway.protocol import encode_text_frame
 
 if TYPE_CHECKING:
     from cryptex_wsgateway.gateway import Gateway
@@ -95,24 +95,20 @@ class WsApi:
         return ws
 
     async def _read(self, conn: Connection, ws: web.WebSocketResponse) -> None:
-        s = self.gw.settings
-        bucket = TokenBucket(s.rate_per_s, s.rate_burst, time.monotonic())
-        refused = 0
-        async for msg in ws:
-            if msg.type != WSMsgType.TEXT:
-                break
-            if len(msg.data) > s.max_frame_bytes:
-                await close_socket(conn, CLOSE_TOO_BIG, f"frame over {s.max_frame_bytes} bytes")
-                break
-            if not bucket.allow(time.monotonic()):
-                refused += 1
-                if refused >= s.flood_close_after:
-                    await close_socket(conn, CLOSE_POLICY, "message rate limit exceeded")
-                    break
-                self._send(conn, {"id": None, "status": 429, "error": {
-                    "code": -1003, "msg": "Too many requests; please use the WebSocket Streams for live updates."}})
-                continue
-            await self._handle(conn, msg.data)
+        async for text in inbound_texts(conn, ws, self.gw.settings, self):
+            await self._handle(conn, text)
+
+    # --- frames.Refusals: the WebSocket API's words for a refused frame ----------------
+    def binary(self, conn: Connection) -> None:
+        self._send(conn, {"id": None, "status": 400, "error": {
+            "code": -1000, "msg": "Malformed request: binary frames are not accepted."}})
+
+    def too_big(self, conn: Connection, why: str) -> None:
+        self._send(conn, {"id": None, "status": 400, "error": {"code": -1000, "msg": f"Malformed request: {why}."}})
+
+    def rate_limited(self, conn: Connection, text: str) -> None:
+        self._send(conn, {"id": None, "status": 429, "error": {
+            "code": -1003, "msg": "Too many requests; please use the WebSocket Streams for live updates."}})
 
     def _send(self, conn: Connection, doc: dict[str, Any]) -> None:
         doc["rateLimits"] = []
