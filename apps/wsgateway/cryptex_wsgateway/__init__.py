@@ -5,6 +5,7 @@ Pure domain modules (no I/O): `streams` (stream names), `subscriptions` (who fol
 (control messages, rate limit, frame encoding). Adapters: `fanout` (per-socket send queues),
 `publisher` (encode once, fan out), `upstream` (the Redis pub/sub connection), `market_data`
 (market handlers, depth resyncs, candles), `private` (followed users, their registration,
-private events), `sessions` (per-socket protocol), `gateway` (owns and wires them: aiohttp +
-Redis), `__main__` (process entry).
+private events), `frames` (inbound frame limits and closing a socket, for every protocol),
+`sessions` (the native per-socket protocol), `binance` (the Binance-compatible facade over the
+same topics), `gateway` (owns and wires them: aiohttp + Redis), `__main__` (process entry).
 """
