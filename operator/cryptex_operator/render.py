@@ -76,12 +76,9 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
-def engine_deployment(
-    *, name: str, namespace: str, uid: str, spec: dict[str, Any], cfg: OperatorSettings
-) -> dict[str, Any]:
-    """The engine Deployment for one Market: one replica, Recreate, owned by the Market."""
-    market = market_spec(spec)
-    labels = engine_labels(market.symbol, cfg.release)
+def engine_container(market: MarketSpec, spec: dict[str, Any], cfg: OperatorSettings) -> dict[str, Any]:
+    """The engine container: hardened, probed, configured from `cfg` (Redis from a Secret
+    when `engine_env_secret` names one)."""
     env: list[dict[str, Any]] = [
         {"name": "CRYPTEX_OPS_HOST", "value": "0.0.0.0"},
         {"name": "CRYPTEX_OPS_PORT", "value": str(cfg.engine_ops_port)},
@@ -112,6 +109,15 @@ def engine_deployment(
         container["envFrom"] = [{"secretRef": {"name": cfg.engine_env_secret}}]
     else:
         env.append({"name": "CRYPTEX_REDIS_URL", "value": cfg.redis_url})
+    return container
+
+
+def engine_deployment(
+    *, name: str, namespace: str, uid: str, spec: dict[str, Any], cfg: OperatorSettings
+) -> dict[str, Any]:
+    """The engine Deployment for one Market: one replica, Recreate, owned by the Market."""
+    market = market_spec(spec)
+    labels = engine_labels(market.symbol, cfg.release)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -145,7 +151,7 @@ def engine_deployment(
                         "fsGroup": UID,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
-                    "containers": [container],
+                    "containers": [engine_container(market, spec, cfg)],
                     "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
                 },
             },
