@@ -24,6 +24,7 @@ import orjson
 from redis.asyncio import Redis
 
 from cryptex_common import keys
+from cryptex_common.resp import as_text
 
 LUA_DIR = Path(__file__).parent / "lua"
 DECIMAL_PRELUDE = "lib_decimal.lua"
@@ -116,13 +117,9 @@ class MarketDataWrite:
     user_messages: list[tuple[str, str, list[Payload]]] = dataclasses.field(default_factory=list)
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _checked(reply: list[Any]) -> tuple[str, tuple[str, ...]]:
     """(status, detail) of a script reply; raises LedgerScriptError on invalid/corrupt."""
-    status, detail = _s(reply[0]), tuple(_s(x) for x in reply[1:])
+    status, detail = as_text(reply[0]), tuple(as_text(x) for x in reply[1:])
     if status in ("invalid", "corrupt"):
         raise LedgerScriptError(status, detail)
     return status, detail
@@ -368,8 +365,8 @@ class Ledger:
         raw = await self.redis.hgetall(keys.balance_key(user_id))
         out: dict[str, dict[str, int]] = {}
         for field, value in raw.items():
-            asset, kind = _s(field).rsplit(":", 1)
-            out.setdefault(asset, {"available": 0, "locked": 0})[kind] = int(_s(value))
+            asset, kind = as_text(field).rsplit(":", 1)
+            out.setdefault(asset, {"available": 0, "locked": 0})[kind] = int(as_text(value))
         return out
 
     async def conservation_report(self) -> dict[str, dict[str, int]]:
@@ -382,9 +379,9 @@ class Ledger:
 
         async for key in self.redis.scan_iter(match=keys.balance_key("*"), count=1000):
             for field, value in (await self.redis.hgetall(key)).items():
-                asset, _kind = _s(field).rsplit(":", 1)
-                row(asset)["held"] += int(_s(value))
+                asset, _kind = as_text(field).rsplit(":", 1)
+                row(asset)["held"] += int(as_text(value))
         for field, value in (await self.redis.hgetall(keys.LEDGER_TOTALS)).items():
-            asset, kind = _s(field).rsplit(":", 1)
-            row(asset)[kind] += int(_s(value))
+            asset, kind = as_text(field).rsplit(":", 1)
+            row(asset)[kind] += int(as_text(value))
         return report
