@@ -11,7 +11,6 @@ orders, trades or publishes. Starts its own Redis (AOF on, everysec).
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,15 +25,10 @@ import redis
 
 from cryptex_common import keys
 from cryptex_common.ledger import MarketDataWrite, ledger_script_source, settle_call
+from cryptex_launcher.stack import free_port
 
 SYMBOL = "SOL/USDC"
 BATCHES = 4000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def market_data(i: int, seq: int, book: list[list[str]]) -> Any:

@@ -46,7 +46,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -62,6 +61,7 @@ from typing import Any
 ROOT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT_DIR / "libs" / "launcher"))
 from cryptex_launcher.processes import stack_processes  # noqa: E402
+from cryptex_launcher.stack import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -80,12 +80,6 @@ TARGETS = {
 }
 GENERATOR_ROW = "load generator"
 SERVER_PROCS = ("api", "engine", "wsgateway", "dbproc", "redis", "postgres", "launcher")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pct(ordered: Sequence[float], p: float) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import random
 import shutil
 import signal
 import socket
@@ -23,11 +24,35 @@ from pathlib import Path
 
 from cryptex_common.markets import MarketSpec, market_tag
 
+PORTS_FROM = 20_000  # free ports are picked from here up to the kernel's ephemeral range
+_given_ports: set[int] = set()
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, never handed out twice by this process. It comes
+    from below the kernel's ephemeral range: a port from inside it (what binding port 0
+    gives) can become some outgoing connection's source port before the service binds it."""
+    top = _ephemeral_start() - 1
+    for _ in range(500):
+        port = random.randint(PORTS_FROM, top) if top > PORTS_FROM else 0
+        if port in _given_ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = int(s.getsockname()[1])
+        _given_ports.add(port)
+        return port
+    raise RuntimeError("no free port found")
 
 
 def wait_for_port(port: int, timeout_s: float = 30.0, host: str = "127.0.0.1") -> None:
