@@ -66,9 +66,6 @@ class Api:
         self.replies = ReplyWaiter(redis, settings.instance_id,
                                    settings.redis_url if order_redis is not None else None)
         self.known_markets = registry.MarketRegistry()
-        self.markets: dict[str, MarketSpec] = {}  # known_markets' views, as of the last reload
-        self.formats: dict[str, WireFormat] = {}
-        self.asset_decimals: dict[str, int] = {}
         self._market_names: dict[str, MarketSpec] = {}
         self.history = history
         self._markets_task: asyncio.Task[None] | None = None
@@ -77,11 +74,21 @@ class Api:
         self.admin = AdminHandlers(self)
         self.public = PublicHandlers(self)
 
-    # --- markets ---------------------------------------------------------------------
+    # --- markets: views of known_markets as of its last reload --------------------------
+    @property
+    def markets(self) -> dict[str, MarketSpec]:
+        return self.known_markets.specs
+
+    @property
+    def formats(self) -> dict[str, WireFormat]:
+        return self.known_markets.formats
+
+    @property
+    def asset_decimals(self) -> dict[str, int]:
+        return self.known_markets.asset_decimals
+
     async def reload_markets(self) -> None:
-        known = self.known_markets
-        await known.reload(self.redis)
-        self.markets, self.formats, self.asset_decimals = known.specs, known.formats, known.asset_decimals
+        await self.known_markets.reload(self.redis)
         self._market_names = {name: spec for symbol, spec in self.markets.items()
                               for name in (symbol, symbol.lower(), symbol.replace("/", "_"),
                                            symbol.replace("/", "_").lower())}

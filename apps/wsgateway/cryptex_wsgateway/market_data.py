@@ -49,21 +49,25 @@ class MarketData:
         self.resync_wait_s = resync_wait_s
         self._spawn = spawn
         self.known_markets = MarketRegistry()
-        self.markets: dict[str, MarketSpec] = {}  # known_markets' views, as of the last reload
-        self.asset_decimals: dict[str, int] = {}
         self.trackers: dict[str, DepthTracker] = {}
         self.klines: dict[str, list[KlineBuilder]] = {}
         self.last_ticker: dict[str, bytes] = {}
         self.last_book_ticker: dict[str, bytes] = {}
         self._resyncing: set[str] = set()
 
-    # --- markets ------------------------------------------------------------------------
+    # --- markets: views of known_markets as of its last reload --------------------------
+    @property
+    def markets(self) -> dict[str, MarketSpec]:
+        return self.known_markets.specs
+
+    @property
+    def asset_decimals(self) -> dict[str, int]:
+        return self.known_markets.asset_decimals
+
     async def reload(self) -> None:
         """Serve exactly the markets in the registry: route and subscribe the new ones (and
         resync their depth), unroute and unsubscribe the removed ones."""
-        known = self.known_markets
-        added, removed = await known.reload(self.redis)
-        self.markets, self.asset_decimals = known.specs, known.asset_decimals
+        added, removed = await self.known_markets.reload(self.redis)
         routes = self.upstream.routes
         channels: list[bytes] = []
         for m in added:

@@ -6,6 +6,7 @@ dbproc's candles through the history reader) and reshape it.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from decimal import Decimal
@@ -18,7 +19,7 @@ from cryptex_api.binance.errors import BinanceError, illegal, mandatory
 from cryptex_api.binance.exchange_info import exchange_info
 from cryptex_common import keys
 from cryptex_common.binance import binance_symbol
-from cryptex_common.depth import read_depth
+from cryptex_common.depth import MAX_DEPTH_LIMIT, read_depth
 from cryptex_common.intervals import CANDLE_INTERVALS_MS
 from cryptex_common.market_data import empty_book
 from cryptex_common.markets import MarketSpec
@@ -69,7 +70,7 @@ class Market:
 
     async def depth(self, _: Any, params: dict[str, str]) -> Any:
         spec = self.facade.spec(params)
-        limit = uint(params, "limit", 100, 5000) or 100
+        limit = uint(params, "limit", 100, MAX_DEPTH_LIMIT) or 100
         book = await read_depth(self.api.public_redis, spec.symbol, limit) or empty_book(spec.symbol)
         return {"lastUpdateId": book["lastUpdateId"], "bids": book["bids"], "asks": book["asks"]}
 
@@ -122,7 +123,7 @@ class Market:
         symbols = [s.symbol for s in specs]
         redis = self.api.public_redis
         tickers = await redis.mget([keys.ticker_key(s) for s in symbols])
-        books: list[Any] = [await read_depth(redis, s, 1) or {} for s in symbols]
+        books: list[Any] = [b or {} for b in await asyncio.gather(*(read_depth(redis, s, 1) for s in symbols))]
         return [build(spec, orjson.loads(t) if t else {}, b)
                 for spec, t, b in zip(specs, tickers, books, strict=True)]
 
