@@ -89,12 +89,13 @@ async def fund(redis: aioredis.Redis, user: str, asset: str, units: int) -> None
 
 async def enqueue_raw(redis: aioredis.Redis, user: str, asset: str, units: int, command: str,
                       envelope: bool = True) -> int:
-    """What the enqueue script does, with any `c`: lock, order id, XADD, open order record."""
+    """What R1 and the hand-over do, with any `c`: lock, order id, XADD, open order record."""
+    bucket = keys.user_bucket(user)
     pipe = redis.pipeline(transaction=True)
     pipe.hincrby(keys.balance_key(user), keys.available_field(asset), -units)
     pipe.hincrby(keys.balance_key(user), keys.locked_field(asset), units)
-    pipe.incr(keys.ORDER_ID_COUNTER)
-    order_id = (await pipe.execute())[2]
+    pipe.incr(keys.order_id_counter(bucket))
+    order_id = (await pipe.execute())[2] * keys.USER_BUCKETS + bucket
     fields: dict[str, Any] = {"id": order_id, "c": command}
     if envelope:
         fields.update({ENTRY_USER: user, ENTRY_LOCK_ASSET: asset, ENTRY_LOCK_UNITS: units})
@@ -232,8 +233,8 @@ async def test_private_updates_reach_a_user_who_subscribed_just_before_the_batch
             await asyncio.sleep(0.02)
         await pubsub.subscribe(keys.user_channel("carol"), keys.user_channel("dave"))
         await asyncio.sleep(1.2)  # past any once-a-second refresh of a subscriber list
-        await redis.zadd(keys.PRIVATE_SUBSCRIBERS, {"carol": int(time.time() * 1000) + 60_000})
-        await redis.zadd(keys.PRIVATE_SUBSCRIBERS, {"dave": int(time.time() * 1000) - 1})  # lapsed
+        await redis.zadd(keys.subscribers_key(keys.user_tag("carol")), {"carol": int(time.time() * 1000) + 60_000})
+        await redis.zadd(keys.subscribers_key(keys.user_tag("dave")), {"dave": int(time.time() * 1000) - 1})  # lapsed
         for user in ("carol", "dave"):
             await enqueue_raw(redis, user, "USDC", 1_000_000, place_json(user, 10, 10000, 1_000_000))
         got: list[tuple[str, str]] = []
@@ -260,7 +261,7 @@ async def test_the_enqueue_scripts_envelope_is_what_the_engine_releases(
     tail = orjson.dumps({"userId": "erin", "market": SOL, "side": "sell", "orderType": "limit",
                          "timeInForce": "GTC", "postOnly": False, "priceTicks": 10000,
                          "quantityLots": 2000, "status": "new"}).decode()[1:]
-    enq = await Ledger(redis).enqueue_order(
+    enq = await Ledger(redis).place(
         symbol=SOL, user_id="erin", lock_asset="SOL", lock_units=2_000_000_000,
         command_json=orjson.dumps({"v": 3, "type": "place", "userId": "erin", "side": "sell"}).decode(),
         record_tail_json=tail, client_order_id=None)

@@ -39,13 +39,13 @@ async def seed(redis: aioredis.Redis, asset: str, held: dict[str, tuple[int, int
     for user, (available, locked) in held.items():
         await redis.hset(keys.balance_key(user), mapping={
             keys.available_field(asset): str(available), keys.locked_field(asset): str(locked)})
-    await redis.hset(keys.LEDGER_TOTALS, mapping={
+    await redis.hset(keys.totals_key(keys.user_tag(next(iter(held)))), mapping={
         f"{asset}:deposits": str(deposits), f"{asset}:withdrawals": str(withdrawals)})
 
 
 async def assert_conserved(ledger: Ledger, asset: str) -> None:
     row = (await ledger.conservation_report())[asset]
-    assert row["held"] == row["deposits"] - row["withdrawals"], row
+    assert row["held"] + row["inFlight"] == row["deposits"] - row["withdrawals"], row
 
 
 async def test_deposit_past_int64_deposit_total_credits_once(redis_client: aioredis.Redis) -> None:
@@ -89,7 +89,7 @@ async def test_enqueue_past_int64_lock_locks_once(redis_client: aioredis.Redis) 
     `available`, then failed to lock or queue; each retry debited again."""
     ledger = Ledger(redis_client)
     await seed(redis_client, "USDC", {"1": (100, INT64_MAX - 5)}, deposits=INT64_MAX + 95)
-    placed = await retried(lambda: enqueue(ledger, "1", 10))
+    placed = await retried(lambda: enqueue(ledger, "1", 10))  # R1 and the hand-over
     assert await ledger.balances("1") == {"USDC": {"available": 90, "locked": INT64_MAX + 5}}
     assert placed.status == "ok"
     assert await redis_client.xlen(keys.commands_stream(SYMBOL)) == 1

@@ -1,10 +1,12 @@
-"""The ledger scripts' contract (issue 11 defects 2, 6 and 7): exact decimal arithmetic in
-Lua, malformed arguments refused before any write, every written key declared in KEYS, the
-lock envelope on each command entry, and the subscribed users returned by settle."""
+"""The ledger scripts' contract (issue 11 defects 2, 6 and 7; issue 16): exact decimal
+arithmetic in Lua, malformed arguments refused before any write, every written key declared
+in KEYS and every script's keys in one hash slot, the lock envelope on each command entry,
+and the subscribed users returned by settle."""
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -28,11 +30,13 @@ from cryptex_common.ledger import (
     ScriptCall,
     SettleResult,
     enqueue_call,
+    handover_call,
     ledger_script_source,
     lua_source,
     move_call,
-    settle_call,
+    settle_plan,
 )
+from cryptex_common.resp_cluster import key_slot
 from tests.ledger.test_ledger_properties import snapshot
 from tests.support.depth_book import store_book
 
@@ -76,22 +80,36 @@ async def market_with_funds(redis: aioredis.Redis) -> None:
     await redis.set(keys.engine_epoch_key(SYMBOL), 1)
     await redis.set(keys.engine_lease_key(SYMBOL), 1)
     await redis.hset(keys.balance_key("1"), mapping={"USDC:available": 1000, "USDC:locked": 500})
-    await redis.hset(keys.LEDGER_TOTALS, "USDC:deposits", 1500)
-    await redis.hset(keys.order_key(7), "r", "old")
-    await redis.zadd(keys.open_orders_key("1"), {"7": 7})
+    await redis.hset(keys.totals_key(keys.user_tag("1")), "USDC:deposits", 1500)
+    await redis.hset(keys.order_key(ORDER_ID), "r", "old")
+    await redis.zadd(keys.open_orders_key("1"), {str(ORDER_ID): ORDER_ID})
+
+
+ORDER_ID = 7 * keys.USER_BUCKETS + 1  # an order of user "1" (bucket 1)
+SCRIPTS = ["enqueue_order.lua", "handover.lua", "move_funds.lua", "settle_market.lua", "settle_bucket.lua"]
+
+
+def valid_plan() -> Any:
+    return settle_plan(symbol=SYMBOL, epoch=1, first_seq=1, last_seq=2, batch_json="{}",
+                       balances=[BalanceChange("1", "USDC", 0, -100), BalanceChange("2", "USDC", 90, 0),
+                                 BalanceChange(keys.FEE_ACCOUNT, "USDC", 10, 0)],
+                       orders=[OrderWrite(ORDER_ID, "1", "{}", True)], notify_users=["1"], now_ms=5,
+                       market_data=MARKET_DATA, user_messages=USER_MESSAGES)
 
 
 def valid_call(script: str) -> ScriptCall:
     if script == "enqueue_order.lua":
         return enqueue_call(symbol=SYMBOL, user_id="1", lock_asset="USDC", lock_units=100,
                             command_json="{}", record_tail_json="}", client_order_id="c1")
+    if script == "handover.lua":
+        return handover_call(symbol=SYMBOL, order_id=ORDER_ID, user_id="1", lock_asset="USDC", lock_units=100,
+                             command_json="{}")
     if script == "move_funds.lua":
         return move_call(kind="withdraw", user_id="1", asset="USDC", units=10, tx_id="t", record={})
-    return settle_call(symbol=SYMBOL, epoch=1, first_seq=1, last_seq=2, batch_json="{}",
-                       balances=[BalanceChange("1", "USDC", 0, -100), BalanceChange("2", "USDC", 90, 0),
-                                 BalanceChange(keys.FEE_ACCOUNT, "USDC", 10, 0)],
-                       orders=[OrderWrite(7, "1", "{}", True)], notify_users=["1"], now_ms=5,
-                       market_data=MARKET_DATA)
+    plan = valid_plan()
+    if script == "settle_market.lua":
+        return plan.market
+    return dict(plan.buckets)[keys.user_tag("1")]
 
 
 # the market-data part of a settle call: every kind of write and publish it can carry
@@ -100,12 +118,11 @@ MARKET_DATA = MarketDataWrite(SYMBOL, depth_header=HEADER,
                               depth_levels=[("b", 100, "1.00 5"), ("b", 99, "0.99 1"), ("a", 101, "1.01 2")],
                               recent_keep=2,
                               trades=['{"t":1}', '{"t":2}', '{"t":3}'],
-                              publishes=[("reply:a", "[1]"), (keys.depth_channel(SYMBOL), "{}")],
-                              user_messages=[("1", keys.user_channel("1"), ["o1", "f1"]),
-                                             ("2", keys.user_channel("2"), ["o2"])])
+                              publishes=[("reply:a", "[1]"), (keys.depth_channel(SYMBOL), "{}")])
+USER_MESSAGES = [("1", keys.user_channel("1"), ["o1", "f1"]), ("2", keys.user_channel("2"), ["o2"])]
 
 
-@pytest.mark.parametrize("script", ["enqueue_order.lua", "move_funds.lua", "settle_batch.lua"])
+@pytest.mark.parametrize("script", SCRIPTS)
 @SETTINGS
 @given(data=st.data())
 async def test_malformed_arguments_write_nothing(redis_client: aioredis.Redis, script: str,
@@ -135,7 +152,7 @@ async def test_malformed_arguments_write_nothing(redis_client: aioredis.Redis, s
         assert await snapshot(redis_client) == before
 
 
-@pytest.mark.parametrize("script", ["enqueue_order.lua", "move_funds.lua", "settle_batch.lua"])
+@pytest.mark.parametrize("script", SCRIPTS)
 async def test_a_valid_call_applies(redis_client: aioredis.Redis, script: str) -> None:
     """The calls the garbage test mutates are valid, so it tests refusals of bad input."""
     await market_with_funds(redis_client)
@@ -162,7 +179,7 @@ async def written_keys(redis: aioredis.Redis, script: str, call: ScriptCall) -> 
         await redis.config_set("notify-keyspace-events", "")
 
 
-@pytest.mark.parametrize("script", ["enqueue_order.lua", "move_funds.lua", "settle_batch.lua"])
+@pytest.mark.parametrize("script", SCRIPTS)
 async def test_every_written_key_is_declared(redis_client: aioredis.Redis, script: str) -> None:
     """Every key a script writes is in its KEYS (settle used to spell "order:" and "open:"),
     except the `order:<id>` that enqueue creates from the id it assigns."""
@@ -171,7 +188,27 @@ async def test_every_written_key_is_declared(redis_client: aioredis.Redis, scrip
     written = await written_keys(redis_client, script, call)
     assert written, "no keyspace notification arrived"
     undeclared = written - set(call.keys)
-    assert undeclared == ({keys.order_key(1)} if script == "enqueue_order.lua" else set())
+    first_id = keys.USER_BUCKETS + keys.user_bucket("1")
+    assert undeclared == ({keys.order_key(first_id)} if script == "enqueue_order.lua" else set())
+    assert {key_slot(k) for k in written} == {key_slot(call.keys[0])}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_keeps_to_one_hash_slot(script: str) -> None:
+    """issue 16: on a Redis Cluster a script may touch the keys of one slot only; every
+    call the ledger builds declares keys of exactly one slot (the bucket's or market's)."""
+    call = valid_call(script)
+    assert len({key_slot(k) for k in call.keys}) == 1, call.keys
+
+
+def test_a_batch_settles_in_the_market_slot_then_one_call_per_bucket() -> None:
+    """issue 16: the batch's balances and orders are split by ledger bucket (the fee
+    account has its own); step A journals exactly those bucket calls."""
+    plan = valid_plan()
+    assert {tag for tag, _ in plan.buckets} == {keys.user_tag("1"), keys.user_tag("2"), keys.FEE_TAG}
+    assert key_slot(plan.market.keys[0]) == key_slot(keys.commands_stream(SYMBOL))
+    for tag, call in plan.buckets:
+        assert {key_slot(k) for k in call.keys} == {key_slot(f"{{{tag}}}")}
 
 
 # --- defect 6: the lock envelope; defect 7: subscribed users -----------------------------------
@@ -180,11 +217,12 @@ async def test_enqueue_entry_carries_the_lock_envelope(redis_client: aioredis.Re
     it locked, in which asset, and how many units."""
     ledger = Ledger(redis_client)
     await redis_client.hset(keys.balance_key("9"), "SOL:available", str(INT64_MAX + 10))
-    placed = await ledger.enqueue_order(symbol=SYMBOL, user_id="9", lock_asset="SOL",
-                                        lock_units=INT64_MAX + 1, command_json="not json",
-                                        record_tail_json="}", client_order_id=None)
-    [(stream_id, entry)] = await redis_client.xrange(keys.commands_stream(SYMBOL))
-    assert placed.stream_id == stream_id.decode()
+    placed = await ledger.place(symbol=SYMBOL, user_id="9", lock_asset="SOL",
+                                lock_units=INT64_MAX + 1, command_json="not json",
+                                record_tail_json="}", client_order_id=None)
+    [(outbox_id, _)] = await redis_client.xrange(keys.outbox_stream(keys.user_tag("9")))
+    assert placed.outbox_id == outbox_id.decode()
+    [(_stream_id, entry)] = await redis_client.xrange(keys.commands_stream(SYMBOL))
     assert {k.decode(): v.decode() for k, v in entry.items()} == {
         ENTRY_ORDER_ID: str(placed.order_id), ENTRY_USER: "9", ENTRY_LOCK_ASSET: "SOL",
         ENTRY_LOCK_UNITS: str(INT64_MAX + 1), ENTRY_COMMAND: "not json"}
@@ -196,7 +234,8 @@ async def test_settle_returns_the_users_subscribed_now(redis_client: aioredis.Re
     subscription live at `now_ms`, read in the same atomic step as the settlement."""
     ledger = Ledger(redis_client)
     await market_with_funds(redis_client)
-    await redis_client.zadd(keys.PRIVATE_SUBSCRIBERS, {"1": 1000, "2": 999, "3": 5000})
+    for user, expiry in {"1": 1000, "2": 999, "3": 5000}.items():
+        await redis_client.zadd(keys.subscribers_key(keys.user_tag(user)), {user: expiry})
     res = await ledger.settle(symbol=SYMBOL, epoch=1, first_seq=1, last_seq=1, batch_json="",
                               balances=[], orders=[], notify_users=["1", "2", "4", "1"], now_ms=1000)
     assert res == SettleResult("ok", subscribed=frozenset({"1"}))
@@ -215,7 +254,8 @@ async def test_settle_writes_and_publishes_market_data_only_when_applied(
     only to users whose subscription is live; a refused (duplicate) call publishes nothing."""
     ledger = Ledger(redis_client)
     await market_with_funds(redis_client)
-    await redis_client.zadd(keys.PRIVATE_SUBSCRIBERS, {"1": 1000, "2": 999})
+    for user, expiry in {"1": 1000, "2": 999}.items():
+        await redis_client.zadd(keys.subscribers_key(keys.user_tag(user)), {user: expiry})
     pubsub = redis_client.pubsub()
     await pubsub.psubscribe("*")
     await pubsub.get_message(timeout=1)
@@ -229,7 +269,7 @@ async def test_settle_writes_and_publishes_market_data_only_when_applied(
     try:
         res = await ledger.settle(symbol=SYMBOL, epoch=1, first_seq=1, last_seq=1, batch_json="",
                                   balances=[], orders=[], notify_users=["1", "2"], now_ms=1000,
-                                  market_data=MARKET_DATA)
+                                  market_data=MARKET_DATA, user_messages=USER_MESSAGES)
         assert res == SettleResult("ok", subscribed=frozenset({"1"}))
         assert await received() == [("reply:a", "[1]"), (keys.depth_channel(SYMBOL), "{}"),
                                     (keys.user_channel("1"), "o1"), (keys.user_channel("1"), "f1")]
@@ -325,5 +365,5 @@ async def test_lease_refuses_a_malformed_ttl_before_any_write(redis_client: aior
 
 def test_scripts_never_use_hincrby() -> None:
     """No amount goes through HINCRBY (signed 64-bit) any more."""
-    for name in ("enqueue_order.lua", "move_funds.lua", "settle_batch.lua", "lib_decimal.lua"):
+    for name in (*SCRIPTS, "lib_decimal.lua"):
         assert "HINCRBY" not in lua_source(name).upper()

@@ -23,6 +23,11 @@ from cryptex_common.ledger import (
     Ledger,
     LedgerScriptError,
     OrderWrite,
+    ScriptCall,
+    SettleResult,
+    ledger_script_source,
+    settle_plan,
+    settle_result,
 )
 
 SYMBOL = "SOL/USDC"
@@ -97,12 +102,12 @@ async def test_move_funds_is_exact_or_writes_nothing(
     balance, field = keys.balance_key("u"), keys.available_field("USDC")
     await hset_stored(redis_client, balance, field, available)
     deposits = (value(available) if is_natural(available) else 0) + withdrawals
-    await redis_client.hset(keys.LEDGER_TOTALS, mapping={"USDC:deposits": deposits,
-                                                         "USDC:withdrawals": withdrawals})
+    totals = keys.totals_key(keys.user_tag("u"))
+    await redis_client.hset(totals, mapping={"USDC:deposits": deposits, "USDC:withdrawals": withdrawals})
     totals_field = f"USDC:{'deposits' if kind == 'deposit' else 'withdrawals'}"
-    await hset_stored(redis_client, keys.LEDGER_TOTALS, totals_field, total)  # a malformed total
+    await hset_stored(redis_client, totals, totals_field, total)  # a malformed total
     if tx_seen:
-        await redis_client.set(keys.tx_key("t"), '{"tx":"old"}')
+        await redis_client.set(keys.tx_key("u", "t"), '{"tx":"old"}')
     expected = move_model(kind, available, total, units, tx_seen)
     before = await snapshot(redis_client)
     try:
@@ -118,9 +123,9 @@ async def test_move_funds_is_exact_or_writes_nothing(
         return
     sign = 1 if kind == "deposit" else -1
     assert await field_int(redis_client, balance, field) == value(available) + sign * units
-    assert await field_int(redis_client, keys.LEDGER_TOTALS, totals_field) == (
+    assert await field_int(redis_client, totals, totals_field) == (
         deposits if kind == "deposit" else withdrawals) + units
-    assert orjson.loads(await redis_client.get(keys.tx_key("t"))) == {"tx": "t"}
+    assert orjson.loads(await redis_client.get(keys.tx_key("u", "t"))) == {"tx": "t"}
     row = (await ledger.conservation_report())["USDC"]
     assert row["held"] == row["deposits"] - row["withdrawals"]
 
@@ -134,14 +139,14 @@ def enqueue_model(available: str | None, locked: str | None, units: int, counter
         return "corrupt"
     if units > value(available):
         return "insufficient"
-    if not is_natural(counter) or len(counter or "") > 15 or not stream_ok:
+    if not is_natural(counter) or len(counter or "") > 12 or not stream_ok:
         return "corrupt"
     return "ok"
 
 
 @SETTINGS
 @given(available=stored_amounts, locked=stored_amounts, units=positives,
-       counter=st.one_of(st.none(), st.sampled_from(["0", "41", "999999999999999", "1000000000000000",
+       counter=st.one_of(st.none(), st.sampled_from(["0", "41", "999999999999", "1000000000000",
                                                      "abc", "-3"])),
        coid_seen=st.sampled_from([False, False, True]), stream_ok=st.sampled_from([True, True, False]))
 async def test_enqueue_is_exact_or_writes_nothing(
@@ -155,11 +160,11 @@ async def test_enqueue_is_exact_or_writes_nothing(
     await hset_stored(redis_client, balance, "USDC:available", available)
     await hset_stored(redis_client, balance, "USDC:locked", locked)
     if counter is not None:
-        await redis_client.set(keys.ORDER_ID_COUNTER, counter)
+        await redis_client.set(keys.order_id_counter(keys.user_bucket("u")), counter)
     if coid_seen:
         await redis_client.set(keys.client_order_key("u", "c1"), "77")
     if not stream_ok:
-        await redis_client.set(keys.commands_stream(SYMBOL), "not a stream")
+        await redis_client.set(keys.outbox_stream(keys.user_tag("u")), "not a stream")
     expected = enqueue_model(available, locked, units, counter, coid_seen, stream_ok)
     before = await snapshot(redis_client)
     try:
@@ -174,40 +179,43 @@ async def test_enqueue_is_exact_or_writes_nothing(
     if status != "ok":
         assert await snapshot(redis_client) == before
         return
-    order_id = value(counter) + 1
+    order_id = (value(counter) + 1) * keys.USER_BUCKETS + keys.user_bucket("u")
     assert result.order_id == order_id
     assert await field_int(redis_client, balance, "USDC:available") == value(available) - units
     assert await field_int(redis_client, balance, "USDC:locked") == value(locked) + units
-    [(_sid, entry)] = await redis_client.xrange(keys.commands_stream(SYMBOL))
+    [(_sid, entry)] = await redis_client.xrange(keys.outbox_stream(keys.user_tag("u")))
     assert entry == {b"id": str(order_id).encode(), b"u": b"u", b"a": b"USDC",
-                     b"l": str(units).encode(), b"c": b"{}"}
+                     b"l": str(units).encode(), b"c": b"{}", b"m": SYMBOL.encode()}
     assert await redis_client.zscore(keys.open_orders_key("u"), str(order_id)) == order_id
     assert await redis_client.get(keys.client_order_key("u", "c1")) == str(order_id).encode()
 
 
-# --- settle_batch.lua --------------------------------------------------------------------------
-USERS = ("1", "2", keys.FEE_ACCOUNT)
+# --- settle_market.lua, then settle_bucket.lua per bucket ---------------------------------------
+USERS = ("1", "2", keys.FEE_ACCOUNT)  # three ledger tags: buckets 1 and 2, and the fee account's
 FIELDS = [(keys.balance_key(u), f"USDC:{kind}") for u in USERS for kind in ("available", "locked")]
 changes_st = st.lists(st.tuples(st.sampled_from(USERS), deltas, deltas), max_size=5)
-orders_st = st.lists(st.tuples(st.integers(1, 4), st.sampled_from(USERS), st.booleans()),
+orders_st = st.lists(st.tuples(st.integers(1, 4), st.sampled_from(USERS[:2]), st.booleans()),
                      max_size=3, unique_by=lambda o: o[0])
 
 
-def settle_model(stored: list[str | None], changes: list[tuple[str, int, int]], fence: str,
-                 settled: int, first: int, last: int) -> tuple[str, dict[tuple[str, str], int]]:
-    """(status, new value per touched field) as settle_batch.lua must decide it."""
+def market_model(fence: str, settled: int, first: int, last: int) -> str:
+    """Step A's status: it checks the fence and the sequence, never a balance."""
     if fence != "own":
-        return "fenced", {}
+        return "fenced"
     if last <= settled:
-        return "duplicate", {}
-    if first != settled + 1:
-        return "gap", {}
+        return "duplicate"
+    return "gap" if first != settled + 1 else "ok"
+
+
+def bucket_model(stored: list[str | None], changes: list[tuple[str, int, int]],
+                 user: str) -> tuple[str, dict[tuple[str, str], int]]:
+    """(status, new value per touched field) of the bucket call of `user`'s bucket."""
     current = dict(zip(FIELDS, stored, strict=True))
     net: dict[tuple[str, str], int] = {}
-    for user, available, locked in changes:
+    for who, available, locked in changes:
         for kind, delta in (("available", available), ("locked", locked)):
-            if delta:
-                slot = (keys.balance_key(user), f"USDC:{kind}")
+            if delta and who == user:
+                slot = (keys.balance_key(who), f"USDC:{kind}")
                 net[slot] = net.get(slot, 0) + delta
     touched = {slot: delta for slot, delta in net.items() if delta}
     if any(not is_natural(current[slot]) for slot in touched):
@@ -215,6 +223,10 @@ def settle_model(stored: list[str | None], changes: list[tuple[str, int, int]], 
     after = {slot: value(current[slot]) + delta for slot, delta in touched.items()}
     negative = [slot for slot, amount in after.items() if amount < 0]
     return ("negative", {negative[0]: 0}) if negative else ("ok", after)
+
+
+def order_id_of(n: int, user: str) -> int:
+    return n * keys.USER_BUCKETS + keys.user_bucket(user)
 
 
 async def settle_state(redis: aioredis.Redis, stored: list[str | None], fence: str, settled: int,
@@ -226,10 +238,24 @@ async def settle_state(redis: aioredis.Redis, stored: list[str | None], fence: s
         await redis.set(keys.engine_lease_key(SYMBOL), 3 if fence != "stale" else 4)
     if settled:
         await redis.set(keys.settled_seq_key(SYMBOL), settled)
-    for order_id, user, _terminal in orders:
+    for n, user, _terminal in orders:
+        order_id = order_id_of(n, user)
         await redis.hset(keys.order_key(order_id), mapping={"r": "old", "u": user})
         await redis.zadd(keys.open_orders_key(user), {str(order_id): order_id})
-    await redis.zadd(keys.PRIVATE_SUBSCRIBERS, {"1": now_ms + 1, "2": now_ms - 1, keys.FEE_ACCOUNT: now_ms})
+    for user, expiry in {"1": now_ms + 1, "2": now_ms - 1, keys.FEE_ACCOUNT: now_ms}.items():
+        await redis.zadd(keys.subscribers_key(keys.user_tag(user)), {user: expiry})
+
+
+async def tag_snapshot(redis: aioredis.Redis, tag: str) -> dict[bytes, tuple[bytes, bool]]:
+    return {k: v for k, v in (await snapshot(redis)).items() if f"{{{tag}}}".encode() in k}
+
+
+async def run_bucket(redis: aioredis.Redis, call: ScriptCall) -> SettleResult:
+    script = redis.register_script(ledger_script_source("settle_bucket.lua"))
+    try:
+        return settle_result(await script(keys=call.keys, args=call.args))
+    except LedgerScriptError as exc:
+        return SettleResult(exc.status, exc.detail)
 
 
 @SETTINGS
@@ -240,44 +266,53 @@ async def test_settle_is_exact_or_writes_nothing(
     redis_client: aioredis.Redis, stored: list[str | None], changes: list[tuple[str, int, int]],
     orders: list[tuple[int, str, bool]], fence: str, settled: int, seq: str,
 ) -> None:
-    """issue 11 defect 2: batches with deltas near and past int64 and negative results apply
-    whole or not at all; a refused batch leaves every key as it was."""
+    """issue 11 defect 2, issue 16: step A records a batch whole or not at all; then each
+    bucket call applies its part exactly (deltas near and past int64) or, refused, leaves
+    its bucket as it was; a second run of any bucket call changes nothing."""
     await redis_client.flushdb()
     now_ms = 1_700_000_000_000
     await settle_state(redis_client, stored, fence, settled, orders, now_ms)
     first = {"next": settled + 1, "replay": max(settled, 1), "gap": settled + 2}[seq]
     last = first if seq == "replay" else first + 1
-    expected, after = settle_model(stored, changes, fence, settled, first, last)
+    plan = settle_plan(
+        symbol=SYMBOL, epoch=3, first_seq=first, last_seq=last, batch_json='{"b":1}',
+        balances=[BalanceChange(u, "USDC", a, lk) for u, a, lk in changes],
+        orders=[OrderWrite(order_id_of(n, u), u, f'{{"o":{n}}}', t) for n, u, t in orders],
+        notify_users=list(USERS), now_ms=now_ms)
     before = await snapshot(redis_client)
-    try:
-        result = await Ledger(redis_client).settle(
-            symbol=SYMBOL, epoch=3, first_seq=first, last_seq=last, batch_json='{"b":1}',
-            balances=[BalanceChange(u, "USDC", a, lk) for u, a, lk in changes],
-            orders=[OrderWrite(i, u, f'{{"o":{i}}}', t) for i, u, t in orders],
-            notify_users=list(USERS), now_ms=now_ms)
-        status = result.status
-    except LedgerScriptError as exc:
-        status = exc.status
-    assert status == expected
+    status = (await Ledger(redis_client).run_market(plan.market)).status
+    assert status == market_model(fence, settled, first, last)
     event(status)
     if status != "ok":
         assert await snapshot(redis_client) == before
-        if status == "negative":
-            assert tuple(result.detail) == next(iter(after))
         return
-    held_change = 0
-    for (key, field), raw in zip(FIELDS, stored, strict=True):
-        want, got = after.get((key, field)), await redis_client.hget(key, field)
-        if want is None:
-            assert got == (None if raw is None else raw.encode())
-        else:
-            assert got == str(want).encode()
-            held_change += want - value(raw)
-    assert held_change == sum(a + lk for _u, a, lk in changes)  # the batch moved exactly its deltas
     assert await redis_client.get(keys.settled_seq_key(SYMBOL)) == str(last).encode()
-    assert result.subscribed == {"1", keys.FEE_ACCOUNT}
-    for order_id, user, terminal in orders:
-        assert await redis_client.hget(keys.order_key(order_id), "r") == f'{{"o":{order_id}}}'.encode()
-        open_score = await redis_client.zscore(keys.open_orders_key(user), str(order_id))
-        assert (open_score is None) == terminal
     assert await redis_client.xlen(keys.events_stream(SYMBOL)) == 1
+    [(_entry, journaled)] = await redis_client.xrange(keys.journal_stream(SYMBOL))
+    assert {k.decode() for k in journaled} == {tag for tag, _ in plan.buckets}
+    for tag, call in plan.buckets:
+        [user] = [u for u in USERS if keys.user_tag(u) == tag]
+        expected, after = bucket_model(stored, changes, user)
+        bucket_before = await tag_snapshot(redis_client, tag)
+        result = await run_bucket(redis_client, call)
+        assert result.status == expected
+        event(f"bucket {expected}")
+        if expected != "ok":
+            assert await tag_snapshot(redis_client, tag) == bucket_before
+            if expected == "negative":
+                assert tuple(result.detail) == next(iter(after))
+            continue
+        for (key, field), raw in zip(FIELDS, stored, strict=True):
+            want, got = after.get((key, field)), await redis_client.hget(key, field)
+            if key == keys.balance_key(user):
+                assert got == (None if raw is None else raw.encode()) if want is None else got == str(want).encode()
+        assert result.subscribed == ({user} if user in ("1", keys.FEE_ACCOUNT) else set())
+        for n, owner, terminal in orders:
+            if owner == user:
+                order_id = order_id_of(n, owner)
+                assert await redis_client.hget(keys.order_key(order_id), "r") == f'{{"o":{n}}}'.encode()
+                open_score = await redis_client.zscore(keys.open_orders_key(owner), str(order_id))
+                assert (open_score is None) == terminal
+        applied_once = await snapshot(redis_client)
+        assert (await run_bucket(redis_client, call)).status == "applied"
+        assert await snapshot(redis_client) == applied_once

@@ -7,7 +7,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from cryptex_common import keys
-from cryptex_common.ledger import BalanceChange, Ledger, OrderWrite
+from cryptex_common.ledger import BalanceChange, BucketRefused, Ledger, OrderWrite
 
 SYMBOL = "SOL/USDC"
 BIG = 2**62 + 12345  # beyond 2**53: a Lua double would lose the last digits
@@ -20,7 +20,7 @@ async def fund(ledger: Ledger, user: str, asset: str, units: int, tx: str) -> No
 
 
 async def enqueue(ledger: Ledger, user: str, units: int, coid: str | None = None):  # type: ignore[no-untyped-def]
-    return await ledger.enqueue_order(
+    return await ledger.place(
         symbol=SYMBOL, user_id=user, lock_asset="USDC", lock_units=units,
         command_json='{"type":"place"}', record_tail_json='"status":"new"}', client_order_id=coid,
     )
@@ -35,13 +35,14 @@ async def test_enqueue_locks_funds_and_queues_in_one_step(redis_client: aioredis
     ledger = Ledger(redis_client)
     await fund(ledger, "1", "USDC", 1_000, "t1")
     result = await enqueue(ledger, "1", 600)
-    assert result.status == "ok" and result.order_id == 1
+    first_id = keys.USER_BUCKETS + keys.user_bucket("1")  # ids: n * buckets + the owner's bucket
+    assert result.status == "ok" and result.order_id == first_id
     assert await ledger.balances("1") == {"USDC": {"available": 400, "locked": 600}}
     entries = await redis_client.xrange(keys.commands_stream(SYMBOL))
-    assert len(entries) == 1 and entries[0][1][b"id"] == b"1"
-    record = await redis_client.hget(keys.order_key(1), "r")
-    assert record.startswith(b'{"orderId":1,"createdMs":')
-    assert await redis_client.zrange(keys.open_orders_key("1"), 0, -1) == [b"1"]
+    assert len(entries) == 1 and entries[0][1][b"id"] == str(first_id).encode()
+    record = await redis_client.hget(keys.order_key(first_id), "r")
+    assert record.startswith(b'{"orderId":%d,"createdMs":' % first_id)
+    assert await redis_client.zrange(keys.open_orders_key("1"), 0, -1) == [str(first_id).encode()]
 
 
 async def test_insufficient_funds_changes_nothing(redis_client: aioredis.Redis) -> None:
@@ -51,7 +52,7 @@ async def test_insufficient_funds_changes_nothing(redis_client: aioredis.Redis) 
     assert result.status == "insufficient"
     assert await ledger.balances("1") == {"USDC": {"available": 500, "locked": 0}}
     assert await redis_client.xlen(keys.commands_stream(SYMBOL)) == 0
-    assert await redis_client.get(keys.ORDER_ID_COUNTER) is None
+    assert await redis_client.get(keys.order_id_counter(keys.user_bucket("1"))) is None
 
 
 async def test_client_order_id_returns_the_first_order(redis_client: aioredis.Redis) -> None:
@@ -92,7 +93,8 @@ async def test_settle_moves_funds_once_by_sequence(redis_client: aioredis.Redis)
     assert await redis_client.get(keys.settled_seq_key(SYMBOL)) == b"3"
     assert await redis_client.xlen(keys.events_stream(SYMBOL)) == 1
     report = await ledger.conservation_report()
-    assert report["USDC"] == {"held": 1_000, "deposits": 1_000, "withdrawals": 0}
+    assert report["USDC"] == {"held": 1_000, "inFlight": 0, "deposits": 1_000, "withdrawals": 0}
+    assert await redis_client.xlen(keys.journal_stream(SYMBOL)) == 1  # acknowledged by the next batch
 
 
 async def test_stale_epoch_or_lapsed_lease_settles_nothing(redis_client: aioredis.Redis) -> None:
@@ -107,17 +109,22 @@ async def test_stale_epoch_or_lapsed_lease_settles_nothing(redis_client: aioredi
     assert await redis_client.xlen(keys.events_stream(SYMBOL)) == 0
 
 
-async def test_settle_refusing_a_negative_balance_writes_nothing(redis_client: aioredis.Redis) -> None:
+async def test_a_bucket_refusing_a_negative_balance_writes_nothing_there(redis_client: aioredis.Redis) -> None:
+    """A bucket call that would take a balance below zero writes nothing in its bucket and
+    raises (the engine stops); the batch stays journaled for repair."""
     ledger = Ledger(redis_client)
     await own_market(redis_client)
     await fund(ledger, "1", "USDC", 100, "t1")
-    changes = [BalanceChange("2", "USDC", 50, 0), BalanceChange("1", "USDC", -101, 0)]
-    order = OrderWrite(7, "1", '{"orderId":7}', True)
-    result = await settle(ledger, 1, 1, changes, orders=[order])
-    assert result.status == "negative"
-    assert await ledger.balances("2") == {}
-    assert await redis_client.hget(keys.order_key(7), "r") is None
-    assert await redis_client.get(keys.settled_seq_key(SYMBOL)) is None
+    changes = [BalanceChange("1", "USDC", -101, 0), BalanceChange("2", "USDC", 101, 0)]
+    order_id = 7 * keys.USER_BUCKETS + keys.user_bucket("1")
+    order = OrderWrite(order_id, "1", '{"orderId":7}', True)
+    with pytest.raises(BucketRefused) as refused:
+        await settle(ledger, 1, 1, changes, orders=[order])
+    assert (refused.value.status, refused.value.detail) == ("negative", (keys.balance_key("1"), "USDC:available"))
+    assert await ledger.balances("1") == {"USDC": {"available": 100, "locked": 0}}
+    assert await redis_client.hget(keys.order_key(order_id), "r") is None
+    assert await redis_client.get(keys.settled_seq_key(SYMBOL)) == b"1"
+    assert await redis_client.xlen(keys.journal_stream(SYMBOL)) == 1
 
 
 async def test_settle_closes_terminal_orders(redis_client: aioredis.Redis) -> None:
@@ -145,7 +152,8 @@ async def test_transfers_are_idempotent_by_tx_id(redis_client: aioredis.Redis) -
                                         tx_id="wd-2", record={})
     assert status == "ok"
     assert await ledger.balances("1") == {"SOL": {"available": 6, "locked": 0}}
-    assert (await ledger.conservation_report())["SOL"] == {"held": 6, "deposits": 10, "withdrawals": 4}
+    assert (await ledger.conservation_report())["SOL"] == {"held": 6, "inFlight": 0, "deposits": 10,
+                                                           "withdrawals": 4}
 
 
 @pytest.mark.parametrize("units", [0, -5])

@@ -340,7 +340,7 @@ async def queue_buy(redis: aioredis.Redis, user: str, price_ticks: int, lots: in
         orderId=0, userId=user, market="SOL/USDC", side="buy", orderType="limit", timeInForce="GTC",
         postOnly=False, priceTicks=price_ticks, quantityLots=lots, status="new", createdMs=0, updatedMs=0,
     ).model_dump(by_alias=True, mode="json", exclude={"order_id", "created_ms", "updated_ms"}))
-    enq = await Ledger(redis).enqueue_order(
+    enq = await Ledger(redis).place(
         symbol="SOL/USDC", user_id=user, lock_asset="USDC", lock_units=units,
         command_json=command.model_dump_json(by_alias=True), record_tail_json=tail.decode()[1:],
         client_order_id=None)

@@ -36,6 +36,11 @@ from tests.wsgateway.conftest import (
 )
 
 
+def subs(user_id: str) -> str:
+    """The private-subscribers set of `user_id`'s ledger bucket."""
+    return keys.subscribers_key(keys.user_tag(user_id))
+
+
 class DelayProxy:
     """A TCP proxy to Redis that holds every client-to-server chunk for `delay` seconds (in
     order), as a congested link would. Server-to-client bytes pass at once."""
@@ -106,7 +111,7 @@ async def test_event_published_right_after_the_ack_arrives_on_a_slow_redis_link(
         assert (await request(ws, "AUTH", auth_params(key, secret)))["result"] == {"userId": "41"}
         proxy.delay = 0.3
         await subscribe(ws, "user.orders", "user.fills", rid=2)
-        assert await redis_client.zscore(keys.PRIVATE_SUBSCRIBERS, "41") > await redis_now_ms(redis_client)
+        assert await redis_client.zscore(subs("41"), "41") > await redis_now_ms(redis_client)
         order = {"orderId": "1", "status": "new"}
         receivers = await redis_client.publish(keys.user_channel("41"), orjson.dumps({"type": "order", "data": order}))
         assert receivers == 1
@@ -121,12 +126,13 @@ async def test_private_subscribe_registers_with_a_future_expiry_by_redis_clock(
     expired members are cleaned up."""
     key, secret = await create_user(redis_client, "42")
     far = await redis_now_ms(redis_client) + 3_600_000
-    await redis_client.zadd(keys.PRIVATE_SUBSCRIBERS, {"43": far, "gone": 1})
+    await redis_client.zadd(subs("43"), {"43": far})
+    await redis_client.zadd(subs("298"), {"298": 1})  # expired, in user 42's bucket
     async with session.ws_connect(gw.ws_url) as ws:
         await request(ws, "AUTH", auth_params(key, secret))
         before = await redis_now_ms(redis_client)
         await subscribe(ws, "user.fills", rid=2)
-        score = await redis_client.zscore(keys.PRIVATE_SUBSCRIBERS, "42")
+        score = await redis_client.zscore(subs("42"), "42")
         assert score >= before + gateway_module.REGISTRATION_TTL_MS
         [(_, n)] = await redis_client.pubsub_numsub(keys.user_channel("42"))
         assert n == 1
@@ -134,8 +140,8 @@ async def test_private_subscribe_registers_with_a_future_expiry_by_redis_clock(
         async with session.ws_connect(gw.ws_url) as ws43:
             await request(ws43, "AUTH", auth_params(k43, s43))
             await subscribe(ws43, "user.orders", rid=2)
-        assert await redis_client.zscore(keys.PRIVATE_SUBSCRIBERS, "43") == far  # GT: not shortened
-        assert await redis_client.zscore(keys.PRIVATE_SUBSCRIBERS, "gone") is None
+        assert await redis_client.zscore(subs("43"), "43") == far  # GT: not shortened
+        assert await redis_client.zscore(subs("298"), "298") is None
 
 
 async def test_registration_is_renewed_and_never_lapses(
@@ -154,19 +160,19 @@ async def test_registration_is_renewed_and_never_lapses(
         await subscribe(ws, "user.orders", rid=2)
         deadline = time.monotonic() + 3.0  # 2.5 TTLs
         while time.monotonic() < deadline:
-            score = await redis_client.zscore(keys.PRIVATE_SUBSCRIBERS, "44")
+            score = await redis_client.zscore(subs("44"), "44")
             assert score is not None and score > await redis_now_ms(redis_client)
             await asyncio.sleep(0.1)
-        await redis_client.delete(keys.PRIVATE_SUBSCRIBERS)
+        await redis_client.delete(subs("44"))
         deadline = time.monotonic() + 2
-        while await redis_client.zscore(keys.PRIVATE_SUBSCRIBERS, "44") is None:
+        while await redis_client.zscore(subs("44"), "44") is None:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
         await request(ws, "UNSUBSCRIBE", ["user.orders"], 3)
         assert "44" not in gw.gateway.followed_users
     # no socket follows 44 any more: not renewed, it expires (no gateway removes it)
     await asyncio.sleep(1.5)
-    score = await redis_client.zscore(keys.PRIVATE_SUBSCRIBERS, "44")
+    score = await redis_client.zscore(subs("44"), "44")
     assert score is None or score < await redis_now_ms(redis_client)
 
 
@@ -181,7 +187,7 @@ async def test_after_a_pubsub_reconnect_private_subscribe_is_confirmed_again(
     async with session.ws_connect(gw.ws_url) as a, session.ws_connect(gw.ws_url) as b:
         await request(a, "AUTH", auth_params(k1, s1))
         await subscribe(a, "user.orders", rid=2)
-        await redis_client.delete(keys.PRIVATE_SUBSCRIBERS)
+        await redis_client.delete(subs("44"))
         await redis_client.client_kill_filter(_type="pubsub")
         await request(b, "AUTH", auth_params(k2, s2))
         await subscribe(b, "user.orders", rid=2)  # possibly while the gateway reconnects
@@ -195,6 +201,6 @@ async def test_after_a_pubsub_reconnect_private_subscribe_is_confirmed_again(
                 await asyncio.sleep(0.05)
             assert await recv(ws) == {"stream": "user.orders", "data": order}
         deadline = time.monotonic() + 3
-        while await redis_client.zscore(keys.PRIVATE_SUBSCRIBERS, "45") is None:
+        while await redis_client.zscore(subs("45"), "45") is None:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)

@@ -37,13 +37,13 @@ from cryptex_api.public_routes import PublicHandlers
 from cryptex_api.replies import Reply, ReplyWaiter
 from cryptex_api.settings import ApiSettings
 from cryptex_api.signing import Authenticator
-from cryptex_common import keys, metrics, registry, runtime
+from cryptex_common import keys, metrics, redis_client, registry, runtime
 from cryptex_common.errors import CryptexError, ErrorCode
 from cryptex_common.ledger import Ledger
 from cryptex_common.markets import MarketSpec, MarketState, normalize_symbol
 from cryptex_common.messages import OrderRecord
 from cryptex_common.money import parse_json
-from cryptex_common.resp import RespClient
+from cryptex_common.resp_cluster import OrderClient
 from cryptex_common.wire import WireFormat
 
 log = logging.getLogger("cryptex.api")
@@ -56,7 +56,7 @@ class Api:
     and the market-name index are replaced together on each markets reload."""
 
     def __init__(self, settings: ApiSettings, redis: Redis, history: Any = None,
-                 public_redis: Redis | None = None, order_redis: RespClient | None = None) -> None:
+                 public_redis: Redis | None = None, order_redis: OrderClient | None = None) -> None:
         self.settings = settings
         self.redis = redis  # orders, cancels, balances, admin: authenticated callers only
         # the enqueue script's pipelined connection (cryptex_common.resp); None: via `redis`
@@ -64,7 +64,7 @@ class Api:
         self.public_redis = public_redis or redis  # public reads: never crowd out the above
         self.ledger = Ledger(redis)
         self.replies = ReplyWaiter(redis, settings.instance_id,
-                                   settings.redis_url if order_redis is not None else None)
+                                   redis_client.pubsub_url(settings.redis_url) if order_redis is not None else None)
         self.known_markets = registry.MarketRegistry()
         self._market_names: dict[str, MarketSpec] = {}
         self.history = history

@@ -16,7 +16,7 @@ from aiohttp import web
 from cryptex_api.app import Api, create_app
 from cryptex_api.serving import CappedTCPSite
 from cryptex_api.settings import ApiSettings
-from cryptex_common import redis_client, resp, runtime
+from cryptex_common import redis_client, resp_cluster, runtime
 from cryptex_common.logs import configure_logging
 from cryptex_common.settings import load_settings
 
@@ -48,8 +48,7 @@ async def serve(settings: ApiSettings) -> None:
                                         max_connections=settings.redis_public_connections,
                                         wait_s=settings.redis_public_wait_s)
     history = await open_history(settings)
-    order_redis = resp.RespClient(settings.redis_url, settings.redis_order_wait_s) \
-        if resp.supports(settings.redis_url) else None
+    order_redis = resp_cluster.fast_client(settings.redis_url, settings.redis_order_wait_s)
     api = Api(settings, redis, history, public_redis, order_redis)
     runner = web.AppRunner(create_app(api), access_log=None, shutdown_timeout=settings.shutdown_timeout_s,
                            keepalive_timeout=settings.header_timeout_s)

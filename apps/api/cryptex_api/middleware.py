@@ -60,7 +60,7 @@ def order_route(api: Api) -> Handler:
         except GuardChecked as checked:
             raise checked.error from None
         except (CryptexError, RateLimited):
-            await auth.guard_replay(signed.signature)
+            await auth.guard_replay(user_id, signed.signature)
             raise
     return wrapped
 

@@ -1,10 +1,12 @@
 """Signed account routes: place, cancel and look up orders, balances, order and fill history.
 
 Invariants: bad input never reaches a stream and never changes a balance (validation and
-the funds check happen before or inside the one atomic enqueue call); an accepted order
-costs one Redis round trip (the enqueue script also checks and sets the replay guard) and
-is answered 200 with its result or 202 when the engine's reply does not arrive within
-`reply_timeout_ms`; another user's order is "not found" to the caller.
+the funds check happen before or inside the one atomic R1 call, which also checks and sets
+the replay guard); an accepted order costs two Redis round trips, R1 in the user's bucket
+then the hand-over to its market (docs/decisions/0013), and is answered 200 with its result
+or 202 when the engine's reply does not arrive within `reply_timeout_ms` (or the hand-over
+failed: the reconciler hands the order over from the outbox); another user's order is
+"not found" to the caller.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from cryptex_api import history as history_queries
 from cryptex_api import params
@@ -27,7 +30,7 @@ from cryptex_common import keys, metrics
 from cryptex_common.auth import REPLAY_GUARD_MS
 from cryptex_common.depth import read_depth
 from cryptex_common.errors import CryptexError, ErrorCode
-from cryptex_common.ledger import Enqueued, enqueue_call, enqueued, ledger_script_source
+from cryptex_common.ledger import Enqueued, enqueue_call, enqueued, handed, handover_call, ledger_script_source
 from cryptex_common.markets import MarketSpec
 from cryptex_common.messages import TERMINAL_STATUSES, CancelAllCommand, OrderRecord, ReplyType
 from cryptex_common.money import format_units, to_steps
@@ -49,6 +52,8 @@ class OrderHandlers:
         self.replies = api.replies
         self._enqueue_source = ledger_script_source("enqueue_order.lua")
         self._enqueue_sha = hashlib.sha1(self._enqueue_source.encode()).hexdigest()
+        self._handover_source = ledger_script_source("handover.lua")
+        self._handover_sha = hashlib.sha1(self._handover_source.encode()).hexdigest()
         # per-market metric children, labels resolved once (labels() is slow per order)
         self.order_metrics: dict[str, tuple[Any, Any, Any]] = {}
 
@@ -96,26 +101,27 @@ class OrderHandlers:
         command = order.command
         request_id, fut = self.replies.new_request()
         started = time.perf_counter()
+        command_json = command.wire_json(self.replies.channel, request_id, request.get("correlation_id"))
         try:
             enq = await self.enqueue(
-                symbol=symbol, user_id=user_id, lock_asset=order.lock_asset,
-                lock_units=order.lock_units,
-                command_json=command.wire_json(self.replies.channel, request_id, request.get("correlation_id")),
-                record_tail_json=command.record_tail(symbol), client_order_id=command.client_order_id,
-                signature=signature, replay_guard_ms=REPLAY_GUARD_MS,
+                symbol=symbol, user_id=user_id, lock_asset=order.lock_asset, lock_units=order.lock_units,
+                command_json=command_json, record_tail_json=command.record_tail(symbol),
+                client_order_id=command.client_order_id, signature=signature, replay_guard_ms=REPLAY_GUARD_MS,
             )
         except BaseException:
             self.replies.forget(request_id)
             raise
-        if enq.status != "ok":
+        if enq.status != "ok" or enq.order_id is None:
             self.replies.forget(request_id)
-            return await self._not_queued(enq, signature, symbol, order.lock_asset)
+            return await self._not_queued(enq, user_id, signature, symbol, order.lock_asset)
         accepted, roundtrip, timeouts = self.order_metrics.get(symbol) or self._order_metrics(symbol)
         accepted.inc()
+        queued = await self.hand_over(symbol, enq.order_id, user_id, order.lock_asset, order.lock_units,
+                                      command_json)
         if log.isEnabledFor(logging.INFO):
-            log.info("order queued", extra={"market": symbol, "orderId": enq.order_id,
+            log.info("order queued", extra={"market": symbol, "orderId": enq.order_id, "handedOver": queued,
                                             "userId": user_id, "correlationId": request.get("correlation_id")})
-        reply = await api.wait_reply(fut, request_id)
+        reply = await api.wait_reply(fut, request_id) if queued else None
         if reply is None:
             timeouts.inc()
             return json_response({"orderId": str(enq.order_id), "status": "accepted",
@@ -123,7 +129,7 @@ class OrderHandlers:
         roundtrip.observe(time.perf_counter() - started)
         return self.reply_response(reply, spec)
 
-    async def _not_queued(self, enq: Enqueued, signature: str | None, symbol: str,
+    async def _not_queued(self, enq: Enqueued, user_id: str, signature: str | None, symbol: str,
                           lock_asset: str) -> web.Response:
         """The answer to an enqueue that queued nothing: replayed signature, duplicate
         clientOrderId (200 with the stored order) or insufficient funds. Errors raised here
@@ -132,7 +138,7 @@ class OrderHandlers:
             raise GuardChecked(CryptexError(ErrorCode.REPLAYED_REQUEST, "this signed request was already used",
                                             "X-CX-SIGN"))
         if signature is not None:
-            await self.api.auth.guard_replay(signature)  # raises REPLAYED_REQUEST when it was used
+            await self.api.auth.guard_replay(user_id, signature)  # raises REPLAYED_REQUEST when it was used
         if enq.status == "dup" and enq.order_id is not None:
             rec, _ = await self.api.load_order(enq.order_id)
             return json_response({"duplicate": True, "order": self.api.order_wire(rec) if rec else {
@@ -142,13 +148,32 @@ class OrderHandlers:
                                         f"insufficient {lock_asset} available", "quantity"))
 
     async def enqueue(self, **call: Any) -> Enqueued:
-        """Ledger.enqueue_order, over the pipelined order connection when there is one."""
+        """R1 (Ledger.enqueue_order), over the pipelined order connection when there is one."""
         order_redis = self.api.order_redis
         if order_redis is None:
             return await self.api.ledger.enqueue_order(**call)
         script = enqueue_call(**call)
         return enqueued(await order_redis.evalsha(self._enqueue_sha, self._enqueue_source,
                                                   script.keys, script.args))
+
+    async def hand_over(self, symbol: str, order_id: int, user_id: str, lock_asset: str, lock_units: int,
+                        command_json: bytes) -> bool:
+        """Queue a locked order on its market (at most once); False when Redis failed
+        first: the order stays in its bucket's outbox, which the reconciler hands over."""
+        call = handover_call(symbol=symbol, order_id=order_id, user_id=user_id, lock_asset=lock_asset,
+                             lock_units=lock_units, command_json=command_json)
+        try:
+            order_redis = self.api.order_redis
+            if order_redis is None:
+                await self.api.ledger.hand_over(call)
+            else:
+                handed(await order_redis.evalsha(self._handover_sha, self._handover_source, call.keys, call.args))
+        except RedisError as exc:
+            metrics.ORDER_HANDOVER_FAILURES.inc()
+            log.warning("hand-over failed; the reconciler will retry it",
+                        extra={"market": symbol, "orderId": order_id, "error": str(exc)})
+            return False
+        return True
 
     def reply_response(self, reply: Reply, spec: MarketSpec) -> web.Response:
         """The engine's reply as the HTTP answer: a rejection with its code's status, else

@@ -56,7 +56,7 @@ class Authenticator:
     async def authenticate(self, request: web.Request, body: bytes) -> str:
         """The signed request's user: signature checked, replay guard set, rate limited."""
         user_id, signed = await self.verify_signature(request, body)
-        await self.guard_replay(signed.signature)
+        await self.guard_replay(user_id, signed.signature)
         self.take_rate(signed.api_key)
         return user_id
 
@@ -75,9 +75,9 @@ class Authenticator:
             raise CryptexError(ErrorCode.BAD_SIGNATURE, "X-CX-SIGN does not match the request", "X-CX-SIGN")
         return user_id, signed
 
-    async def guard_replay(self, signature: str) -> None:
+    async def guard_replay(self, user_id: str, signature: str) -> None:
         """Remember the signature for REPLAY_GUARD_MS; 401 REPLAYED_REQUEST if it was used."""
-        fresh = await self.command("SET", keys.signature_key(signature), 1, "NX", "PX", REPLAY_GUARD_MS)
+        fresh = await self.command("SET", keys.signature_key(user_id, signature), 1, "NX", "PX", REPLAY_GUARD_MS)
         if not fresh:
             raise CryptexError(ErrorCode.REPLAYED_REQUEST, "this signed request was already used", "X-CX-SIGN")
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 import redis.asyncio as aioredis
 from aiohttp import web
 
 from cryptex_common import redis_client, registry, runtime
+from cryptex_common.ledger import Ledger
 from cryptex_common.logs import configure_logging
 from cryptex_common.markets import MarketSpec, market_tag, normalize_symbol
 from cryptex_common.settings import load_settings
 from cryptex_engine.housekeeping import StreamTrimmed
 from cryptex_engine.lease import Fenced
+from cryptex_engine.reconcile import relay_loop
 from cryptex_engine.service import EngineService
 from cryptex_engine.settings import EngineSettings
 
@@ -68,6 +71,9 @@ async def serve(settings: EngineSettings) -> int:
     log.info("ops server listening",
              extra={"ops_port": ops.addresses[0][1] if ops.addresses else settings.ops_port})
     code = 0
+    # every engine may relay stuck outbox entries; the reconciler lease lets one at a time
+    relay = asyncio.create_task(relay_loop(redis, Ledger(redis), f"engine-{market_tag(settings.market)}-{os.getpid()}",
+                                           stop))
     try:
         spec = await wait_for_market(redis, settings.market, stop)
         if spec is not None:
@@ -80,6 +86,8 @@ async def serve(settings: EngineSettings) -> int:
         log.error("cannot recover: stream trimmed and no valid snapshot", extra={"error": str(exc)})
         code = 4
     finally:
+        relay.cancel()
+        await asyncio.gather(relay, return_exceptions=True)
         await ops.cleanup()
         await redis.aclose()
     return code

@@ -82,7 +82,7 @@ class MarketData:
             if r.seq >= first_seq:
                 for side, price, qty in r.depth_changes:
                     levels[(side, price)] = qty
-        publishes: list[tuple[str, Payload]] = self._replies(out)
+        publishes: list[tuple[str, Payload]] = []
         ptext, qtext = self.price_text, self.fmt.quantity_text
         diff = payloads.depth_diff(
             self.symbol, first_seq, last_seq,
@@ -131,7 +131,7 @@ class MarketData:
         return None if price is None else (price, side.levels[price].total_lots)
 
     @staticmethod
-    def _replies(out: BatchOutput) -> list[tuple[str, Payload]]:
+    def replies(out: BatchOutput) -> list[tuple[str, Payload]]:
         """One JSON array per reply channel (REPLY_BATCH_ADAPTER), channels in first-use order."""
         by_channel: dict[str, list[Record]] = {}
         for channel, reply in out.replies:

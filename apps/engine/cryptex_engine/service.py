@@ -1,9 +1,11 @@
 """The engine service: one process per market, a thin shell around the matching core.
 
 Loop: XREAD a batch from MESSAGES:{M} after the engine's own position (its last stream id)
--> core.apply each command -> one settle script call that moves balances, writes order
-records, appends the events:{M} batch, records the settled sequence and then writes and
-publishes the batch's replies and market data -> housekeeping between batches.
+-> core.apply each command -> step A in the market's slot (records the settled sequence,
+appends the events:{M} batch, journals the batch's ledger parts, writes and publishes the
+market data) -> one call per touched ledger bucket (balances, order records, private
+updates), the replies and the next XREAD, pipelined -> housekeeping between batches
+(docs/decisions/0013-redis-cluster-sharded-ledger.md).
 
 Collaborators it owns: `Lease` (epoch and lease), `Snapshots` (capture, store, due),
 `MarketData` (depth, trades, tickers, private updates), `Housekeeping` (position marker,
@@ -12,11 +14,14 @@ trimming, gauges), `EngineMetrics` (counted per batch).
 Invariants:
 - The command stream is the log. State = snapshot (or empty) + every entry after it, in
   stream order; the sequence is 1 + the number of commands before an entry.
-- A batch is settled exactly once: the settle script refuses a sequence already applied
-  (after a crash the replayed commands up to `settled` are re-matched but not re-settled)
-  and refuses an engine whose fencing epoch is stale or whose lease lapsed.
-- Publishing happens after settling, inside the same script call and only when it applied:
-  a lost publish loses a notification, never money; a refused batch publishes nothing.
+- A batch is settled exactly once: step A refuses a sequence already recorded (after a
+  crash the replayed commands up to `settled` are re-matched but not re-settled) and
+  refuses an engine whose fencing epoch is stale or whose lease lapsed; bucket calls run
+  only after step A accepted the batch, each applies once per (market, batch), and the
+  journal (replayed on recovery, `reconcile.apply_journal`) finishes a batch a crash cut.
+- Publishing happens after settling and only when it applied: market data inside step A,
+  private updates inside the bucket calls, replies after every bucket call; a lost
+  publish loses a notification, never money; a refused batch publishes nothing.
 - Reading never changes what another engine will read: the engine reads by its own position
   (XREAD), never by consumer-group delivery (docs/decisions/0011).
 - Rules are sequenced: the core starts from `MatchingEngine.empty` (bootstrap rules) or a
@@ -34,19 +39,17 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
-from cryptex_common import keys, registry, resp, stream_ids
-from cryptex_common.ledger import (
-    Ledger,
-    SettleResult,
-    settle_result,
-)
+from cryptex_common import keys, registry, resp_cluster, stream_ids
+from cryptex_common.ledger import BucketRefused, Ledger, SettleResult, settle_result
 from cryptex_common.markets import MarketSpec
+from cryptex_common.settle_calls import journal_entry_id
 from cryptex_engine.decode import Decoded, read_entry
 from cryptex_engine.domain.commands import CommandResult
 from cryptex_engine.housekeeping import Housekeeping
 from cryptex_engine.lease import Fenced, Lease
 from cryptex_engine.market_data import MarketData
 from cryptex_engine.observe import EngineMetrics, log_commands
+from cryptex_engine.reconcile import apply_journal
 from cryptex_engine.recovery import SnapshotUse, batches, empty_start, find_start
 from cryptex_engine.settings import EngineSettings
 from cryptex_engine.settlement import PendingSettle, prepare_settle
@@ -78,14 +81,17 @@ class EngineService:
         self.snapshots = Snapshots(self)
         self.housekeeping = Housekeeping(self)
         self._dead_lettered_upto = ""
+        self._journal_ack = ""  # the last batch's journal entry, applied in every bucket
         self._state_waiters: list[asyncio.Future[dict[str, Any]]] = []
         # the hot loop's connection (command XREAD + pipelined settle): the lean hiredis
         # client when the URL allows (redis-py costs ~60 us of CPU a command); everything
         # else (lease, snapshots, housekeeping, recovery) stays on `redis`. Its timeout
         # outlasts a blocking read, like the redis-py socket timeout in main.
-        self.fast: resp.RespClient | None = (
-            resp.RespClient(settings.redis_url, timeout_s=settings.block_ms / 1000 + 5, decode=True)
-            if resp.supports(settings.redis_url) else None)
+        self.fast = resp_cluster.fast_client(settings.redis_url, timeout_s=settings.block_ms / 1000 + 5,
+                                             decode=True)
+        # on a cluster, bucket calls and the replies go to different primaries: the
+        # replies wait for the bucket calls' answers (one more round trip)
+        self._replies_after_buckets = isinstance(self.fast, resp_cluster.ClusterRespClient)
 
     # --- recovery --------------------------------------------------------------------
     async def sequence_rules_if_needed(self) -> None:
@@ -113,6 +119,11 @@ class EngineService:
                 "market": self.symbol, "seq": self.core.seq, "lastStreamId": self.last_stream_id,
                 "load_ms": round((time.perf_counter() - started) * 1000)})
         self.settled_seq = int(await self.redis.get(keys.settled_seq_key(self.symbol)) or 0)
+        repaired = await apply_journal(self.redis, self.ledger, self.symbol)
+        if repaired:
+            log.warning("applied journaled batches a crash had cut",
+                        extra={"market": self.symbol, "batches": repaired})
+        self._journal_ack = ""
         async for entries in batches(self.redis, self.stream, self.last_stream_id, self.settings.batch_size, stop):
             await self.process(entries)
         await hk.adopt_position()
@@ -160,7 +171,7 @@ class EngineService:
             md.invalidate()
         if not first_seq:
             return None
-        return prepare_settle(self, out, decoded_list, results, first_seq, core.seq)
+        return prepare_settle(self, out, decoded_list, results, first_seq, core.seq, self._journal_ack)
 
     async def dead_letter(self, stream_id: str, error: str, rejected: bool) -> None:
         """Copy an undecodable entry's id and error to the dead-letter stream under the same
@@ -179,8 +190,16 @@ class EngineService:
         self._dead_lettered_upto = stream_id
 
     async def settle(self, pending: PendingSettle) -> None:
-        """Run a pending settle call on its own and act on the answer."""
-        await self._settled(pending, await self.ledger.run_settle(pending.call))
+        """Run a pending batch's settle calls on their own and act on the answers."""
+        if not await self._recorded(pending, await self._run_market(pending)):
+            return
+        replies = [("PUBLISH", channel, message) for channel, message in pending.replies]
+        if self._replies_after_buckets:
+            await self._applied(pending, await self._run_buckets(pending, []))
+            await self._pipeline(replies)
+        else:
+            answers = await self._run_buckets(pending, replies)
+            await self._applied(pending, answers[:len(pending.plan.buckets)])
 
     def _xread_args(self) -> tuple[Any, ...]:
         return ("XREAD", "COUNT", self.settings.batch_size, "BLOCK", self.settings.block_ms,
@@ -195,50 +214,94 @@ class EngineService:
         return _entries(await self.fast.call(*self._xread_args()))
 
     async def _settle_and_read(self, pending: PendingSettle) -> list[tuple[str, dict[str, str]]]:
-        """One round trip: the pending settle call, then the next XREAD, pipelined. The
-        read is sent after the settle, so Redis applies (and publishes) the batch before it
-        blocks for new entries; the engine learns the settle's outcome with the read."""
-        call = pending.call
-        if self.fast is None:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.evalsha(self.ledger.settle_sha, len(call.keys), *call.keys, *call.args)
-            pipe.xread({self.stream: self.last_stream_id}, count=self.settings.batch_size,
-                       block=self.settings.block_ms)
-            settle_reply, read_reply = await pipe.execute(raise_on_error=False)
+        """Two round trips: step A; then the bucket calls, the replies and the next XREAD,
+        pipelined (on one Redis, in that order; on a cluster the replies and the read
+        follow the buckets' answers). The read is sent last, so Redis applies (and
+        publishes) the batch before it blocks for new entries."""
+        if not await self._recorded(pending, await self._run_market(pending)):
+            return await self._read()
+        replies = [("PUBLISH", channel, message) for channel, message in pending.replies]
+        if self._replies_after_buckets:
+            await self._applied(pending, await self._run_buckets(pending, []))
+            tail = await self._pipeline([*replies, self._xread_args()])
         else:
-            settle_reply, read_reply = await self.fast.pipeline(
-                ("EVALSHA", self.ledger.settle_sha, len(call.keys), *call.keys, *call.args),
-                self._xread_args())
-        if isinstance(settle_reply, NoScriptError) or (
-                isinstance(settle_reply, ResponseError) and str(settle_reply).startswith("NOSCRIPT")):
-            await self.settle(pending)  # Redis restarted: load the script, settle alone
-        elif isinstance(settle_reply, Exception):
-            raise settle_reply
-        else:
-            await self._settled(pending, settle_result(settle_reply))
+            answers = await self._run_buckets(pending, [*replies, self._xread_args()])
+            tail = answers[len(pending.plan.buckets):]
+            await self._applied(pending, answers[:len(pending.plan.buckets)])
+        read_reply = tail[-1]
         if isinstance(read_reply, Exception):
             raise read_reply
         if self.fast is None:
             return read_reply[0][1] if read_reply else []
         return _entries(read_reply)
 
-    async def _settled(self, pending: PendingSettle, res: SettleResult) -> None:
-        """Act on the settle script's answer: fenced stops the engine, a gap or a negative
-        balance is a bug (stop before anything else is written); then the private updates
-        of users the script found subscribed who got none in the call."""
+    async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        if self.fast is not None:
+            return await self.fast.pipeline(*commands)
+        pipe = self.redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        answers: list[Any] = await pipe.execute(raise_on_error=False)
+        return answers
+
+    async def _run_market(self, pending: PendingSettle) -> SettleResult:
+        call = pending.plan.market
+        [reply] = await self._pipeline([("EVALSHA", self.ledger.settle_market_sha, len(call.keys), *call.keys,
+                                         *call.args)])
+        if _noscript(reply):
+            return await self.ledger.run_market(call)  # Redis restarted: load the script, run it alone
+        if isinstance(reply, Exception):
+            raise reply
+        return settle_result(reply)
+
+    async def _run_buckets(self, pending: PendingSettle, then: list[tuple[Any, ...]]) -> list[Any]:
+        """The batch's bucket calls' answers (SettleResult or exception), then `then`'s replies."""
+        sha = self.ledger.settle_bucket_sha
+        calls = [call for _tag, call in pending.plan.buckets]
+        answers = await self._pipeline([*(("EVALSHA", sha, len(c.keys), *c.keys, *c.args) for c in calls), *then])
+        out: list[Any] = []
+        for call, reply in zip(calls, answers, strict=False):
+            if _noscript(reply):
+                out.append(SettleResult("ok", subscribed=await self.ledger.apply_bucket(call)))
+            else:
+                out.append(reply if isinstance(reply, Exception) else settle_result(reply))
+        return out + answers[len(calls):]
+
+    async def _recorded(self, pending: PendingSettle, res: SettleResult) -> bool:
+        """Act on step A's answer; True when the batch's bucket calls are to run now.
+        Fenced stops the engine; a gap is a bug (stop before anything else is written);
+        "duplicate" (recorded before, its answer lost) applies the journal instead, whose
+        entries hold the batch as it was recorded."""
         if res.status == "fenced":
             self.metrics.fenced.inc()
             raise Fenced(f"settle refused: market {self.symbol} now has epoch {res.detail}")
         if res.status == "duplicate":
             log.warning("batch already settled", extra={"market": self.symbol, "seq": pending.last_seq})
-        elif res.status != "ok":
+            await apply_journal(self.redis, self.ledger, self.symbol)
+            self.settled_seq, self._journal_ack = pending.last_seq, ""
+            return False
+        if res.status != "ok":
             raise RuntimeError(f"settle failed: {res.status} {res.detail}")
+        return True
+
+    async def _applied(self, pending: PendingSettle, answers: list[Any]) -> None:
+        """Act on the bucket calls' answers: any failure stops the engine (the journal
+        keeps the batch; recovery applies it); then the private updates of users the
+        scripts found subscribed who got none in the calls."""
+        subscribed: set[str] = set()
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer
+            if answer.status not in ("ok", "applied"):
+                raise BucketRefused(answer.status, answer.detail)
+            subscribed |= answer.subscribed
         self.settled_seq = pending.last_seq
+        self._journal_ack = journal_entry_id(pending.last_seq) if pending.plan.buckets else ""
         self.metrics.settle_seconds.observe(time.perf_counter() - pending.started)
         log_commands(pending.decoded, pending.results, pending.first_seq)
         if pending.notify:
             md = self.market_data
-            late = md.learn_subscribers(pending.notify, res.subscribed)
+            late = md.learn_subscribers(pending.notify, frozenset(subscribed))
             if late:
                 await md.publish_late(self.redis, md.user_messages(
                     pending.out, pending.results, pending.first_seq, late))
@@ -343,6 +406,11 @@ class EngineService:
     def _wants_settled_state(self, now: float) -> bool:
         """Whether something due between batches needs the pending settle applied first."""
         return bool(self._state_waiters) or self.snapshots.due() or self.housekeeping.due(now)
+
+
+def _noscript(reply: Any) -> bool:
+    return isinstance(reply, NoScriptError) or (isinstance(reply, ResponseError)
+                                                and str(reply).startswith("NOSCRIPT"))
 
 
 def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:

@@ -3,7 +3,7 @@
 One pub/sub connection per process subscribes, once each, to every market's `depth@`,
 `trades@`, `ticker@` and `bookTicker@` channels, to `markets:changed`, and to `user@<id>`
 while at least one local socket follows that user's private streams (such users are also
-registered in `keys.PRIVATE_SUBSCRIBERS`: engines publish `user@<id>` only for registered
+registered in the user's bucket `keys.subscribers_key`: engines publish `user@<id>` only for registered
 users). Each upstream message is decoded once, turned into at most a few outgoing frames,
 each encoded once, and queued on every subscribed socket (`fanout.Hub`).
 
@@ -16,7 +16,7 @@ Invariants:
 - a reply to a SUBSCRIBE is queued before the stream's first data message, and a stream's
   Redis subscription is in place before the reply is sent;
 - before a SUBSCRIBE naming a private stream is acknowledged, (a) the user is in
-  `keys.PRIVATE_SUBSCRIBERS` with an expiry at least REGISTRATION_TTL_MS ahead of Redis's
+  the user's bucket `keys.subscribers_key` with an expiry at least REGISTRATION_TTL_MS ahead of Redis's
   clock (the ZADD has returned) and (b) Redis has confirmed this process's subscription to
   `user@<id>` (its "subscribe" reply came back on the pub/sub connection, not merely sent), so
   every event an engine settles after the acknowledgement reaches the socket;

@@ -1,5 +1,5 @@
 """Private streams: which users this process follows, their registration in
-`keys.PRIVATE_SUBSCRIBERS` (engines publish `user@<id>` only for registered users), and the
+its bucket's `keys.subscribers_key` (engines publish `user@<id>` only for registered users), and the
 `user@<id>` events turned into `user.orders`, `user.fills` and `user.balances` messages.
 
 Invariants:
@@ -102,11 +102,14 @@ class PrivateFeed:
         return any(wanted(private_topic(s, user_id)) for s in PRIVATE_STREAMS)
 
     async def _register(self, user_ids: list[str]) -> None:
-        """Tell the engines these users have live private subscriptions (keys.PRIVATE_SUBSCRIBERS,
-        score = expiry ms by Redis's clock): engines publish `user@<id>` only for them."""
-        if user_ids:
-            await self._register_script(
-                keys=[keys.PRIVATE_SUBSCRIBERS], args=[self.ttl_ms, *user_ids])
+        """Tell the engines these users have live private subscriptions (their bucket's
+        `keys.subscribers_key`, score = expiry ms by Redis's clock): the settle scripts
+        publish `user@<id>` only for them. One script call per bucket (one slot each)."""
+        by_tag: dict[str, list[str]] = {}
+        for user_id in user_ids:
+            by_tag.setdefault(keys.user_tag(user_id), []).append(user_id)
+        for tag, users in by_tag.items():
+            await self._register_script(keys=[keys.subscribers_key(tag)], args=[self.ttl_ms, *users])
 
     async def register_followed(self) -> bool:
         try:

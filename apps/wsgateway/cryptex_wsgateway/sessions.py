@@ -238,7 +238,7 @@ class Sessions:
             as_text(secret), ts, "GET", WS_AUTH_PATH, b"", signature
         ):
             raise RequestFailed("BAD_SIGNATURE", "signature does not match")
-        if not await self.redis.set(keys.signature_key(signature), 1, nx=True, px=REPLAY_GUARD_MS):
+        if not await self.redis.set(keys.signature_key(uid, signature), 1, nx=True, px=REPLAY_GUARD_MS):
             raise RequestFailed("REPLAYED_REQUEST", "this signature was already used")
         if conn.user_id is not None and conn.user_id != uid:
             raise RequestFailed("FORBIDDEN", "socket is already authenticated as another user")

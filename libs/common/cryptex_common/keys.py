@@ -1,25 +1,32 @@
 """Every Redis key and pub/sub channel name, built here and nowhere else.
 
-All keys of one market share the hash tag `{SOL_USDC}`. User keys carry the user id.
-The ledger scripts touch user and market keys together, so Cryptex needs one Redis
-primary (not Redis Cluster); see docs/decisions/0002-single-redis-primary.md.
+Placement (docs/decisions/0013-redis-cluster-sharded-ledger.md): every key a script
+touches shares one hash tag, so every script keeps to one slot of a Redis Cluster; on a
+single Redis the same names and scripts run unchanged.
+- market keys carry the market's tag `{SOL_USDC}`;
+- ledger keys (balances, orders, client order ids, replay guards, deposits' tx records,
+  order-id counters, outboxes, applied markers, totals, private subscribers) carry their
+  user's bucket tag `{ub:<n>}`, n = `user_bucket(user_id)` in [0, USER_BUCKETS); the fee
+  account has its own tag `{fee}`;
+- an order id encodes its owner's bucket (`id % USER_BUCKETS`), so `order_key(id)` needs
+  nothing else;
+- global keys (markets, users, API keys) are read-mostly single-key lookups.
 """
 
 from __future__ import annotations
+
+import zlib
 
 from cryptex_common.markets import market_tag
 
 # --- global ---------------------------------------------------------------------------
 MARKETS_HASH = "markets"  # symbol -> MarketSpec JSON
 MARKETS_CHANGED_CHANNEL = "markets:changed"
-ORDER_ID_COUNTER = "ids:order"
 USER_ID_COUNTER = "ids:user"
-LEDGER_TOTALS = "ledger:totals"  # field "<ASSET>:deposits" / "<ASSET>:withdrawals"
 FEE_ACCOUNT = "fees"  # the user id fees are credited to
-# Users with a live private WebSocket subscription: ZSET user id -> expiry (ms since epoch).
-# Gateways add/refresh their authenticated users; engines publish user@<id> updates only
-# for members, so an exchange with no private listeners pays nothing for them.
-PRIVATE_SUBSCRIBERS = "ws:private-subscribers"
+FEE_TAG = "fee"
+USER_BUCKETS = 256
+RECONCILER_LEASE = "reconciler:lease"  # one reconciler pass at a time (cryptex_engine.reconcile)
 ENGINE_GROUP = "engine"
 DBPROC_GROUP = "dbproc"
 
@@ -88,6 +95,78 @@ def snapshot_key(symbol: str) -> str:
     return f"snapshot:{{{market_tag(symbol)}}}"
 
 
+def journal_stream(symbol: str) -> str:
+    """Settled batches whose ledger parts may not be applied in every bucket yet: entry id
+    `<last seq>-1`, one field per bucket tag holding that bucket's settle call."""
+    return f"journal:{{{market_tag(symbol)}}}"
+
+
+def journal_pattern() -> str:
+    """SCAN pattern matching every market's journal."""
+    return "journal:*"
+
+
+def tag_of(key: str) -> str:
+    """The hash tag of a key built here (the text between its first braces)."""
+    return key[key.index("{") + 1:key.index("}")]
+
+
+def handed_key(symbol: str, order_id: int | str) -> str:
+    """Set once an order is on the market's command stream (value: its stream id), so a
+    second hand-over of the same order adds nothing."""
+    return f"handed:{{{market_tag(symbol)}}}:{order_id}"
+
+
+# --- ledger placement ---------------------------------------------------------------------
+def user_bucket(user_id: str) -> int:
+    """The user's bucket: a numeric id mod USER_BUCKETS, any other id by CRC32."""
+    if user_id.isdigit() and user_id.isascii():
+        return int(user_id) % USER_BUCKETS
+    return zlib.crc32(user_id.encode()) % USER_BUCKETS
+
+
+def bucket_tag(bucket: int) -> str:
+    return f"ub:{bucket}"
+
+
+def user_tag(user_id: str) -> str:
+    """The hash tag of every ledger key of `user_id` (the fee account has its own)."""
+    return FEE_TAG if user_id == FEE_ACCOUNT else bucket_tag(user_bucket(user_id))
+
+
+def ledger_tags() -> list[str]:
+    """Every ledger tag: the fee account's and each bucket's."""
+    return [FEE_TAG, *(bucket_tag(b) for b in range(USER_BUCKETS))]
+
+
+def order_id_counter(bucket: int) -> str:
+    """The bucket's order counter n: its orders get ids n * USER_BUCKETS + bucket."""
+    return f"ids:{{{bucket_tag(bucket)}}}"
+
+
+def outbox_stream(tag: str) -> str:
+    """Orders locked in this bucket and not yet known handed over to their market."""
+    return f"outbox:{{{tag}}}"
+
+
+def applied_key(tag: str) -> str:
+    """Hash: market tag (`markets.market_tag`) -> the last settled sequence applied here."""
+    return f"applied:{{{tag}}}"
+
+
+def totals_key(tag: str) -> str:
+    """Hash: "<ASSET>:deposits" / "<ASSET>:withdrawals", this bucket's all-time totals."""
+    return f"totals:{{{tag}}}"
+
+
+def subscribers_key(tag: str) -> str:
+    """Users of the bucket `tag` with a live private WebSocket subscription: ZSET user id ->
+    expiry (ms since epoch). Gateways add/refresh their authenticated users; the settle
+    scripts publish user@<id> updates only to members, so an exchange with no private
+    listeners pays nothing for them."""
+    return f"subscribers:{{{tag}}}"
+
+
 # --- public channels (stream names as clients write them) ------------------------------
 def depth_channel(symbol: str) -> str:
     return f"depth@{symbol}"
@@ -116,7 +195,12 @@ def api_key_key(api_key: str) -> str:
 
 def balance_key(user_id: str) -> str:
     """Hash: field `<ASSET>:available` and `<ASSET>:locked`, integer smallest units."""
-    return f"balance:{user_id}"
+    return f"balance:{{{user_tag(user_id)}}}:{user_id}"
+
+
+def balance_pattern() -> str:
+    """SCAN pattern matching every balance hash."""
+    return "balance:*"
 
 
 def available_field(asset: str) -> str:
@@ -128,25 +212,32 @@ def locked_field(asset: str) -> str:
 
 
 def order_key(order_id: int | str) -> str:
-    return f"order:{order_id}"
+    """The order's record; its bucket is `order_id % USER_BUCKETS` (its owner's)."""
+    return f"{order_key_prefix(int(order_id) % USER_BUCKETS)}{order_id}"
+
+
+def order_key_prefix(bucket: int) -> str:
+    """`order_key(id)` is this prefix and the id, for every id of `bucket`."""
+    return f"order:{{{bucket_tag(bucket)}}}:"
 
 
 def open_orders_key(user_id: str) -> str:
     """Sorted set of the user's open order ids (score = order id), all markets."""
-    return f"open:{user_id}"
+    return f"open:{{{user_tag(user_id)}}}:{user_id}"
 
 
 def client_order_key(user_id: str, client_order_id: str) -> str:
-    return f"coid:{user_id}:{client_order_id}"
+    return f"coid:{{{user_tag(user_id)}}}:{user_id}:{client_order_id}"
 
 
-def tx_key(tx_id: str) -> str:
-    return f"tx:{tx_id}"
+def tx_key(user_id: str, tx_id: str) -> str:
+    """A deposit's or withdrawal's record, once per (user, txId)."""
+    return f"tx:{{{user_tag(user_id)}}}:{user_id}:{tx_id}"
 
 
-def signature_key(signature: str) -> str:
+def signature_key(user_id: str, signature: str) -> str:
     """Seen request signatures, kept for the timestamp window: a replay is refused."""
-    return f"sig:{signature}"
+    return f"sig:{{{user_tag(user_id)}}}:{signature}"
 
 
 def listen_key(key: str) -> str:

@@ -35,6 +35,10 @@ ORDER_ROUNDTRIP = Histogram(
 ORDER_REPLY_TIMEOUTS = Counter(
     "cryptex_order_reply_timeouts_total", "Orders answered 202 after the reply wait", ["market"]
 )
+ORDER_HANDOVER_FAILURES = Counter(
+    "cryptex_order_handover_failures_total",
+    "Orders locked by R1 whose hand-over to the market failed (left to the reconciler)",
+)
 
 # --- engine ---------------------------------------------------------------------------
 ENGINE_COMMANDS = Counter(

@@ -35,7 +35,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cryptex_common.redis_client import cluster_nodes
-from cryptex_common.resp import RespClient, as_text
+from cryptex_common.resp import RespClient, as_text, supports
 
 SLOTS = 16384
 MAX_REDIRECTS = 5
@@ -360,3 +360,11 @@ def order_client(url: str, timeout_s: float = 5.0, decode: bool = False) -> Orde
     if cluster_nodes(url) is not None:
         return ClusterRespClient(url, timeout_s, decode)
     return RespClient(url, timeout_s, decode)
+
+
+def fast_client(url: str, timeout_s: float = 5.0, decode: bool = False) -> OrderClient | None:
+    """`order_client` for the URLs it serves (plain TCP, unix socket, redis+cluster://);
+    None for any other (TLS): the caller then uses redis-py."""
+    if supports(url) or cluster_nodes(url) is not None:
+        return order_client(url, timeout_s, decode)
+    return None

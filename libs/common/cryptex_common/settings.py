@@ -11,8 +11,10 @@ import socket
 import sys
 from typing import TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cryptex_common.redis_client import cluster_nodes, resolve_url
 
 
 def default_instance_id() -> str:
@@ -23,6 +25,9 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CRYPTEX_", extra="ignore")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # "host:port,host:port": a Redis Cluster's seed nodes; when set, redis_url becomes
+    # their redis+cluster:// URL (docs/decisions/0013)
+    redis_cluster_nodes: str = ""
     database_url: str = "postgresql://postgres@127.0.0.1:5432/cryptex"
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     instance_id: str = Field(default_factory=default_instance_id)
@@ -31,6 +36,12 @@ class ServiceSettings(BaseSettings):
     ops_host: str = "127.0.0.1"
     ops_port: int = Field(default=0, ge=0, le=65535)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _cluster_url(self) -> ServiceSettings:
+        self.redis_url = resolve_url(self.redis_url, self.redis_cluster_nodes)
+        cluster_nodes(self.redis_url)  # a cluster URL naming no node fails here, at start
+        return self
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -171,7 +171,8 @@ def script_guard_covers(signed: Signed) -> bool:
 
 async def guard(api: Api, signed: Signed) -> None:
     """Remember the signature (the native guard's key); -1022 when it was already used."""
-    fresh = await api.command("SET", keys.signature_key(signed.signature), 1, "NX", "PX", guard_ms(signed))
+    guard_key = keys.signature_key(signed.user_id, signed.signature)
+    fresh = await api.command("SET", guard_key, 1, "NX", "PX", guard_ms(signed))
     if not fresh:
         raise BinanceError(-1022, "Signature for this request was already used.")
 

@@ -4,7 +4,7 @@ follow a user: `/binance/ws/<listenKey>` and the WebSocket API's
 
 It follows the user the way a native private SUBSCRIBE does: taps on the user's private
 topics (`user.orders#<id>`, `user.fills#<id>`, `user.balances#<id>`), and
-`PrivateFeed.follow`, which registers the user in `keys.PRIVATE_SUBSCRIBERS` (engines
+`PrivateFeed.follow`, which registers the user in the user's bucket `keys.subscribers_key` (engines
 publish `user@<id>` only for registered users) and waits for Redis's subscription
 confirmation.
 

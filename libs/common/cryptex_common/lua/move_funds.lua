@@ -1,5 +1,5 @@
 -- Deposit or withdraw, exactly once per txId; all writes or none.
--- KEYS: 1 tx key, 2 balance hash, 3 ledger totals
+-- KEYS: 1 tx key, 2 balance hash, 3 the bucket's totals (all three in the user's bucket slot)
 -- ARGV: 1 "deposit" | "withdraw", 2 available field, 3 units (canonical integer > 0),
 --       4 totals field, 5 tx record JSON; optionally 6 the user's channel and 7 the message
 --       published there once the move is written (gateways turn it into balance events)
