@@ -15,8 +15,9 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
+from cryptex_launcher import stack as stack_module
 from cryptex_launcher.stack import (
     Stack,
     StartError,
@@ -27,6 +28,9 @@ from cryptex_launcher.stack import (
     stop_process,
     wait_redis_loaded,
 )
+
+if TYPE_CHECKING:
+    from cryptex_launcher.redis_cluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -76,7 +80,8 @@ class _Signals:
 
 @dataclass
 class _Up:
-    """What `up` runs: the stack, and its own Redis/PostgreSQL when no URL is configured."""
+    """What `up` runs: the stack, and its own Redis/PostgreSQL when no URL is configured
+    (with --redis-cluster its own local Redis Cluster, on `cluster_ports`, instead of Redis)."""
 
     stack: Stack
     state: Path
@@ -85,6 +90,42 @@ class _Up:
     timeout_s: float
     redis_proc: subprocess.Popen[bytes] | None = None
     pg_dir: Path | None = None
+    cluster_ports: list[int] | None = None
+    cluster: LocalCluster | None = None
+
+    @property
+    def cluster_dir(self) -> Path:
+        return _cluster_dir(self.state)
+
+
+def _cluster_dir(state: Path) -> Path:
+    return state / "redis-cluster"
+
+
+def _refusal(args: argparse.Namespace) -> str | None:
+    """Why `up` with these options must not start at all (None when it may)."""
+    if not args.redis_cluster:
+        return None
+    if os.environ.get("CRYPTEX_REDIS_URL"):
+        return ("error: --redis-cluster starts a local Redis Cluster, but CRYPTEX_REDIS_URL is set "
+                "(your own Redis): unset it or drop --redis-cluster; nothing started")
+    from cryptex_launcher.redis_cluster import NODES, existing_ports
+
+    old = existing_ports(_cluster_dir(_state_dir()))
+    if old and len(old) != NODES:
+        return (f"error: {_cluster_dir(_state_dir())} holds the data of {len(old)} cluster nodes "
+                f"(ports {old}), not {NODES}; nothing started")
+    return None
+
+
+def _plan_cluster_ports(state: Path) -> list[int]:
+    """The local cluster's six ports: those of its data (a node must come back on its old
+    port) or fresh free ones, reserved so that no service is planned on one of them."""
+    from cryptex_launcher.redis_cluster import NODES, existing_ports
+
+    ports = existing_ports(_cluster_dir(state)) or [stack_module.free_port() for _ in range(NODES)]
+    stack_module._given_ports.update(ports)
+    return ports
 
 
 def _plan_up(args: argparse.Namespace) -> _Up:
@@ -92,8 +133,14 @@ def _plan_up(args: argparse.Namespace) -> _Up:
 
     specs = load_markets_yaml(_markets_file().read_text())
     redis_port = pg_port = None
+    cluster_ports = None
     redis_url = os.environ.get("CRYPTEX_REDIS_URL")
-    if not redis_url:
+    if args.redis_cluster:
+        from cryptex_common.redis_client import cluster_url
+
+        cluster_ports = _plan_cluster_ports(_state_dir())
+        redis_url = cluster_url([("127.0.0.1", p) for p in cluster_ports])
+    elif not redis_url:
         redis_port = int(os.environ.get("CRYPTEX_LOCAL_REDIS_PORT", "6390"))
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
     database_url = os.environ.get("CRYPTEX_DATABASE_URL")
@@ -109,7 +156,7 @@ def _plan_up(args: argparse.Namespace) -> _Up:
     )
     stack.plan()
     timeout_s = float(os.environ.get("CRYPTEX_START_TIMEOUT_S", "300"))
-    return _Up(stack, stack.state_dir, redis_port, pg_port, timeout_s)
+    return _Up(stack, stack.state_dir, redis_port, pg_port, timeout_s, cluster_ports=cluster_ports)
 
 
 def _taken_ports(up: _Up) -> list[str]:
@@ -117,6 +164,8 @@ def _taken_ports(up: _Up) -> list[str]:
     wanted: dict[str, int] = {}
     if up.redis_port:
         wanted["Redis, CRYPTEX_LOCAL_REDIS_PORT"] = up.redis_port
+    for port in up.cluster_ports or []:
+        wanted[f"Redis Cluster node, {up.cluster_dir / str(port)}"] = port
     if up.pg_port:
         wanted["PostgreSQL, CRYPTEX_LOCAL_PG_PORT"] = up.pg_port
     env_names = {"api": "API, CRYPTEX_API_PORT", "wsgateway": "WebSocket gateway, CRYPTEX_WS_PORT"}
@@ -144,7 +193,12 @@ def _lock_state_dir(state: Path) -> IO[str] | None:
 def cmd_up(args: argparse.Namespace) -> int:
     """Refuse at once (starting nothing) when a port is taken; otherwise start Redis (waiting
     until it has loaded its data), PostgreSQL, the markets and every service. On any start-up
-    failure or Ctrl-C everything started is stopped."""
+    failure or Ctrl-C everything started is stopped. With --redis-cluster a local Redis
+    Cluster (3 primaries + 3 replicas, data in <state>/redis-cluster/) replaces Redis."""
+    refusal = _refusal(args)
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return 1
     up = _plan_up(args)
     taken = _taken_ports(up)
     if taken:
@@ -179,14 +233,39 @@ def cmd_up(args: argparse.Namespace) -> int:
         lock.close()
 
 
+def _start_cluster(up: _Up) -> None:
+    from cryptex_launcher.redis_cluster import start_cluster
+
+    began = time.monotonic()
+    print(f"starting a Redis Cluster (3 primaries + 3 replicas) on ports "
+          f"{','.join(map(str, up.cluster_ports or []))} (data in {up.cluster_dir})", flush=True)
+    up.cluster = start_cluster(up.cluster_dir, ports=up.cluster_ports, timeout_s=up.timeout_s)
+    how = "created" if up.cluster.created else "restarted on its data"
+    print(f"Redis Cluster ready after {time.monotonic() - began:.1f}s ({how})", flush=True)
+
+
+def _wait_own_redis(url: str, timeout_s: float) -> None:
+    """Until the user's Redis (CRYPTEX_REDIS_URL) has loaded its data; for a Redis Cluster
+    (`redis+cluster://` URL) each of its seed nodes."""
+    from cryptex_common.redis_client import cluster_nodes
+
+    seeds = cluster_nodes(url)
+    for host, port in seeds or []:
+        wait_redis_loaded(f"redis://{f'[{host}]' if ':' in host else host}:{port}/0", timeout_s)
+    if seeds is None:
+        wait_redis_loaded(url, timeout_s)
+
+
 def _start(up: _Up) -> None:
-    if up.redis_port:
+    if up.cluster_ports:
+        _start_cluster(up)
+    elif up.redis_port:
         began = time.monotonic()
         print(f"starting Redis on port {up.redis_port} (data in {up.state / 'redis'})", flush=True)
         up.redis_proc = start_local_redis(up.state, up.redis_port, up.timeout_s)
         print(f"Redis ready after {time.monotonic() - began:.1f}s", flush=True)
     else:
-        wait_redis_loaded(up.stack.redis_url, up.timeout_s)
+        _wait_own_redis(up.stack.redis_url, up.timeout_s)
     if up.pg_port:
         print(f"starting PostgreSQL on port {up.pg_port} (data in {up.state / 'pg'})", flush=True)
         up.pg_dir = start_local_postgres(up.state, up.pg_port, up.timeout_s)
@@ -196,8 +275,9 @@ def _start(up: _Up) -> None:
 
 def _supervise(up: _Up, signals: _Signals) -> None:
     stack = up.stack
+    redis = "Redis Cluster" if up.cluster is not None else "Redis"
     print(f"Cryptex is up: API http://127.0.0.1:{stack.api_port}  "
-          f"WebSocket ws://127.0.0.1:{stack.ws_port}/ws  Redis {stack.redis_url}", flush=True)
+          f"WebSocket ws://127.0.0.1:{stack.ws_port}/ws  {redis} {stack.redis_url}", flush=True)
     print(f"services: {', '.join(stack.services)}; logs in {up.state / 'logs'}; Ctrl-C stops all")
     print(f"admin token: {stack.admin_token}", flush=True)
     while not signals.stopping:
@@ -218,6 +298,8 @@ def _stop(up: _Up) -> None:
         print("exit codes: " + ", ".join(f"{k}={v}" for k, v in codes.items()), flush=True)
     if up.redis_proc is not None:
         stop_process(up.redis_proc)
+    if up.cluster is not None:
+        up.cluster.stop()
     if up.pg_dir is not None:
         stop_local_postgres(up.pg_dir)
 
@@ -252,6 +334,8 @@ def main() -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the whole exchange locally")
     up.add_argument("--no-demo", action="store_true", help="without the demo market maker")
+    up.add_argument("--redis-cluster", action="store_true",
+                    help="on a local Redis Cluster (3 primaries + 3 replicas) instead of one Redis")
     demo = sub.add_parser("demo", help="run the demo market maker against a running API")
     demo.add_argument("--api", default=os.environ.get("CRYPTEX_API_URL", "http://127.0.0.1:8080"))
     reg = sub.add_parser("register", help="register markets.yaml in Redis")
