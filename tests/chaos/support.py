@@ -23,13 +23,14 @@ import orjson
 import redis.asyncio as aioredis
 
 from cryptex_client import CryptexClient
-from cryptex_common import keys
+from cryptex_common import keys, redis_client
 from cryptex_common.ledger import Ledger
 from cryptex_common.markets import MarketSpec, load_markets_yaml, market_tag
 from cryptex_common.registry import register_market
 from cryptex_engine.decode import read_entry
 from cryptex_engine.domain.matching import MatchingEngine
 from cryptex_launcher.stack import Stack, free_port, wait_for_port
+from tests.support.eventually import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "chaos-admin-token"
@@ -64,7 +65,7 @@ def make_stack(redis_url: str, database_url: str = "postgresql://127.0.0.1:1/non
 
 
 async def register_all(redis_url: str) -> None:
-    redis = aioredis.Redis.from_url(redis_url)
+    redis = redis_client.connect(redis_url, "tests")
     try:
         for spec in specs():
             await register_market(redis, spec)
@@ -98,10 +99,13 @@ async def engine_state(port: int, timeout_s: float = 30.0) -> dict[str, Any]:
 
 
 async def wait_engine_caught_up(redis_url: str, symbol: str, port: int, timeout_s: float = 60.0) -> dict[str, Any]:
-    """/state once the engine has processed and settled the last entry of its stream."""
-    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    """/state once every outbox is relayed (an order the API locked but did not hand over
+    is queued by the engines' reconciler) and the engine has processed and settled the
+    last entry of its stream."""
+    redis = redis_client.connect(redis_url, "tests", decode=True)
     try:
         deadline = time.monotonic() + timeout_s
+        await eventually(lambda: outboxes_empty(redis), timeout_s, interval_s=0.2, what="outboxes relayed")
         while True:
             last = await redis.xrevrange(keys.commands_stream(symbol), count=1)
             st = await engine_state(port, timeout_s=max(1.0, deadline - time.monotonic()))
@@ -263,11 +267,18 @@ def trades_of(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e["trade"] for b in batches for e in b["events"] if e["type"] == "trade"]
 
 
+async def outboxes_empty(redis: aioredis.Redis) -> bool:
+    for tag in keys.ledger_tags():
+        if await redis.xlen(keys.outbox_stream(tag)):
+            return False
+    return True
+
+
 async def balances_all(redis: aioredis.Redis) -> dict[str, dict[str, dict[str, int]]]:
     ledger = Ledger(redis)
     out = {}
-    async for key in redis.scan_iter(match="balance:*", count=1000):
-        user = (key.decode() if isinstance(key, bytes) else key).split(":", 1)[1]
+    async for key in redis.scan_iter(match=keys.balance_pattern(), count=1000):
+        user = (key.decode() if isinstance(key, bytes) else key).rsplit(":", 1)[1]
         out[user] = await ledger.balances(user)
     return out
 
@@ -297,7 +308,7 @@ async def check_ledger(redis_url: str, log: FlowLog, users: list[CryptexClient],
                        withdrawn: dict[tuple[str, str], int]) -> dict[str, Any]:
     """Checks (1)-(3) of issue 5 against Redis and the command/event streams. Returns
     figures for the test's report."""
-    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    redis = redis_client.connect(redis_url, "tests", decode=True)
     figures: dict[str, Any] = {}
     try:
         expected: dict[tuple[str, str], int] = defaultdict(int)
@@ -362,7 +373,9 @@ async def check_ledger(redis_url: str, log: FlowLog, users: list[CryptexClient],
         # (3) conservation, exactly, from the ledger's own totals
         report = await Ledger(redis).conservation_report()
         for asset, row in report.items():
-            assert row["held"] == row["deposits"] - row["withdrawals"], f"{asset} not conserved: {row}"
+            assert row["held"] + row["inFlight"] == row["deposits"] - row["withdrawals"], \
+                f"{asset} not conserved: {row}"
+            assert row["inFlight"] == 0, f"{asset}: a journaled batch was never applied: {row}"
             assert row["deposits"] >= log.deposits[asset] and row["withdrawals"] == log.withdrawals[asset], \
                 (asset, row, log.deposits[asset], log.withdrawals[asset])
         figures["conservation"] = report

@@ -1,5 +1,7 @@
 """End-to-end fixtures: the real API and engine processes (and, where a test asks, the
-gateway and dbproc) against a real Redis on a free port, driven over HTTP by the client."""
+gateway and dbproc) against a real Redis on a free port, driven over HTTP by the client.
+Every e2e test module runs twice: on one Redis and on a Redis Cluster of 3 primaries and
+3 replicas (issue 16), through the same code."""
 
 from __future__ import annotations
 
@@ -10,12 +12,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from cryptex_client import CryptexClient
+from cryptex_common import redis_client
 from cryptex_common.markets import load_markets_yaml
 from cryptex_common.registry import register_market
+from cryptex_launcher.redis_cluster import LocalCluster
 from cryptex_launcher.stack import Stack, free_port
+from tests.support.redis_cluster import redis_cluster
 from tests.support.servers import RedisServer, redis_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,20 +36,21 @@ def make_stack(redis_url: str, database_url: str = "postgresql://127.0.0.1:1/non
 
 
 async def register_all(redis_url: str, stack: Stack) -> None:
-    redis = aioredis.Redis.from_url(redis_url)
+    redis = redis_client.connect(redis_url, "tests")
     for spec in stack.markets:
         await register_market(redis, spec)
     await redis.aclose()
 
 
-@pytest.fixture(scope="module")
-def e2e_redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
+@pytest.fixture(scope="module", params=["single", "cluster"])
+def e2e_redis(request: pytest.FixtureRequest) -> Iterator[RedisServer | LocalCluster]:
+    """One Redis, then a Redis Cluster: both have `.url`."""
+    with redis_server() if request.param == "single" else redis_cluster() as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def order_stack(e2e_redis: RedisServer) -> Iterator[Stack]:
+def order_stack(e2e_redis: RedisServer | LocalCluster) -> Iterator[Stack]:
     stack = make_stack(e2e_redis.url, extra_env={
         "CRYPTEX_HISTORY_ENABLED": "false", "CRYPTEX_RATE_LIMIT_PER_S": "20", "CRYPTEX_RATE_LIMIT_BURST": "40",
     })

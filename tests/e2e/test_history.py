@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from cryptex_client import CryptexClient
+from cryptex_launcher.redis_cluster import LocalCluster
 from cryptex_launcher.stack import Stack
 from tests.e2e.conftest import ADMIN, make_stack, register_all
 from tests.support.eventually import eventually
@@ -18,7 +19,7 @@ from tests.support.servers import PostgresServer, RedisServer, new_database
 
 
 @pytest.fixture(scope="module")
-def history_stack(e2e_redis: RedisServer, postgres: PostgresServer) -> Iterator[Stack]:
+def history_stack(e2e_redis: RedisServer | LocalCluster, postgres: PostgresServer) -> Iterator[Stack]:
     database_url = asyncio.run(new_database(postgres))
     stack = make_stack(e2e_redis.url, database_url, with_dbproc=True)
     asyncio.run(register_all(e2e_redis.url, stack))

@@ -11,10 +11,9 @@ import time
 import uuid
 
 import pytest
-import redis.asyncio as aioredis
 
 from cryptex_client import CryptexClient
-from cryptex_common import keys
+from cryptex_common import keys, redis_client
 from cryptex_common.auth import sign
 from cryptex_common.ledger import Ledger
 from cryptex_common.markets import MarketSpec
@@ -33,7 +32,7 @@ async def balances(client: CryptexClient) -> dict[str, dict[str, str]]:
 
 
 async def stream_len(stack: Stack, symbol: str = SOL) -> int:
-    redis = aioredis.Redis.from_url(stack.redis_url)
+    redis = redis_client.connect(stack.redis_url, "tests")
     try:
         return int(await redis.xlen(keys.commands_stream(symbol)))
     finally:
@@ -270,7 +269,7 @@ async def test_admin_routes_need_the_token_and_transfers_are_idempotent(admin: C
 
 
 async def test_halted_market_answers_503(admin: CryptexClient, order_stack: Stack) -> None:
-    redis = aioredis.Redis.from_url(order_stack.redis_url)
+    redis = redis_client.connect(order_stack.redis_url, "tests")
     halted = MarketSpec.model_validate({
         "symbol": "ETH/USDC", "baseAsset": "ETH", "baseDecimals": 8, "quoteAsset": "USDC",
         "quoteDecimals": 6, "tickSize": "0.01", "lotSize": "0.0001", "minQuantity": "0.0001",
@@ -318,7 +317,7 @@ async def test_public_routes(admin: CryptexClient) -> None:
 async def test_conservation_after_everything(admin: CryptexClient, order_stack: Stack) -> None:
     """Runs last in this module: every asset is conserved after all the flows above."""
     await asyncio.sleep(0.3)
-    redis = aioredis.Redis.from_url(order_stack.redis_url)
+    redis = redis_client.connect(order_stack.redis_url, "tests")
     report = await Ledger(redis).conservation_report()
     await redis.aclose()
     for asset, row in report.items():

@@ -37,7 +37,7 @@ from cryptex_api.public_routes import PublicHandlers
 from cryptex_api.replies import Reply, ReplyWaiter
 from cryptex_api.settings import ApiSettings
 from cryptex_api.signing import Authenticator
-from cryptex_common import keys, metrics, redis_client, registry, runtime
+from cryptex_common import keys, metrics, registry, runtime
 from cryptex_common.errors import CryptexError, ErrorCode
 from cryptex_common.ledger import Ledger
 from cryptex_common.markets import MarketSpec, MarketState, normalize_symbol
@@ -64,7 +64,7 @@ class Api:
         self.public_redis = public_redis or redis  # public reads: never crowd out the above
         self.ledger = Ledger(redis)
         self.replies = ReplyWaiter(redis, settings.instance_id,
-                                   redis_client.pubsub_url(settings.redis_url) if order_redis is not None else None)
+                                   settings.redis_url if order_redis is not None else None)
         self.known_markets = registry.MarketRegistry()
         self._market_names: dict[str, MarketSpec] = {}
         self.history = history

@@ -11,6 +11,7 @@ failed: the reconciler hands the order over from the outbox); another user's ord
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -26,7 +27,7 @@ from cryptex_api import params
 from cryptex_api.orders import CLIENT_ORDER_ID, cancel_command_json, market_field, validate_order
 from cryptex_api.replies import Reply
 from cryptex_api.responses import GuardChecked, json_response
-from cryptex_common import keys, metrics
+from cryptex_common import keys, metrics, resp_cluster
 from cryptex_common.auth import REPLAY_GUARD_MS
 from cryptex_common.depth import read_depth
 from cryptex_common.errors import CryptexError, ErrorCode
@@ -168,12 +169,25 @@ class OrderHandlers:
                 await self.api.ledger.hand_over(call)
             else:
                 handed(await order_redis.evalsha(self._handover_sha, self._handover_source, call.keys, call.args))
+            await self.wait_replicas(keys.outbox_stream(keys.user_tag(user_id)), call.keys[0])
         except RedisError as exc:
             metrics.ORDER_HANDOVER_FAILURES.inc()
             log.warning("hand-over failed; the reconciler will retry it",
                         extra={"market": symbol, "orderId": order_id, "error": str(exc)})
             return False
         return True
+
+    async def wait_replicas(self, *route_keys: str) -> None:
+        """With CRYPTEX_REDIS_WAIT_REPLICAS, WAIT on the nodes of `route_keys` (R1's and the
+        hand-over's) before the order is answered, so a failover cannot lose it."""
+        settings, order_redis = self.api.settings, self.api.order_redis
+        n = settings.redis_wait_replicas
+        if not n or order_redis is None:
+            return
+        acks = await asyncio.gather(*(resp_cluster.wait_replicas(order_redis, key, n, settings.redis_wait_timeout_ms)
+                                      for key in route_keys))
+        if min(acks) < n:
+            metrics.REDIS_WAIT_SHORTFALL.labels("api").inc()
 
     def reply_response(self, reply: Reply, spec: MarketSpec) -> web.Response:
         """The engine's reply as the HTTP answer: a rejection with its code's status, else

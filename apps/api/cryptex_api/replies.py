@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from cryptex_common import keys, resp
+from cryptex_common import keys, redis_client, resp
 
 log = logging.getLogger("cryptex.api.replies")
 Reply = dict[str, Any]  # a CommandReply as the engine publishes it
@@ -31,11 +31,14 @@ def _expire(fut: asyncio.Future[Reply | None]) -> None:
 
 class ReplyWaiter:
     """`url`: subscribe over cryptex_common.resp (hiredis, no per-message redis-py work) when
-    it is a plain redis:// URL; otherwise through `redis`'s pubsub."""
+    it is a plain redis:// URL or a cluster's (then to one seed node at a time: a PUBLISH
+    reaches every node of a cluster; after a failure, the next seed); otherwise through
+    `redis`'s pubsub."""
 
     def __init__(self, redis: Redis, instance_id: str, url: str | None = None) -> None:
         self.redis = redis
-        self.url = url if url is not None and resp.supports(url) else None
+        urls = [u for u in redis_client.pubsub_urls(url) if resp.supports(u)] if url is not None else []
+        self.urls = urls
         self.channel = keys.reply_channel(instance_id)
         self._pending: dict[str, asyncio.Future[Reply | None]] = {}
         self._ids = itertools.count(1)
@@ -72,8 +75,8 @@ class ReplyWaiter:
         return self._task is not None and not self._task.done() and self._subscribed.is_set()
 
     async def _listen(self) -> None:
-        if self.url is not None:
-            await self._listen_resp(self.url)
+        if self.urls:
+            await self._listen_resp(self.urls)
         changed = (keys.MARKETS_CHANGED_CHANNEL, keys.MARKETS_CHANGED_CHANNEL.encode())
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
@@ -93,7 +96,7 @@ class ReplyWaiter:
                 log.exception("reply subscription failed; resubscribing")
                 await asyncio.sleep(0.5)
 
-    async def _listen_resp(self, url: str) -> None:
+    async def _listen_resp(self, urls: list[str]) -> None:
         changed = keys.MARKETS_CHANGED_CHANNEL.encode()
 
         def on_push(message: list[bytes]) -> None:
@@ -102,7 +105,7 @@ class ReplyWaiter:
             else:
                 self._deliver(message[2])
 
-        while True:
+        for url in itertools.cycle(urls):
             try:
                 await resp.subscribe(url, [self.channel, keys.MARKETS_CHANGED_CHANNEL], on_push,
                                      self._subscribed.set)

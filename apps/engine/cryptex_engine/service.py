@@ -39,7 +39,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
-from cryptex_common import keys, registry, resp_cluster, stream_ids
+from cryptex_common import keys, metrics, registry, resp_cluster, stream_ids
 from cryptex_common.ledger import BucketRefused, Ledger, SettleResult, settle_result
 from cryptex_common.markets import MarketSpec
 from cryptex_common.settle_calls import journal_entry_id
@@ -235,7 +235,11 @@ class EngineService:
             return read_reply[0][1] if read_reply else []
         return _entries(read_reply)
 
-    async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def _pipeline(self, commands: list[tuple[Any, ...]], route_keys: list[str | None] | None = None) -> list[Any]:
+        """`commands` in one round trip (per node on a cluster, each to the node of its
+        `route_keys` entry when given: WAIT names no key), replies in order."""
+        if isinstance(self.fast, resp_cluster.ClusterRespClient):
+            return await self.fast.pipeline(*commands, route_keys=route_keys)
         if self.fast is not None:
             return await self.fast.pipeline(*commands)
         pipe = self.redis.pipeline(transaction=False)
@@ -244,10 +248,26 @@ class EngineService:
         answers: list[Any] = await pipe.execute(raise_on_error=False)
         return answers
 
+    def _wait(self, route_key: str) -> list[tuple[tuple[Any, ...], str]]:
+        """The WAIT that follows a write to the node of `route_key`, when configured."""
+        n = self.settings.redis_wait_replicas
+        return [(("WAIT", n, self.settings.redis_wait_timeout_ms), route_key)] if n else []
+
+    def _check_waits(self, replies: list[Any]) -> None:
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+            if int(reply) < self.settings.redis_wait_replicas:
+                metrics.REDIS_WAIT_SHORTFALL.labels("engine").inc()
+
     async def _run_market(self, pending: PendingSettle) -> SettleResult:
+        """Step A (then its WAIT, when configured, before any bucket applies it)."""
         call = pending.plan.market
-        [reply] = await self._pipeline([("EVALSHA", self.ledger.settle_market_sha, len(call.keys), *call.keys,
-                                         *call.args)])
+        waits = self._wait(call.keys[0])
+        reply, *waited = await self._pipeline(
+            [("EVALSHA", self.ledger.settle_market_sha, len(call.keys), *call.keys, *call.args),
+             *(w for w, _ in waits)], [call.keys[0], *(k for _, k in waits)])
+        self._check_waits(waited)
         if _noscript(reply):
             return await self.ledger.run_market(call)  # Redis restarted: load the script, run it alone
         if isinstance(reply, Exception):
@@ -258,7 +278,13 @@ class EngineService:
         """The batch's bucket calls' answers (SettleResult or exception), then `then`'s replies."""
         sha = self.ledger.settle_bucket_sha
         calls = [call for _tag, call in pending.plan.buckets]
-        answers = await self._pipeline([*(("EVALSHA", sha, len(c.keys), *c.keys, *c.args) for c in calls), *then])
+        commands: list[tuple[Any, ...]] = [("EVALSHA", sha, len(c.keys), *c.keys, *c.args) for c in calls]
+        route: list[str | None] = [c.keys[0] for c in calls]
+        waits = [w for c in calls for w in self._wait(c.keys[0])]
+        answers = await self._pipeline([*commands, *(w for w, _ in waits), *then],
+                                       [*route, *(k for _, k in waits), *(None for _ in then)])
+        self._check_waits(answers[len(calls):len(calls) + len(waits)])
+        answers = answers[:len(calls)] + answers[len(calls) + len(waits):]
         out: list[Any] = []
         for call, reply in zip(calls, answers, strict=False):
             if _noscript(reply):

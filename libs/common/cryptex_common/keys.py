@@ -95,6 +95,13 @@ def snapshot_key(symbol: str) -> str:
     return f"snapshot:{{{market_tag(symbol)}}}"
 
 
+def market_spec_key(symbol: str) -> str:
+    """The market's registered spec (JSON), in the market's slot: written in one
+    transaction with the configure it puts on the command stream (registry.py); the
+    `markets` hash is the index of every market, written right after."""
+    return f"market:{{{market_tag(symbol)}}}"
+
+
 def journal_stream(symbol: str) -> str:
     """Settled batches whose ledger parts may not be applied in every bucket yet: entry id
     `<last seq>-1`, one field per bucket tag holding that bucket's settle call."""

@@ -35,6 +35,11 @@ ORDER_ROUNDTRIP = Histogram(
 ORDER_REPLY_TIMEOUTS = Counter(
     "cryptex_order_reply_timeouts_total", "Orders answered 202 after the reply wait", ["market"]
 )
+REDIS_WAIT_SHORTFALL = Counter(
+    "cryptex_redis_wait_shortfall_total",
+    "WAITs that timed out before CRYPTEX_REDIS_WAIT_REPLICAS replicas acknowledged the writes",
+    ["service"],
+)
 ORDER_HANDOVER_FAILURES = Counter(
     "cryptex_order_handover_failures_total",
     "Orders locked by R1 whose hand-over to the market failed (left to the reconciler)",

@@ -84,6 +84,15 @@ def pubsub_url(url: str) -> str:
     return f"redis://{_format_node(host, port)}/0"
 
 
+def pubsub_urls(url: str) -> list[str]:
+    """Every place to SUBSCRIBE, in the order to try them: each seed of a cluster URL (a
+    subscriber whose node died moves on to the next); any other URL alone."""
+    nodes = cluster_nodes(url)
+    if nodes is None:
+        return [url]
+    return [f"redis://{_format_node(host, port)}/0" for host, port in nodes]
+
+
 def connect(url: str, service: str, *, decode: bool = False, max_connections: int | None = None,
             wait_s: float | None = None, socket_timeout_s: float | None = None) -> Client:
     options: dict[str, object] = {"client_name": f"cryptex-{service}", "decode_responses": decode,

@@ -1,13 +1,16 @@
-"""The registry of live markets in Redis (`markets` hash + `markets:changed` channel).
+"""The registry of live markets in Redis (`market:{M}` per market, the `markets` hash
+indexing them all, the `markets:changed` channel).
 
 Written by the local launcher from markets.yaml and by the operator from Market resources.
 Every change of a mutable field (state, fees, minQuantity, maxQuantity, minNotional,
 selfTradePrevention) also goes onto the market's command stream as a `configure` carrying
-all of them, in the same transaction as the hash write: the engine applies the rules at
-that command's sequence number, and every replay sees them at the same place (see
-docs/decisions/0010-sequenced-market-rules.md). The hash is what the API pre-checks with;
-the sequenced configure is what the engine judges by. Symbol, assets and grid are
-immutable once registered.
+all of them, in the same transaction as the write of `market:{M}` (both in the market's
+hash slot, so on a Redis Cluster too): the engine applies the rules at that command's
+sequence number, and every replay sees them at the same place (see
+docs/decisions/0010-sequenced-market-rules.md). The `markets` hash (what the API pre-checks
+with and every service lists markets from) is written right after from `market:{M}`; a
+crash in between leaves it one change behind until the next registration, which always
+rewrites it. Symbol, assets and grid are immutable once registered.
 """
 
 from __future__ import annotations
@@ -86,33 +89,45 @@ def _mutable(spec: MarketSpec) -> tuple[Any, ...]:
     return tuple(getattr(spec, f) for f in MUTABLE_FIELDS)
 
 
+async def _registered(redis: Redis, pipe: Any, symbol: str) -> MarketSpec | None:
+    """The spec as registered: `market:{M}` (watched), else the index (data written before
+    `market:{M}` existed)."""
+    raw = await pipe.get(keys.market_spec_key(symbol))
+    if raw is None:
+        raw = await redis.hget(keys.MARKETS_HASH, symbol)
+    return MarketSpec.model_validate_json(raw) if raw else None
+
+
 async def register_market(redis: Redis, spec: MarketSpec) -> bool:
     """Create or update a market. Returns True when anything changed. Idempotent.
 
-    Read, compare and write are one optimistic transaction (WATCH on the registry hash), so
-    two concurrent writers can never leave the stream's last configure disagreeing with
-    the hash."""
+    Read, compare and write are one optimistic transaction (WATCH on `market:{M}`), so two
+    concurrent writers can never leave the stream's last configure disagreeing with the
+    registered spec; the index and the change notice follow."""
+    text = spec.model_dump_json(by_alias=True)
     async with redis.pipeline(transaction=True) as pipe:
         while True:
             try:
-                await pipe.watch(keys.MARKETS_HASH)
-                raw = await pipe.hget(keys.MARKETS_HASH, spec.symbol)
-                old = MarketSpec.model_validate_json(raw) if raw else None
+                await pipe.watch(keys.market_spec_key(spec.symbol))
+                old = await _registered(redis, pipe, spec.symbol)
                 if old is not None:
                     changed = [f for f in IMMUTABLE_FIELDS if getattr(old, f) != getattr(spec, f)]
                     if changed:
                         raise ImmutableFieldChanged(f"{spec.symbol}: immutable fields changed: {changed}")
-                    if old == spec:
-                        return False
                 pipe.multi()
-                pipe.hset(keys.MARKETS_HASH, spec.symbol, spec.model_dump_json(by_alias=True))
+                pipe.set(keys.market_spec_key(spec.symbol), text)
                 if old is None or _mutable(old) != _mutable(spec):
                     pipe.xadd(keys.commands_stream(spec.symbol), configure_fields(spec))
-                pipe.publish(keys.MARKETS_CHANGED_CHANNEL, orjson.dumps({"symbol": spec.symbol}))
                 await pipe.execute()
-                return True
+                break
             except WatchError:
                 continue
+    indexed = await redis.hget(keys.MARKETS_HASH, spec.symbol)
+    if indexed is not None and old == spec and MarketSpec.model_validate_json(indexed) == spec:
+        return False
+    await redis.hset(keys.MARKETS_HASH, spec.symbol, text)
+    await redis.publish(keys.MARKETS_CHANGED_CHANNEL, orjson.dumps({"symbol": spec.symbol}))
+    return True
 
 
 async def sequence_current_rules(redis: Redis, symbol: str) -> bool:
@@ -123,12 +138,12 @@ async def sequence_current_rules(redis: Redis, symbol: str) -> bool:
     async with redis.pipeline(transaction=True) as pipe:
         while True:
             try:
-                await pipe.watch(keys.MARKETS_HASH)
-                raw = await pipe.hget(keys.MARKETS_HASH, symbol)
-                if not raw:
+                await pipe.watch(keys.market_spec_key(symbol))
+                spec = await _registered(redis, pipe, symbol)
+                if spec is None:
                     return False
-                spec = MarketSpec.model_validate_json(raw)
                 pipe.multi()
+                pipe.set(keys.market_spec_key(symbol), spec.model_dump_json(by_alias=True))
                 pipe.xadd(keys.commands_stream(symbol), configure_fields(spec))
                 await pipe.execute()
                 return True

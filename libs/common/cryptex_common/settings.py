@@ -28,6 +28,12 @@ class ServiceSettings(BaseSettings):
     # "host:port,host:port": a Redis Cluster's seed nodes; when set, redis_url becomes
     # their redis+cluster:// URL (docs/decisions/0013)
     redis_cluster_nodes: str = ""
+    # Durability on failover (decision 0013): after each accepted order's writes and each
+    # settle step, WAIT until this many replicas acknowledged them (0: never wait; a single
+    # Redis has none). A WAIT that times out is counted (cryptex_redis_wait_shortfall_total)
+    # and the write stands: availability over the guarantee, visible on the dashboard.
+    redis_wait_replicas: int = Field(default=0, ge=0, le=5)
+    redis_wait_timeout_ms: int = Field(default=200, gt=0, le=10_000)
     database_url: str = "postgresql://postgres@127.0.0.1:5432/cryptex"
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     instance_id: str = Field(default_factory=default_instance_id)
