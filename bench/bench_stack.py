@@ -3,6 +3,7 @@ signed order traffic from wrk at 1, 8 and 64 clients, WebSocket subscribers list
 
     .venv/bin/python bench/bench_stack.py [--levels 1,8,64] [--seconds 8] [--warmup 2]
         [--ws-clients 4] [--profile [--profile-level 8]] [--json artifacts/bench_stack.json]
+        [--markets N] [--redis-cluster]
     .venv/bin/python bench/bench_stack.py --self-check     # wrk's Lua HMAC against Python's
 
 Per level it prints orders/s (every signed order request: new orders and cancels), latency
@@ -24,6 +25,13 @@ client's oldest resting order (once more than 4 rest). CPU is utime+stime from /
 for wrk and py-spy) between the start and the end of the measured run; dbproc and
 PostgreSQL are measured until the candle has caught up, so their backlog counts too.
 The run refuses to report a level where more than 1% of responses are not 200/202.
+
+`--markets N`: the stack runs on a generated markets file (CRYPTEX_MARKETS_FILE) of N markets,
+markets.yaml's SOL/USDC and N-1 copies of it (M1/USDC, ...), users hold every base asset, and
+cycle c of wrk thread t trades on market (t + c) mod N (CX_MARKETS), so all N trade evenly;
+`engine` is the sum over the engines (each in the JSON's cpu_detail). `--redis-cluster`: `up
+--redis-cluster` (3 primaries + 3 replicas); `redis` is the sum over the six nodes (primaries
+and replicas apart in cpu_detail), Redis' commandstats the sum over the primaries.
 
 Everything runs on the same cores as the servers: wrk costs ~10x less per order than a
 Python client, and its own CPU is printed next to the servers'. `--profile` records a
@@ -130,6 +138,7 @@ class Procs:
 
     launcher: int
     pg_data: Path
+    cluster: bool = False
     named: dict[str, int] = field(default_factory=dict)
 
     def discover(self) -> None:
@@ -139,8 +148,9 @@ class Procs:
             if ppid != self.launcher:
                 continue
             cmd = cmdline(pid)
-            if "redis-server" in cmd:
-                self.named["redis"] = pid
+            if "redis-server" in cmd:  # Redis rewrites it: "redis-server 127.0.0.1:PORT [cluster]"
+                port = cmd.split("redis-server", 1)[1].split()[0].rpartition(":")[2] if self.cluster else ""
+                self.named[f"redis@{port}" if self.cluster else "redis"] = pid
             elif "-m cryptex_engine" in cmd:
                 market = cmd.split("--market", 1)[1].split()[0] if "--market" in cmd else "?"
                 self.named[f"engine-{market.replace('/', '_')}"] = pid
@@ -152,7 +162,7 @@ class Procs:
             self.named["postgres"] = int((self.pg_data / "postmaster.pid").read_text().split()[0])
 
     def python_services(self) -> dict[str, int]:
-        return {n: p for n, p in self.named.items() if n not in ("redis", "postgres", "launcher")}
+        return {n: p for n, p in self.named.items() if not n.startswith(("redis", "postgres", "launcher"))}
 
 
 def cpu_sample(procs: dict[str, int]) -> dict[str, float]:
@@ -229,11 +239,36 @@ def export_ref(ref: str, dest: Path) -> str:
     return commit
 
 
+def write_markets(tree: Path, count: int, dest: Path) -> list[str]:
+    """A markets YAML of `count` markets at dest: markets.yaml's SOL/USDC and count-1 copies
+    of it on the same grid, M1/USDC, M2/USDC, ... (base assets M1, M2, ...); their symbols."""
+    import yaml
+
+    sys.path.insert(0, str(ROOT / "libs" / "common"))
+    from cryptex_common.markets import load_markets_yaml
+
+    first = next(m for m in yaml.safe_load((tree / "markets.yaml").read_text())["markets"] if m["symbol"] == MARKET)
+    quote = first["quoteAsset"]
+    specs = [first, *({**first, "symbol": f"M{i}/{quote}", "baseAsset": f"M{i}"} for i in range(1, count))]
+    text = "# written by bench/bench_stack.py --markets\n" + yaml.safe_dump({"markets": specs}, sort_keys=False)
+    load_markets_yaml(text)  # the launcher's own checks, before anything starts
+    dest.write_text(text)
+    return [m["symbol"] for m in specs]
+
+
+def yaml_markets(path: Path) -> list[dict[str, Any]]:
+    import yaml
+
+    return list(yaml.safe_load(path.read_text())["markets"])
+
+
 class Stack:
     """`python -m cryptex_launcher up --no-demo` in its own state dir on free ports, from this
-    working tree or (tree=) another checkout, whose packages then come first on PYTHONPATH."""
+    working tree or (tree=) another checkout, whose packages then come first on PYTHONPATH.
+    market_count > 0: on a generated markets file (CRYPTEX_MARKETS_FILE) of that many markets,
+    all traded; 0: on the tree's markets.yaml, SOL/USDC traded. cluster: `up --redis-cluster`."""
 
-    def __init__(self, tree: Path = ROOT) -> None:
+    def __init__(self, tree: Path = ROOT, market_count: int = 0, cluster: bool = False) -> None:
         self.tree = tree
         self.base = Path(tempfile.mkdtemp(prefix="cx-bench-"))
         self.state = self.base / "state"
@@ -241,6 +276,41 @@ class Stack:
         self.api_port, self.ws_port = free_port(), free_port()
         self.lines: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
+        self.cluster = cluster
+        self.markets_file = self.base / "markets.yaml" if market_count else None
+        if self.markets_file is not None:
+            self.traded = write_markets(tree, market_count, self.markets_file)
+        else:
+            self.traded = [MARKET]
+        self.specs = yaml_markets(self.markets_file or tree / "markets.yaml")
+
+    @property
+    def argv(self) -> list[str]:
+        return [PY, "-m", "cryptex_launcher", "up", "--no-demo", *(["--redis-cluster"] if self.cluster else [])]
+
+    @property
+    def redis_mode(self) -> str:
+        return "cluster (3 primaries + 3 replicas, up --redis-cluster)" if self.cluster else "single node"
+
+    def cluster_ports(self) -> list[int]:
+        """The cluster nodes' ports: the names of their directories, <state>/redis-cluster/<port>/."""
+        base = self.state / "redis-cluster"
+        return sorted(int(d.name) for d in base.iterdir() if d.name.isdigit()) if base.is_dir() else []
+
+    def redis_roles(self) -> dict[int, str]:
+        """port -> "master"/"slave" (INFO replication) of every node; {} for a single Redis."""
+        import redis
+
+        roles: dict[int, str] = {}
+        for port in self.cluster_ports() if self.cluster else []:
+            with contextlib.suppress(redis.RedisError), redis.Redis(port=port, socket_timeout=5) as client:
+                roles[port] = str(client.info("replication")["role"])
+        return roles
+
+    def stats_ports(self) -> list[int]:
+        """Where INFO commandstats is summed: the primaries of a cluster, or the one Redis."""
+        return sorted(p for p, role in self.redis_roles().items() if role == "master") if self.cluster \
+            else [self.redis_port]
 
     @property
     def api(self) -> str:
@@ -257,13 +327,15 @@ class Stack:
             "CRYPTEX_LOCAL_PG_PORT": str(self.pg_port), "CRYPTEX_API_PORT": str(self.api_port),
             "CRYPTEX_WS_PORT": str(self.ws_port), "CRYPTEX_ADMIN_TOKEN": ADMIN, "PYTHONUNBUFFERED": "1",
         })
+        if self.markets_file is not None:
+            env["CRYPTEX_MARKETS_FILE"] = str(self.markets_file)
         if self.tree != ROOT:
             env["PYTHONPATH"] = os.pathsep.join([*(str(self.tree / d) for d in PACKAGE_DIRS),
                                                  *filter(None, [os.environ.get("PYTHONPATH")])])
         return env
 
     def start(self, timeout_s: float = 180) -> None:
-        self.proc = subprocess.Popen([PY, "-m", "cryptex_launcher", "up", "--no-demo"], env=self.env(), cwd=self.tree,
+        self.proc = subprocess.Popen(self.argv, env=self.env(), cwd=self.tree,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True)
         proc = self.proc
@@ -277,14 +349,19 @@ class Stack:
         deadline = time.monotonic() + timeout_s
         while not any(line.startswith("Cryptex is up") for line in self.lines):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("`up` did not come up:\n" + "".join(self.lines[-30:]))
+                how = f"exited with {proc.returncode}" if proc.poll() is not None else f"not up after {timeout_s:.0f} s"
+                raise RuntimeError(f"`python {' '.join(self.argv[1:])}` did not come up ({how}); its last lines:\n"
+                                   + "".join(self.lines[-30:]))
             time.sleep(0.1)
 
     def leftovers(self) -> dict[int, str]:
         """Live processes of this stack; a service counts only with this stack's Redis URL
         and admin token together in its environment."""
         token = f"CRYPTEX_ADMIN_TOKEN={ADMIN}".encode()
-        return stack_processes(self.state, self.redis_port, (token,))
+        found = stack_processes(self.state, self.redis_port, (token,))
+        for port in self.cluster_ports():  # a service's redis+cluster:// URL ends in one node's address
+            found.update(stack_processes(self.state, port, (token,)))
+        return found
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -318,37 +395,61 @@ def get_json(url: str) -> tuple[int, Any]:
         return exc.code, None
 
 
-async def fund_users(api: str, count: int) -> list[tuple[str, str, str]]:
-    """`count` users with plenty of SOL and USDC: (userId, apiKey, apiSecret)."""
+async def fund_users(api: str, count: int, assets: Sequence[str] = ("SOL",)) -> list[tuple[str, str, str]]:
+    """`count` users with plenty of every base asset in `assets` and of USDC: (userId, apiKey,
+    apiSecret). The admin routes are limited per client address (429): waits and retries."""
     sys.path.insert(0, str(ROOT / "libs" / "client"))
     from cryptex_client import CryptexClient
 
     users: list[tuple[str, str, str]] = []
     sem = asyncio.Semaphore(8)
+    funds = {**dict.fromkeys(assets, "1000000"), "USDC": "1000000000"}
+
+    async def admin_call(call: Any, expect: int, *argv: str) -> Any:
+        for _ in range(200):
+            async with sem:
+                resp = await call(*argv)
+            if resp.status != 429:
+                break
+            await asyncio.sleep(0.2)
+        if resp.status != expect:
+            raise RuntimeError(f"{call.__name__} failed: {resp.status} {resp.body}")
+        return resp.body
+
     async with CryptexClient(api, admin_token=ADMIN) as admin:
         async def one(i: int) -> None:
-            async with sem:
-                c = await admin.new_funded_user({"SOL": "1000000", "USDC": "1000000000"}, tx_prefix=f"bench{i}-")
-                users.append((c.user_id, c.api_key or "", c.api_secret or ""))  # type: ignore[attr-defined]
+            user = await admin_call(admin.create_user, 201)
+            for asset, amount in funds.items():
+                await admin_call(admin.deposit, 200, user["userId"], asset, amount,
+                                 f"bench{i}-seed-{user['userId']}-{asset}")
+            users.append((user["userId"], user["apiKey"], user["apiSecret"]))
         await asyncio.gather(*(one(i) for i in range(count)))
     return users
 
 
-def candle_lag_ms(api: str, timeout_s: float = 30) -> tuple[float | None, int]:
-    """ms from the last trade's own ts until the 1m candles (GET /api/v1/klines) count every
-    trade so far (trade ids are the engine's gap-free sequence, so sum(count) == last id)."""
-    market = MARKET.replace("/", "_")
-    status, trades = get_json(f"{api}/api/v1/trades?market={market}&limit=1")
-    if status != 200 or not trades:
-        return None, 0
-    last_id, last_ts = int(trades[0]["tradeId"]), int(trades[0]["ts"])
+def candle_lag_ms(api: str, markets: Sequence[str] = (MARKET,),
+                  timeout_s: float = 30) -> tuple[float | None, dict[str, int]]:
+    """ms from the newest last trade's own ts (over `markets`) until the 1m candles (GET
+    /api/v1/klines) of every market count every trade so far (trade ids are the engine's
+    gap-free sequence, so sum(count) == last id); and the last trade id per market."""
+    last: dict[str, tuple[int, int]] = {}
+    for tag in (m.replace("/", "_") for m in markets):
+        status, trades = get_json(f"{api}/api/v1/trades?market={tag}&limit=1")
+        if status == 200 and trades:
+            last[tag] = (int(trades[0]["tradeId"]), int(trades[0]["ts"]))
+    ids = {tag: last_id for tag, (last_id, _) in last.items()}
+    pending = dict(ids)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status, rows = get_json(f"{api}/api/v1/klines?market={market}&interval=1m&limit=1000")
-        if status == 200 and sum(int(r[8]) for r in rows) >= last_id:
-            return time.time() * 1000 - last_ts, last_id
-        time.sleep(0.01 if status == 200 else 0.2)
-    return None, last_id
+    while pending and time.monotonic() < deadline:
+        for tag, last_id in list(pending.items()):
+            status, rows = get_json(f"{api}/api/v1/klines?market={tag}&interval=1m&limit=1000")
+            if status == 200 and sum(int(r[8]) for r in rows) >= last_id:
+                del pending[tag]
+        if pending:
+            time.sleep(0.01 if status == 200 else 0.2)
+    if pending or not last:
+        return None, ids
+    return time.time() * 1000 - max(ts for _, ts in last.values()), ids
 
 
 # --- WebSocket clients --------------------------------------------------------------------
@@ -513,17 +614,23 @@ def finish_profiles(started: list[tuple[str, subprocess.Popen[bytes], Path]]) ->
     return cpu, lines
 
 
-def redis_commandstats(port: int) -> dict[str, tuple[int, int]]:
-    """Redis' own accounting, `INFO commandstats`: command -> (calls, µs inside it). A
-    script's inner commands are counted both in their own rows and in its EVALSHA row."""
+def redis_commandstats(ports: Sequence[int]) -> dict[str, tuple[int, int]]:
+    """Redis' own accounting, `INFO commandstats`, summed over `ports` (a cluster's primaries):
+    command -> (calls, µs inside it). A script's inner commands are counted both in their own
+    rows and in its EVALSHA row."""
     import redis  # the bench's own venv holds it
 
-    try:
-        with redis.Redis(port=port, socket_timeout=5) as client:
-            info = client.info("commandstats")
-    except redis.RedisError:
-        return {}
-    return {name.removeprefix("cmdstat_"): (int(row["calls"]), int(row["usec"])) for name, row in info.items()}
+    out: dict[str, tuple[int, int]] = {}
+    for port in ports:
+        try:
+            with redis.Redis(port=port, socket_timeout=5) as client:
+                info = client.info("commandstats")
+        except redis.RedisError:
+            continue
+        for name, row in info.items():
+            calls, usec = out.get(name.removeprefix("cmdstat_"), (0, 0))
+            out[name.removeprefix("cmdstat_")] = (calls + int(row["calls"]), usec + int(row["usec"]))
+    return out
 
 
 def commandstats_delta(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
@@ -541,22 +648,24 @@ def commandstats_delta(before: dict[str, tuple[int, int]], after: dict[str, tupl
 def level(args: argparse.Namespace, wrk: str, stack: Stack, procs: Procs, ws: WsClients, users_file: Path,
           clients: int, workdir: Path, round_: int = 0) -> dict[str, Any]:
     out = workdir / f"wrk-{clients}.txt"
+    markets = {"CX_MARKETS": ",".join(m.lower() for m in stack.traded)}
     if args.warmup > 0:
-        run_wrk(wrk, stack.api, clients, args.warmup, users_file, out)
+        run_wrk(wrk, stack.api, clients, args.warmup, users_file, out, markets)
     procs.discover()
     tracked = {**procs.named, "ws clients": ws.proc.pid}
     profiling = args.profile and clients == args.profile_level and round_ == 0
     ws.ask("mark")
     load0 = os.getloadavg()
+    stats_ports = stack.stats_ports()
     before = cpu_sample(tracked)
-    redis_before = redis_commandstats(stack.redis_port)
+    redis_before = redis_commandstats(stats_ports)
     profiles = start_profiles({**procs.python_services(), "ws-clients": ws.proc.pid}, args.seconds) \
         if profiling else []
-    res = run_wrk(wrk, stack.api, clients, args.seconds, users_file, out)
+    res = run_wrk(wrk, stack.api, clients, args.seconds, users_file, out, markets)
     after = cpu_sample(tracked)
-    redis_after = redis_commandstats(stack.redis_port)
+    redis_after = redis_commandstats(stats_ports)
     ws_report = json.loads(ws.ask("report") or "{}")
-    lag_ms, last_trade = candle_lag_ms(stack.api)
+    lag_ms, last_trades = candle_lag_ms(stack.api, stack.traded)
     after_db = cpu_sample(tracked)
     pyspy_cpu, profile_lines = finish_profiles(profiles) if profiles else (0.0, [])
     load1 = os.getloadavg()
@@ -564,7 +673,6 @@ def level(args: argparse.Namespace, wrk: str, stack: Stack, procs: Procs, ws: Ws
     procs.discover()
     restarted = sorted(n for n, pid in pids_before.items() if procs.named.get(n) != pid)
 
-    n = res.completed
     cpu: dict[str, float] = {}
     for name in tracked:
         end = after_db if name in ("dbproc", "postgres") else after
@@ -577,10 +685,65 @@ def level(args: argparse.Namespace, wrk: str, stack: Stack, procs: Procs, ws: Ws
     machine = after["_machine"] - before["_machine"]
     ours = sum(v for k, v in cpu.items() if k not in ("dbproc", "postgres")) + \
         sum(after[k] - before[k] for k in ("dbproc", "postgres") if k in before and k in after)
-    servers = sum(v for k, v in cpu.items() if k.startswith(SERVER_PROCS))
     wall = res.duration_s or args.seconds
+    result = level_figures(res, clients, round_, wall, cpu, stack.redis_roles())
+    result.update({
+        "machine_busy_cores": machine / wall,
+        "outside_bench_cores": max(0.0, machine - ours) / wall,
+        "loadavg_before": load0[0], "loadavg_after": load1[0],
+        "ws_lag_ms": ws_report,
+        "candle_lag_ms": lag_ms, "last_trade_id": sum(last_trades.values()), "last_trade_ids": last_trades,
+        "profiled": profiling, "profiles": profile_lines,
+        "restarted": restarted,
+        "redis_commands": commandstats_delta(redis_before, redis_after, res.completed),
+        "redis_commandstats_ports": stats_ports,
+    })
+    return result
+
+
+def fold_cpu(cpu: dict[str, float], roles: dict[int, str]) -> tuple[dict[str, float], dict[str, Any]]:
+    """`engine` = the sum over the engines (engine-<market>), `redis` over a cluster's nodes
+    (redis@<port>); the parts go to the detail: per engine, per node with its role, and the
+    primaries' and the replicas' sums."""
+    folded: dict[str, float] = {}
+    engines: dict[str, float] = {}
+    nodes: dict[str, float] = {}
+    for name, v in cpu.items():
+        if name.startswith("engine-"):
+            engines[name.removeprefix("engine-")] = v
+        elif name.startswith("redis@"):
+            nodes[name.removeprefix("redis@")] = v
+        else:
+            folded[name] = v
+    detail: dict[str, Any] = {}
+    if engines:
+        folded["engine"] = sum(engines.values())
+        detail["engines"] = engines
+    if nodes:
+        folded["redis"] = sum(nodes.values())
+        role = {p: roles.get(int(p), "?") for p in nodes}
+        detail["redis_nodes"] = {p: {"role": role[p], "cpu_s": v} for p, v in sorted(nodes.items())}
+        detail["redis_primaries"] = sum(v for p, v in nodes.items() if role[p] == "master")
+        detail["redis_replicas"] = sum(v for p, v in nodes.items() if role[p] == "slave")
+    return folded, detail
+
+
+def level_figures(res: WrkResult, clients: int, round_: int, wall: float, raw_cpu: dict[str, float],
+                  roles: dict[int, str]) -> dict[str, Any]:
+    """The level's orders, latencies, statuses and CPU (per process, servers, the detail)."""
+    n = res.completed
+    cpu, detail = fold_cpu(raw_cpu, roles)
+
+    def per_order(v: float) -> float:
+        return v * 1e6 / n if n else float("nan")
+
+    detail_us: dict[str, Any] = {k: per_order(v) for k, v in detail.items() if not isinstance(v, dict)}
+    detail_us["engines"] = {k: per_order(v) for k, v in detail.get("engines", {}).items()}
+    if "redis_nodes" in detail:
+        detail_us["redis_nodes"] = {p: {"role": d["role"], "us_per_order": per_order(d["cpu_s"])}
+                                    for p, d in detail["redis_nodes"].items()}
     lat_all = sorted(v for vs in res.latencies_us.values() for v in vs)
-    result: dict[str, Any] = {
+    return {
         "clients": clients, "round": round_, "seconds": wall, "orders": n,
         "orders_per_s": n / wall if wall else 0.0,
         "new_orders": sum(v for k, v in res.statuses.items() if not k.startswith("cancel")),
@@ -594,18 +757,11 @@ def level(args: argparse.Namespace, wrk: str, stack: Stack, procs: Procs, ws: Ws
         "bad_responses": res.bad,
         "ok_fraction": res.ok / n if n else 0.0,
         "cpu_s": cpu,
-        "cpu_us_per_order": {k: v * 1e6 / n if n else float("nan") for k, v in cpu.items()},
-        "servers_us_per_order": servers * 1e6 / n if n else float("nan"),
-        "machine_busy_cores": machine / wall,
-        "outside_bench_cores": max(0.0, machine - ours) / wall,
-        "loadavg_before": load0[0], "loadavg_after": load1[0],
-        "ws_lag_ms": ws_report,
-        "candle_lag_ms": lag_ms, "last_trade_id": last_trade,
-        "profiled": profiling, "profiles": profile_lines,
-        "restarted": restarted,
-        "redis_commands": commandstats_delta(redis_before, redis_after, n),
+        "cpu_us_per_order": {k: per_order(v) for k, v in cpu.items()},
+        "cpu_detail_s": detail,
+        "cpu_detail_us_per_order": detail_us,
+        "servers_us_per_order": per_order(sum(v for k, v in cpu.items() if k.startswith(SERVER_PROCS))),
     }
-    return result
 
 
 def fmt_ms(v: float | None) -> str:
@@ -634,6 +790,7 @@ def print_level(r: dict[str, Any]) -> None:
     for name, v in sorted(r["cpu_s"].items(), key=lambda kv: (not kv[0].startswith(SERVER_PROCS), kv[0])):
         print(f"  {name:22s} {v:7.2f} {v / r['seconds']:6.2f} {r['cpu_us_per_order'][name]:9.0f}")
     print(f"  {'servers total':22s} {'':7s} {'':6s} {r['servers_us_per_order']:9.0f}")
+    print_cpu_detail(r.get("cpu_detail_us_per_order", {}))
     print(f"  machine busy {r['machine_busy_cores']:.2f} of {NCPU} cores; outside this bench "
           f"{r['outside_bench_cores']:.2f} cores; load average {r['loadavg_before']:.2f} -> {r['loadavg_after']:.2f}")
     ws = r["ws_lag_ms"]
@@ -645,9 +802,24 @@ def print_level(r: dict[str, Any]) -> None:
     print("  WebSocket lag ms: " + ("; ".join(parts) or "no messages") +
           (f"  closed sockets {ws['closed']}" if ws.get("closed") else "") +
           (f"  errors {ws['errors']}" if ws.get("errors") else ""))
-    print(f"  dbproc: last trade (id {r['last_trade_id']:,}) -> 1m candle {fmt_ms(r['candle_lag_ms'])} ms")
+    ids = r.get("last_trade_ids") or {}
+    if len(ids) > 1:
+        print(f"  dbproc: last trades of {len(ids)} markets (trades so far per market {min(ids.values()):,}-"
+              f"{max(ids.values()):,}) -> every 1m candle {fmt_ms(r['candle_lag_ms'])} ms")
+    else:
+        print(f"  dbproc: last trade (id {r['last_trade_id']:,}) -> 1m candle {fmt_ms(r['candle_lag_ms'])} ms")
     for line in r["profiles"]:
         print(line)
+
+
+def print_cpu_detail(d: dict[str, Any]) -> None:
+    """The parts of `engine` (each engine) and of a cluster's `redis` (primaries, replicas)."""
+    engines = d.get("engines") or {}
+    if len(engines) > 1:
+        print("  engine = sum of " + ", ".join(f"{k} {v:.0f}" for k, v in engines.items()) + " us/order")
+    if "redis_nodes" in d:
+        print(f"  redis = primaries {d['redis_primaries']:.0f} + replicas {d['redis_replicas']:.0f} us/order; "
+              "by node " + ", ".join(f"{p} {v['role']} {v['us_per_order']:.0f}" for p, v in d["redis_nodes"].items()))
 
 
 def ws_p99(r: dict[str, Any]) -> float | None:
@@ -682,8 +854,9 @@ def medians(results: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
     return out
 
 
-def print_summary(results: list[dict[str, Any]]) -> None:
-    print("\n== summary ==  (orders/s: new orders and cancels; new/s: new orders alone)")
+def print_summary(results: list[dict[str, Any]], setup: str = "") -> None:
+    print(f"\n== summary =={f'  {setup}' if setup else ''}  (orders/s: new orders and cancels; "
+          f"new/s: new orders alone)")
     head = (f"{'clients':>7s} {'orders/s':>9s} {'new/s':>6s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s} "
             f"{'servers us/o':>12s} {'load us/o':>9s} {'WS p99 ms':>9s} {'candle ms':>9s} {'ok':>6s}  target")
     print(head)
@@ -721,8 +894,8 @@ def print_comparison(results: list[dict[str, Any]], path: Path) -> None:
         print(f"\n--compare {path}: unreadable ({exc})")
         return
     before, now = medians(old.get("levels", [])), medians(results)
-    print(f"\n== compared with {path} (commit {old.get('commit', '?')[:12]}, {old.get('date', '?')}; "
-          f"medians over rounds) ==")
+    print(f"\n== compared with {path} (commit {old.get('commit', '?')[:12]}, {old.get('date', '?')}, "
+          f"{setup_line(old)}; medians over rounds) ==")
     print(f"{'clients':>7s} {'orders/s':>19s} {'p99 ms':>17s} {'servers us/order':>19s} {'outside cores':>15s}")
     for clients, r in now.items():
         o = before.get(clients)
@@ -738,6 +911,15 @@ def print_comparison(results: list[dict[str, Any]], path: Path) -> None:
               f"{pair(med(o, 'p99_ms'), med(r, 'p99_ms'), 1):>17s} "
               f"{pair(med(o, 'servers_us_per_order'), med(r, 'servers_us_per_order')):>19s} "
               f"{med(o, 'outside_bench_cores'):.2f}->{med(r, 'outside_bench_cores'):.2f}")
+
+
+def setup_line(meta: dict[str, Any]) -> str:
+    """Markets and Redis mode of a run (an older JSON without them: markets.yaml, SOL/USDC
+    traded, one Redis)."""
+    traded = meta.get("markets_traded") or [MARKET]
+    count = meta.get("market_count", "markets.yaml's")
+    return (f"{count} markets, orders on {len(traded)} ({', '.join(traded[:3])}{', ...' if len(traded) > 3 else ''}), "
+            f"Redis {meta.get('redis_mode', 'single node')}")
 
 
 # --- self-check: the Lua HMAC and request signing against Python's --------------------------
@@ -838,71 +1020,92 @@ def run(args: argparse.Namespace, wrk: str) -> int:
         print(f"measuring {args.ref} = {commit} (git archive into {tree}), not the working tree", flush=True)
     elif dirty:
         print(f"measuring the working tree: HEAD {commit} plus uncommitted changes", flush=True)
-    stack = Stack(tree)
+    stack: Stack | None = None
     ws: WsClients | None = None
-    results: list[dict[str, Any]] = []
     try:
-        print(f"starting the stack (python -m cryptex_launcher up --no-demo) in {stack.state} ...", flush=True)
+        stack = Stack(tree, args.markets, args.redis_cluster)
+        meta = run_meta(args, wrk, stack, commit, dirty)
+        print(f"setup: {setup_line(meta)}", flush=True)
+        print(f"starting the stack (python {' '.join(stack.argv[1:])}) in {stack.state} ...", flush=True)
         began = time.monotonic()
         stack.start()
         print(f"up after {time.monotonic() - began:.1f} s: API {stack.api}, WebSocket {stack.ws}", flush=True)
-        pg_data = stack.state / "pg"
-        procs = Procs(stack.proc.pid if stack.proc else 0, pg_data)
+        procs = Procs(stack.proc.pid if stack.proc else 0, stack.state / "pg", args.redis_cluster)
         procs.discover()
         print("processes: " + ", ".join(f"{k}={v}" for k, v in procs.named.items()), flush=True)
         n_users = max(args.users, 2 * max(levels))
-        users = asyncio.run(fund_users(stack.api, n_users))
+        bases = sorted({m["baseAsset"] for m in stack.specs if m["symbol"] in stack.traded})
+        users = asyncio.run(fund_users(stack.api, n_users, bases))
         users_file = stack.base / "users.txt"
         users_file.write_text("".join(f"{k} {s}\n" for _, k, s in users))
-        print(f"{len(users)} funded users; each client uses {n_users}/clients of them in turn", flush=True)
+        print(f"{len(users)} funded users (USDC, {', '.join(bases)}); each client uses {n_users}/clients of them "
+              f"in turn", flush=True)
         ws = WsClients(stack.ws, args.ws_clients, users[0][1], users[0][2])
-        for round_ in range(args.repeat):
+        results: list[dict[str, Any]] = []
+        for _round in range(args.repeat):
             for clients in levels:
-                r = level(args, wrk, stack, procs, ws, users_file, clients, stack.base, round_)
+                r = level(args, wrk, stack, procs, ws, users_file, clients, stack.base, _round)
                 results.append(r)
                 print_level(r)
-        print_summary(results)
-        if args.compare:
-            print_comparison(results, Path(args.compare))
-        refused = [r["clients"] for r in results if r["ok_fraction"] < 0.99]
-        meta = {
-            "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/bench_stack.py", *sys.argv[1:]]),
-            "commit": commit, "dirty": dirty, "ref": args.ref,
-            "generator": "python (bench/stack_pyload.py)" if wrk == "python" else "wrk + bench/wrk/orders.lua",
-            "cpus": NCPU, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "targets": {str(k): v for k, v in TARGETS.items()}, "refused_levels": refused,
-        }
-        print(f"\ncommit {meta['commit']}{' (working tree modified)' if meta['dirty'] else ''}, {NCPU} CPUs, "
-              f"load average now {os.getloadavg()[0]:.2f}")
-        print(f"command: {meta['command']}")
-        out = Path(args.json)
-        if not out.is_absolute():
-            out = ROOT / out
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({**meta, "levels": results,
-                                   "medians": {str(k): v for k, v in medians(results).items()}}, indent=1))
-        print(f"results: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
-        if refused:
-            print(f"REFUSED: levels {refused} had more than 1% of responses not 200/202; their figures "
-                  f"are not valid (see the status counts above)")
-            return 2
-        return 0
+        return report(args, meta, results)
     finally:
         if ws is not None:
             ws.close()
         for p in list(RUNNING):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
-        stack.stop()
+        if stack is not None:
+            stack.stop()
         if tree != ROOT:
             shutil.rmtree(tree.parent, ignore_errors=True)
+
+
+def run_meta(args: argparse.Namespace, wrk: str, stack: Stack, commit: str, dirty: bool) -> dict[str, Any]:
+    return {
+        "command": command_line(), "commit": commit, "dirty": dirty, "ref": args.ref,
+        "generator": "python (bench/stack_pyload.py)" if wrk == "python" else "wrk + bench/wrk/orders.lua",
+        "cpus": NCPU, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "targets": {str(k): v for k, v in TARGETS.items()},
+        "market_count": len(stack.specs), "markets": [m["symbol"] for m in stack.specs],
+        "markets_traded": stack.traded, "markets_file": "generated (--markets)" if stack.markets_file
+        else "markets.yaml", "redis_mode": stack.redis_mode,
+    }
+
+
+def report(args: argparse.Namespace, meta: dict[str, Any], results: list[dict[str, Any]]) -> int:
+    """The summary, the comparison and the JSON; 2 when a level is refused."""
+    print_summary(results, setup_line(meta))
+    if args.compare:
+        print_comparison(results, Path(args.compare))
+    refused = [r["clients"] for r in results if r["ok_fraction"] < 0.99]
+    meta["refused_levels"] = refused
+    print(f"\ncommit {meta['commit']}{' (working tree modified)' if meta['dirty'] else ''}, {NCPU} CPUs, "
+          f"load average now {os.getloadavg()[0]:.2f}")
+    print(f"command: {meta['command']}")
+    print(f"setup: {setup_line(meta)}")
+    out = Path(args.json)
+    if not out.is_absolute():
+        out = ROOT / out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**meta, "levels": results,
+                               "medians": {str(k): v for k, v in medians(results).items()}}, indent=1))
+    print(f"results: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    if refused:
+        print(f"REFUSED: levels {refused} had more than 1% of responses not 200/202; their figures "
+              f"are not valid (see the status counts above)")
+        return 2
+    return 0
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/bench_stack.py", *sys.argv[1:]])
 
 
 def git(argv: list[str]) -> str:
     return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="The full-stack benchmark of record (issue 12): `up --no-demo`, wrk at 1/8/64 clients, "
                     "WebSocket subscribers; orders/s, latency, CPU per order for every process, lags. "
@@ -923,9 +1126,20 @@ def main() -> int:
     parser.add_argument("--generator", choices=("wrk", "python"), default="wrk",
                         help="wrk (default; installed with apt when missing) or the Python fallback")
     parser.add_argument("--self-check", action="store_true", help="check wrk's Lua HMAC and signing, then exit")
-    args = parser.parse_args()
-    print("command: " + " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/bench_stack.py", *sys.argv[1:]]),
-          flush=True)
+    parser.add_argument("--markets", type=int, default=0,
+                        help="N > 0: a generated markets file of N markets (SOL/USDC, M1/USDC, ...; "
+                        "CRYPTEX_MARKETS_FILE), orders spread evenly over all N; default: markets.yaml, "
+                        "orders on SOL/USDC")
+    parser.add_argument("--redis-cluster", action="store_true",
+                        help="`up --redis-cluster`: a local 3-primary + 3-replica Redis Cluster instead of one Redis")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    print("command: " + command_line(), flush=True)
+    print(f"markets: {args.markets or 'markets.yaml (orders on ' + MARKET + ')'}; Redis: "
+          f"{'cluster (3 primaries + 3 replicas)' if args.redis_cluster else 'single node'}", flush=True)
 
     def on_term(*_: object) -> None:
         raise KeyboardInterrupt
@@ -942,6 +1156,10 @@ def main() -> int:
               "generator (bench/stack_pyload.py), which takes 3-5x more CPU per order from the cores the "
               "servers share: these figures compare only with other Python-generator runs", flush=True)
         wrk = "python"
+    if args.markets > 1 and wrk == "python":
+        sys.exit("--markets N > 1 needs wrk (bench/stack_pyload.py trades on one market): apt-get install -y wrk")
+    if not 0 <= args.markets <= 999:
+        sys.exit("--markets: 1-999 (0: markets.yaml)")
     if args.profile and str(args.profile_level) not in args.levels.split(","):
         sys.exit(f"--profile-level {args.profile_level} is not one of --levels {args.levels}")
     try:

@@ -11,6 +11,10 @@
 --   3. rest:  a limit GTC 10..50 ticks away from mid on its own side (never crosses);
 --   4. cancel: DELETE /api/v1/order?orderId= of this thread's oldest resting order once more
 --      than CX_REST_DEPTH rest; until then another resting order.
+-- CX_MARKETS ("sol/usdc,m1/usdc,...", else CX_MARKET, else sol/usdc) lists the markets:
+-- cycle c of thread t trades on market (t + c) mod N, so each market gets 1/N of the cycles
+-- at any thread count; a maker, its taker and the cycle's resting order share one market
+-- (cancels go by orderId alone).
 -- Signing is the API's rule: X-CX-SIGN = hex HMAC-SHA256(secret, ts .. METHOD .. path .. body),
 -- with ts (ms) strictly increasing per user so no two requests share a signature.
 -- HMAC-SHA256 is pure LuaJIT (`bit`); the key pads are hashed once per user, so a request
@@ -133,7 +137,11 @@ end
 
 -- The load ----------------------------------------------------------------------------
 local env = os.getenv
-local MARKET = env("CX_MARKET") or "sol/usdc"
+local MARKETS = {}
+for m in string.gmatch(env("CX_MARKETS") or env("CX_MARKET") or "sol/usdc", "[^,%s]+") do
+  MARKETS[#MARKETS + 1] = m
+end
+local market = MARKETS[1] -- this cycle's market, set at the cycle's first request
 local MID = tonumber(env("CX_MID_TICKS") or "15000")        -- mid price in ticks
 local PRICE_DEC = tonumber(env("CX_PRICE_DECIMALS") or "2")
 local TICK_SCALE = 10 ^ PRICE_DEC
@@ -206,7 +214,7 @@ end
 
 local function order_body(side, ticks, lots, tif)
   return '{"kind":"' .. side .. '","type":"limit","price":"' .. fmt(PRICE_FMT, ticks / TICK_SCALE)
-    .. '","quantity":"' .. fmt(QTY_FMT, lots / LOT_SCALE) .. '","market":"' .. MARKET .. '"'
+    .. '","quantity":"' .. fmt(QTY_FMT, lots / LOT_SCALE) .. '","market":"' .. market .. '"'
     .. (tif and (',"timeInForce":"' .. tif .. '"') or "") .. "}"
 end
 
@@ -225,6 +233,7 @@ function request()
   local req
   if s == 0 then
     cycle = cycle + 1
+    market = MARKETS[((tid + cycle) % #MARKETS) + 1]
     local user = next_user()
     pending_kind, pending_user = "maker", user
     req = signed(user, "POST", ORDER_PATH, order_body(cycle % 2 == 0 and "buy" or "sell", MID, CROSS_LOTS))
