@@ -60,6 +60,7 @@ class OrderHandlers:
 
     def init_metrics(self, symbols: Any) -> None:
         """Resolve the per-market order metric children (zero series before any order)."""
+        metrics.REDIS_WAIT_SHORTFALL.labels("api")
         for symbol in symbols:
             self._order_metrics(symbol)
 

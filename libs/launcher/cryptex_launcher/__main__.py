@@ -153,6 +153,9 @@ def _plan_up(args: argparse.Namespace) -> _Up:
         api_port=int(os.environ.get("CRYPTEX_API_PORT", "8080")),
         ws_port=int(os.environ.get("CRYPTEX_WS_PORT", "8081")),
         with_demo=not args.no_demo,
+        # on the cluster an answered order and each settle step wait for a replica (decision 0013)
+        extra_env={"CRYPTEX_REDIS_WAIT_REPLICAS": os.environ.get("CRYPTEX_REDIS_WAIT_REPLICAS", "1")}
+        if args.redis_cluster else {},
     )
     stack.plan()
     timeout_s = float(os.environ.get("CRYPTEX_START_TIMEOUT_S", "300"))
