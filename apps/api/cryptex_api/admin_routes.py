@@ -30,16 +30,22 @@ class AdminHandlers:
         self.api = api
 
     async def create_user(self, request: web.Request) -> web.Response:
-        """A new user id and a fresh API key and secret, stored in one transaction."""
+        """A new user id and a fresh API key and secret.
+
+        The user hash (`user:<id>`, holding the key and secret) is written first, then the
+        key's mapping (`apikey:<key>` -> id): two writes, not one transaction, because on
+        a Redis Cluster the two keys live in different slots (decision 0013), and a MULTI
+        may not cross slots. The order makes every state safe: a key resolves only once
+        its user exists, so no request can authenticate as a half-created user; a crash
+        between the two leaves a user no key reaches (never answered to anyone, so never
+        used: harmless). The same two writes run on a single Redis."""
         api = self.api
         api.auth.check_admin(request)
         user_id = str(await api.redis.incr(keys.USER_ID_COUNTER))
         api_key, secret = secrets.token_hex(16), secrets.token_hex(32)
-        pipe = api.redis.pipeline(transaction=True)
-        pipe.hset(keys.user_key(user_id), mapping={"apiKey": api_key, "apiSecret": secret,
-                                                   "createdMs": int(time.time() * 1000)})
-        pipe.set(keys.api_key_key(api_key), user_id)
-        await pipe.execute()
+        await api.redis.hset(keys.user_key(user_id), mapping={"apiKey": api_key, "apiSecret": secret,
+                                                              "createdMs": int(time.time() * 1000)})
+        await api.redis.set(keys.api_key_key(api_key), user_id)
         return json_response({"userId": user_id, "apiKey": api_key, "apiSecret": secret}, 201)
 
     async def deposit(self, request: web.Request) -> web.Response:

@@ -10,7 +10,7 @@ history reads answer 503 HISTORY_UNAVAILABLE while PostgreSQL is away.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -25,6 +25,17 @@ from cryptex_common.market_data import empty_book
 
 if TYPE_CHECKING:
     from cryptex_api.app import Api
+
+
+async def get_many(redis: Any, names: list[str]) -> list[bytes | None]:
+    """GET of each key, in one pipeline (one round trip; on a Redis Cluster one per primary,
+    in parallel). Not MGET: the keys (e.g. every market's ticker) lie in different slots."""
+    if not names:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.get(name)
+        return list(await pipe.execute())
 
 
 class PublicHandlers:
@@ -62,7 +73,7 @@ class PublicHandlers:
 
     async def tickers(self, _: web.Request) -> web.Response:
         symbols = sorted(self.api.markets)
-        raws = await self.api.public_redis.mget([keys.ticker_key(s) for s in symbols]) if symbols else []
+        raws = await get_many(self.api.public_redis, [keys.ticker_key(s) for s in symbols])
         return json_response([orjson.loads(r) if r else {"market": s, "count": 0}
                               for s, r in zip(symbols, raws, strict=True)])
 

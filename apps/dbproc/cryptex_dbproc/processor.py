@@ -143,4 +143,5 @@ class DbProcessor:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
+            await self.reader.close()
             await self.deps.drop_db()

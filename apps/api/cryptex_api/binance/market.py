@@ -17,6 +17,7 @@ import orjson
 from cryptex_api.binance import formats, history_sql
 from cryptex_api.binance.errors import BinanceError, illegal, mandatory
 from cryptex_api.binance.exchange_info import exchange_info
+from cryptex_api.public_routes import get_many
 from cryptex_common import keys
 from cryptex_common.binance import binance_symbol
 from cryptex_common.depth import MAX_DEPTH_LIMIT, read_depth
@@ -122,7 +123,7 @@ class Market:
     async def _tickers(self, specs: list[MarketSpec], build: Any) -> Any:
         symbols = [s.symbol for s in specs]
         redis = self.api.public_redis
-        tickers = await redis.mget([keys.ticker_key(s) for s in symbols])
+        tickers = await get_many(redis, [keys.ticker_key(s) for s in symbols])
         books: list[Any] = [b or {} for b in await asyncio.gather(*(read_depth(redis, s, 1) for s in symbols))]
         return [build(spec, orjson.loads(t) if t else {}, b)
                 for spec, t, b in zip(specs, tickers, books, strict=True)]
