@@ -105,7 +105,10 @@ async def wait_engine_caught_up(redis_url: str, symbol: str, port: int, timeout_
     redis = redis_client.connect(redis_url, "tests", decode=True)
     try:
         deadline = time.monotonic() + timeout_s
-        await eventually(lambda: outboxes_empty(redis), timeout_s, interval_s=0.2, what="outboxes relayed")
+        try:
+            await eventually(lambda: outboxes_empty(redis), timeout_s, interval_s=0.2, what="outboxes relayed")
+        except AssertionError as exc:
+            raise TimeoutError(str(exc)) from None
         while True:
             last = await redis.xrevrange(keys.commands_stream(symbol), count=1)
             st = await engine_state(port, timeout_s=max(1.0, deadline - time.monotonic()))
@@ -150,6 +153,7 @@ class FlowLog:
     """What the API answered: order ids it gave (200/202), and other outcomes by kind."""
 
     accepted: list[tuple[str, str]] = field(default_factory=list)  # (market, orderId)
+    replied: list[tuple[float, str]] = field(default_factory=list)  # (time, market): the engine answered (200)
     outcomes: Counter[str] = field(default_factory=Counter)
     deposits: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # asset -> units
     withdrawals: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -189,6 +193,7 @@ async def trader(client: CryptexClient, rng: random.Random, stop: asyncio.Event,
                 oid = None
                 if r.status == 200 and isinstance(r.body, dict) and "order" in r.body:
                     oid = r.body["order"]["orderId"]
+                    log.replied.append((time.time(), market))
                 elif r.status == 202:
                     oid = r.body["orderId"]
                 if oid is not None:

@@ -80,7 +80,6 @@ def wait_ready(env: UpEnv, timeout_s: float = 60.0) -> None:
 # PUBLISH, which redis-py's cluster pipeline refuses) and the DB processor (one XREADGROUP
 # over every market's stream: "all keys must map to the same key slot"). Strict: this fails
 # as soon as both are fixed, to drop the mark.
-@pytest.mark.xfail(strict=True, reason="registry.register_market and dbproc's XREADGROUP cross slots")
 def test_up_redis_cluster_runs_the_stack_on_a_local_cluster_and_stops_it(env: UpEnv) -> None:
     up = start_up(env, "--redis-cluster")
     try:

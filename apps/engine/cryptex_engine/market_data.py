@@ -201,13 +201,11 @@ class MarketData:
         return set(subscribed) - sent_to
 
     async def publish_late(self, redis: Redis, messages: list[tuple[str, str, list[Payload]]]) -> None:
-        if not messages:
-            return
-        pipe = redis.pipeline(transaction=False)
+        """Publish one by one (rare: users who just subscribed); a Redis Cluster client
+        refuses PUBLISH in a pipeline."""
         for _, channel, msgs in messages:
             for msg in msgs:
-                pipe.publish(channel, msg)
-        await pipe.execute()
+                await redis.publish(channel, msg)
 
     # --- the 24 h ticker ---------------------------------------------------------------
     def add_trades(self, ts_ms: int, result: CommandResult) -> None:
@@ -234,7 +232,7 @@ class MarketData:
             best_bid=fmt.price(core.best_bid()), best_ask=fmt.price(core.best_ask()),
             open_time_ms=v.open_time_ms, close_time_ms=v.close_time_ms, ts_ms=now_ms,
         ))
-        pipe = redis.pipeline(transaction=False)
-        pipe.set(keys.ticker_key(self.symbol), body)
-        pipe.publish(keys.ticker_channel(self.symbol), body)
-        await pipe.execute()
+        # two round trips once per ticker interval: a Redis Cluster client refuses PUBLISH
+        # in a pipeline
+        await redis.set(keys.ticker_key(self.symbol), body)
+        await redis.publish(keys.ticker_channel(self.symbol), body)

@@ -22,9 +22,7 @@ import asyncio
 import os
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from cryptex_common import keys, registry
+from cryptex_common import keys, redis_client, registry
 from cryptex_common.markets import normalize_symbol
 from cryptex_engine.decode import read_entry
 from cryptex_engine.housekeeping import StreamTrimmed
@@ -47,7 +45,7 @@ async def replay_market(redis_url: str, market: str, upto_seq: int | None = None
     (fails on a trimmed stream)."""
     symbol = normalize_symbol(market)
     stream = keys.commands_stream(symbol)
-    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    redis = redis_client.connect(redis_url, "replay", decode=True)
     try:
         spec = await registry.get_market(redis, symbol)
         if spec is None:

@@ -121,10 +121,11 @@ def _refusal(args: argparse.Namespace) -> str | None:
 def _plan_cluster_ports(state: Path) -> list[int]:
     """The local cluster's six ports: those of its data (a node must come back on its old
     port) or fresh free ones, reserved so that no service is planned on one of them."""
-    from cryptex_launcher.redis_cluster import NODES, existing_ports
+    from cryptex_launcher.redis_cluster import BUS_PORT_OFFSET, NODES, existing_ports
 
-    ports = existing_ports(_cluster_dir(state)) or [stack_module.free_port() for _ in range(NODES)]
-    stack_module._given_ports.update(ports)
+    ports = existing_ports(_cluster_dir(state)) or [stack_module.free_port_pair(BUS_PORT_OFFSET)
+                                                    for _ in range(NODES)]
+    stack_module._given_ports.update([*ports, *(p + BUS_PORT_OFFSET for p in ports)])
     return ports
 
 

@@ -29,10 +29,11 @@ from typing import Any
 
 from cryptex_common.redis_client import cluster_url
 from cryptex_launcher import stack
-from cryptex_launcher.stack import StartError, free_port, log_tail, stop_process, wait_for_port
+from cryptex_launcher.stack import StartError, free_port_pair, log_tail, stop_process, wait_for_port
 
 PRIMARIES = 3
 NODES = 6  # each primary with one replica
+BUS_PORT_OFFSET = 10_000  # a node's cluster bus listens on its port + 10000
 HOST = "127.0.0.1"
 
 
@@ -239,10 +240,11 @@ def start_cluster(base_dir: Path, node_timeout_ms: int = 2000, ports: list[int] 
     old = existing_ports(base_dir)
     fresh = not old
     if ports is None:
-        ports = old or [free_port() for _ in range(NODES)]
+        ports = old or [free_port_pair(BUS_PORT_OFFSET) for _ in range(NODES)]
     if len(ports) != NODES:
         raise ValueError(f"a local cluster has {NODES} nodes, got ports {ports}")
-    stack._given_ports.update(ports)  # free_port must never hand these out (restart case)
+    # free_port must never hand these out, nor their bus ports (restart case)
+    stack._given_ports.update([*ports, *(p + BUS_PORT_OFFSET for p in ports)])
     cluster = LocalCluster(base_dir, list(ports), node_timeout_ms, created=fresh)
     try:
         for port in ports:

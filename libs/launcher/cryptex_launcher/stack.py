@@ -55,6 +55,30 @@ def free_port() -> int:
     raise RuntimeError("no free port found")
 
 
+def free_port_pair(offset: int) -> int:
+    """A free port p whose p + `offset` is free too (a Redis Cluster node's bus port is
+    its port + 10000), both below the ephemeral range and both never handed out again."""
+    top = _ephemeral_start() - 1 - offset
+    for _ in range(500):
+        port = random.randint(PORTS_FROM, top) if top > PORTS_FROM else PORTS_FROM
+        if port in _given_ports or port + offset in _given_ports:
+            continue
+        if not all(_bindable(p) for p in (port, port + offset)):
+            continue
+        _given_ports.update((port, port + offset))
+        return port
+    raise RuntimeError("no free port pair found")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def wait_for_port(port: int, timeout_s: float = 30.0, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
