@@ -1,4 +1,4 @@
-"""Order path through Redis without HTTP: enqueue script -> engine process -> settle ->
+"""Order path through Redis without HTTP: R1 + hand-over -> engine process -> settle ->
 reply on the pub/sub reply channel. Prints orders/s and p50/p99 enqueue-to-reply latency.
 
     .venv/bin/python bench/bench_order_path.py [--orders 40000] [--concurrency 256]
@@ -72,8 +72,8 @@ async def drain_run(redis, ledger, spec, rules, orders: int, redis_pid: int) -> 
     channel = keys.reply_channel("bench")
     for start in range(0, orders, 200):
         await asyncio.gather(*(
-            ledger.enqueue_order(symbol=spec.symbol, user_id=u, lock_asset=a, lock_units=lk, command_json=c,
-                                 record_tail_json=t, client_order_id=None)
+            ledger.place(symbol=spec.symbol, user_id=u, lock_asset=a, lock_units=lk, command_json=c,
+                         record_tail_json=t, client_order_id=None)
             for u, a, lk, c, t in (make_order(i, rng, rules, spec.symbol, channel)
                                    for i in range(start, min(orders, start + 200)))))
     url = redis.connection_pool.connection_kwargs
@@ -155,8 +155,8 @@ async def run(orders: int, concurrency: int, drain: bool = False, appendfsync: s
                 user, asset, lock, command, tail = make_order(i, rng, rules, spec.symbol, channel)
                 fut: asyncio.Future[None] = loop.create_future()
                 waiting[f"r{i}"] = (time.perf_counter(), fut)
-                await ledger.enqueue_order(symbol=spec.symbol, user_id=user, lock_asset=asset, lock_units=lock,
-                                           command_json=command, record_tail_json=tail, client_order_id=None)
+                await ledger.place(symbol=spec.symbol, user_id=user, lock_asset=asset, lock_units=lock,
+                                   command_json=command, record_tail_json=tail, client_order_id=None)
                 await fut
 
         started = time.perf_counter()

@@ -24,7 +24,7 @@ sys.path.insert(0, sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).reso
 import redis
 
 from cryptex_common import keys
-from cryptex_common.ledger import MarketDataWrite, ledger_script_source, settle_call
+from cryptex_common.ledger import MarketDataWrite, ledger_script_source, settle_plan
 from cryptex_launcher.stack import free_port
 
 SYMBOL = "SOL/USDC"
@@ -49,7 +49,7 @@ def main() -> None:
     try:
         time.sleep(0.5)
         r = redis.Redis(port=port)
-        sha = r.script_load(ledger_script_source("settle_batch.lua"))
+        sha = r.script_load(ledger_script_source("settle_market.lua"))  # step A: the depth part
         r.set(keys.engine_epoch_key(SYMBOL), "1")
         r.set(keys.engine_lease_key(SYMBOL), "1")
         book = [[f"{120 + i * 0.01:.2f}", "1.5"] for i in range(levels)]
@@ -57,8 +57,8 @@ def main() -> None:
         pipe = r.pipeline(transaction=False)
         for i in range(BATCHES):
             seq = 3 * i + 3
-            call = settle_call(symbol=SYMBOL, epoch=1, first_seq=seq - 2, last_seq=seq, batch_json=b"", balances=[],
-                               orders=[], now_ms=1, market_data=market_data(i, seq, book))
+            call = settle_plan(symbol=SYMBOL, epoch=1, first_seq=seq - 2, last_seq=seq, batch_json=b"", balances=[],
+                               orders=[], now_ms=1, market_data=market_data(i, seq, book)).market
             pipe.evalsha(sha, len(call.keys), *call.keys, *call.args)
             if i % 100 == 99:
                 assert all(reply[0] == b"ok" for reply in pipe.execute())

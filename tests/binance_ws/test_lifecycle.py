@@ -40,7 +40,7 @@ async def test_taps_and_followed_users_last_exactly_as_long_as_sockets(
         async with aiohttp.ClientSession() as s:
             combined = await s.ws_connect(f"{base}/stream?streams=solusdc@depth/solusdc@trade/!ticker@arr/ab12")
             assert "77" in gw.followed_users  # the handshake completes once the user is followed
-            assert await redis_client.zscore(keys.PRIVATE_SUBSCRIBERS, "77") is not None
+            assert await redis_client.zscore(keys.subscribers_key(keys.user_tag("77")), "77") is not None
             live = await s.ws_connect(f"{base}/ws/0")
             await live.send_json({"method": "SUBSCRIBE", "params": ["solusdc@kline_1m", "solusdc@depth5"], "id": 1})
             assert await live.receive_json(timeout=5) == {"result": None, "id": 1}

@@ -86,6 +86,7 @@ async def serve(settings: EngineSettings) -> int:
         log.error("cannot recover: stream trimmed and no valid snapshot", extra={"error": str(exc)})
         code = 4
     finally:
+        stop.set()  # the relay ends at its next check even if a client swallows the cancel
         relay.cancel()
         await asyncio.gather(relay, return_exceptions=True)
         await ops.cleanup()

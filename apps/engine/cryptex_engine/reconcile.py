@@ -118,6 +118,9 @@ async def relay_loop(redis: Redis, ledger: Ledger, owner: str, stop: asyncio.Eve
                 for tag in keys.ledger_tags():
                     await relay_outbox(redis, ledger, tag, now_ms, result)
         except Exception as exc:  # Redis away or failing over: try again next round
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # a client turned the cancel into an error
+                raise asyncio.CancelledError from exc
             log.warning("outbox relay failed", extra={"error": str(exc)})
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), RELAY_INTERVAL_S)
