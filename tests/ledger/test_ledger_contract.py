@@ -21,6 +21,7 @@ from cryptex_common.ledger import (
     ENTRY_LOCK_ASSET,
     ENTRY_LOCK_UNITS,
     ENTRY_ORDER_ID,
+    ENTRY_OUTBOX,
     ENTRY_USER,
     BalanceChange,
     Ledger,
@@ -94,7 +95,7 @@ def valid_plan() -> Any:
                        balances=[BalanceChange("1", "USDC", 0, -100), BalanceChange("2", "USDC", 90, 0),
                                  BalanceChange(keys.FEE_ACCOUNT, "USDC", 10, 0)],
                        orders=[OrderWrite(ORDER_ID, "1", "{}", True)], notify_users=["1"], now_ms=5,
-                       market_data=MARKET_DATA, user_messages=USER_MESSAGES)
+                       market_data=MARKET_DATA, user_messages=USER_MESSAGES, outbox_acks=[("1", "5-0")])
 
 
 def valid_call(script: str) -> ScriptCall:
@@ -103,7 +104,7 @@ def valid_call(script: str) -> ScriptCall:
                             command_json="{}", record_tail_json="}", client_order_id="c1")
     if script == "handover.lua":
         return handover_call(symbol=SYMBOL, order_id=ORDER_ID, user_id="1", lock_asset="USDC", lock_units=100,
-                             command_json="{}")
+                             command_json="{}", outbox_id="5-0")
     if script == "move_funds.lua":
         return move_call(kind="withdraw", user_id="1", asset="USDC", units=10, tx_id="t", record={})
     plan = valid_plan()
@@ -225,7 +226,7 @@ async def test_enqueue_entry_carries_the_lock_envelope(redis_client: aioredis.Re
     [(_stream_id, entry)] = await redis_client.xrange(keys.commands_stream(SYMBOL))
     assert {k.decode(): v.decode() for k, v in entry.items()} == {
         ENTRY_ORDER_ID: str(placed.order_id), ENTRY_USER: "9", ENTRY_LOCK_ASSET: "SOL",
-        ENTRY_LOCK_UNITS: str(INT64_MAX + 1), ENTRY_COMMAND: "not json"}
+        ENTRY_LOCK_UNITS: str(INT64_MAX + 1), ENTRY_COMMAND: "not json", ENTRY_OUTBOX: placed.outbox_id}
     assert await ledger.balances("9") == {"SOL": {"available": 9, "locked": INT64_MAX + 1}}
 
 
@@ -269,7 +270,7 @@ async def test_settle_writes_and_publishes_market_data_only_when_applied(
     try:
         res = await ledger.settle(symbol=SYMBOL, epoch=1, first_seq=1, last_seq=1, batch_json="",
                                   balances=[], orders=[], notify_users=["1", "2"], now_ms=1000,
-                                  market_data=MARKET_DATA, user_messages=USER_MESSAGES)
+                                  market_data=MARKET_DATA, user_messages=USER_MESSAGES, outbox_acks=[("1", "5-0")])
         assert res == SettleResult("ok", subscribed=frozenset({"1"}))
         assert await received() == [("reply:a", "[1]"), (keys.depth_channel(SYMBOL), "{}"),
                                     (keys.user_channel("1"), "o1"), (keys.user_channel("1"), "f1")]

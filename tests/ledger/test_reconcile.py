@@ -89,8 +89,10 @@ async def test_an_order_handed_over_before_the_crash_is_not_queued_again(redis: 
     ledger = Ledger(redis)
     await ledger.move_funds(kind="deposit", user_id="8", asset="USDC", units=1000, tx_id="d", record={})
     order_id = await r1(ledger, "8", 300)
+    [(outbox_id, _)] = await redis.xrange(keys.outbox_stream(keys.user_tag("8")))
     await ledger.hand_over(handover_call(symbol=SOL, order_id=order_id, user_id="8", lock_asset="USDC",
-                                         lock_units=300, command_json='{"type":"place"}'))
+                                         lock_units=300, command_json='{"type":"place"}',
+                                         outbox_id=outbox_id.decode()))
     result = await reconcile_once(redis, ledger, [SOL])
     assert (result.handed_over, result.already_handed) == (0, 1)
     assert await stream_ids(redis, SOL) == [order_id]
@@ -165,3 +167,24 @@ async def test_a_duplicate_step_a_applies_nothing_of_its_own(redis: aioredis.Red
     await reconcile_once(redis, ledger, [SOL])
     assert await ledger.balances("2") == {"USDC": {"available": 98, "locked": 0}, "SOL": {"available": 0, "locked": 0}}
     await conserved(ledger)
+
+
+async def test_the_bucket_call_settling_an_order_deletes_its_outbox_entry(redis: aioredis.Redis) -> None:
+    """The hand-over copies the outbox entry's id onto the command; the bucket call that
+    settles the order deletes the entry in the same slot, so the relay never re-hands an
+    order that was settled (and costs nothing per order)."""
+    ledger = Ledger(redis)
+    await redis.set(keys.engine_epoch_key(SOL), 1)
+    await redis.set(keys.engine_lease_key(SOL), 1)
+    await ledger.move_funds(kind="deposit", user_id="9", asset="USDC", units=100, tx_id="d", record={})
+    placed = await ledger.place(symbol=SOL, user_id="9", lock_asset="USDC", lock_units=100, command_json="{}",
+                                record_tail_json='"status":"new"}', client_order_id=None)
+    assert placed.order_id is not None and placed.outbox_id is not None
+    [(_sid, entry)] = await redis.xrange(keys.commands_stream(SOL))
+    assert entry[b"o"] == placed.outbox_id.encode()
+    res = await ledger.settle(symbol=SOL, epoch=1, first_seq=1, last_seq=1, batch_json="", balances=[],
+                              orders=[OrderWrite(placed.order_id, "9", '{"status":"new"}', False)],
+                              outbox_acks=[("9", placed.outbox_id)])
+    assert res.status == "ok"
+    assert await redis.xlen(keys.outbox_stream(keys.user_tag("9"))) == 0
+    assert (await reconcile_once(redis, ledger, [SOL])).already_handed == 0

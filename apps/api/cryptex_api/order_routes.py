@@ -119,7 +119,7 @@ class OrderHandlers:
         accepted, roundtrip, timeouts = self.order_metrics.get(symbol) or self._order_metrics(symbol)
         accepted.inc()
         queued = await self.hand_over(symbol, enq.order_id, user_id, order.lock_asset, order.lock_units,
-                                      command_json)
+                                      command_json, enq.outbox_id or "")
         if log.isEnabledFor(logging.INFO):
             log.info("order queued", extra={"market": symbol, "orderId": enq.order_id, "handedOver": queued,
                                             "userId": user_id, "correlationId": request.get("correlation_id")})
@@ -159,11 +159,11 @@ class OrderHandlers:
                                                   script.keys, script.args))
 
     async def hand_over(self, symbol: str, order_id: int, user_id: str, lock_asset: str, lock_units: int,
-                        command_json: bytes) -> bool:
+                        command_json: bytes, outbox_id: str) -> bool:
         """Queue a locked order on its market (at most once); False when Redis failed
         first: the order stays in its bucket's outbox, which the reconciler hands over."""
         call = handover_call(symbol=symbol, order_id=order_id, user_id=user_id, lock_asset=lock_asset,
-                             lock_units=lock_units, command_json=command_json)
+                             lock_units=lock_units, command_json=command_json, outbox_id=outbox_id)
         try:
             order_redis = self.api.order_redis
             if order_redis is None:

@@ -1,8 +1,10 @@
 """The reconciler: finishes what a crash between two steps of the sharded ledger left
 (docs/decisions/0013-redis-cluster-sharded-ledger.md).
 
-- An order locked by R1 whose hand-over did not happen (the API died or Redis failed in
-  between) sits in its bucket's outbox: `relay_outboxes` hands over every outbox entry
+- An order locked by R1 sits in its bucket's outbox until the bucket call settling its
+  place command deletes the entry (the hand-over copies the entry's id onto the command).
+  One whose hand-over did not happen (the API died or Redis failed in between), or whose
+  command is not settled yet, is still there: `relay_outbox` hands over every outbox entry
   older than OUTBOX_MIN_AGE_MS (handover.lua adds it to its market at most once, so an
   order the API did hand over is not queued twice) and then deletes it from the outbox.
 - A batch recorded by step A whose bucket calls did not all run sits in its market's
@@ -78,9 +80,9 @@ async def relay_outbox(redis: Redis, ledger: Ledger, tag: str, now_ms: int, resu
         entries = await redis.xrange(outbox, "-", newest, count=RELAY_PAGE)
         if not entries:
             return
-        for _entry_id, raw in entries:
+        for entry_id, raw in entries:
             fields = {as_text(name): value for name, value in raw.items()}
-            status, _stream_id = await ledger.hand_over(outbox_handover_call(fields))
+            status, _stream_id = await ledger.hand_over(outbox_handover_call(as_text(entry_id), fields))
             if status == "ok":
                 result.handed_over += 1
                 log.warning("handed over an order its API had not", extra={"orderId": as_text(fields["id"])})

@@ -40,7 +40,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
 from cryptex_common import keys, metrics, registry, resp_cluster, stream_ids
-from cryptex_common.ledger import BucketRefused, Ledger, SettleResult, settle_result
+from cryptex_common.ledger import ENTRY_OUTBOX, ENTRY_USER, BucketRefused, Ledger, SettleResult, settle_result
 from cryptex_common.markets import MarketSpec
 from cryptex_common.settle_calls import journal_entry_id
 from cryptex_engine.decode import Decoded, read_entry
@@ -146,6 +146,7 @@ class EngineService:
         decoded_list: list[Decoded] = []
         results: list[CommandResult] = []
         first_seq = 0
+        acks: list[tuple[str, str]] = []  # (user, outbox entry) of each order settled now
         core, translator, settled, md = self.core, self.translator, self.settled_seq, self.market_data
         for stream_id, fields in entries:
             decoded, error = read_entry(stream_id, fields, self.spec)
@@ -161,6 +162,9 @@ class EngineService:
             if result.seq > settled:
                 first_seq = first_seq or result.seq
                 translator.add(decoded, result, out)
+                outbox_id = fields.get(ENTRY_OUTBOX)
+                if outbox_id and ENTRY_USER in fields:
+                    acks.append((fields[ENTRY_USER], outbox_id))
             else:
                 translator.add(decoded, result, None)
         self.last_stream_id = entries[-1][0]
@@ -172,7 +176,7 @@ class EngineService:
             md.invalidate()
         if not first_seq:
             return None
-        return prepare_settle(self, out, decoded_list, results, first_seq, core.seq, self._journal_ack)
+        return prepare_settle(self, out, decoded_list, results, first_seq, core.seq, self._journal_ack, acks)
 
     async def dead_letter(self, stream_id: str, error: str, rejected: bool) -> None:
         """Copy an undecodable entry's id and error to the dead-letter stream under the same

@@ -62,7 +62,8 @@ def net_balances(results: list[CommandResult], first_seq: int) -> list[BalanceCh
 
 
 def prepare_settle(svc: EngineService, out: BatchOutput, decoded: list[Decoded], results: list[CommandResult],
-                   first_seq: int, last_seq: int, journal_ack: str = "") -> PendingSettle:
+                   first_seq: int, last_seq: int, journal_ack: str = "",
+                   outbox_acks: list[tuple[str, str]] | None = None) -> PendingSettle:
     """The settle calls of the batch, its market data (and private updates for users
     already known to be subscribed) and its replies."""
     dumps, md = orjson.dumps, svc.market_data
@@ -77,6 +78,7 @@ def prepare_settle(svc: EngineService, out: BatchOutput, decoded: list[Decoded],
         batch_json=dumps(svc.translator.batch(out, first_seq, last_seq, ts_ms)),
         balances=net_balances(results, first_seq), orders=orders, notify_users=notify,
         now_ms=int(time.time() * 1000), market_data=data, journal_ack=journal_ack, user_messages=messages,
+        outbox_acks=outbox_acks or [],
     )
     return PendingSettle(plan, md.replies(out), out, decoded, results, first_seq, last_seq, notify,
                          time.perf_counter())

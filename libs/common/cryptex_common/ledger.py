@@ -59,6 +59,9 @@ ENTRY_LOCK_UNITS = "l"
 ENTRY_COMMAND = "c"
 ENTRY_FIELDS = (ENTRY_ORDER_ID, ENTRY_USER, ENTRY_LOCK_ASSET, ENTRY_LOCK_UNITS, ENTRY_COMMAND)
 ENTRY_MARKET = "m"
+# On a command stream entry: the order's outbox entry id, which the bucket call settling
+# the order deletes (in the user's slot), so the relay only ever sees stuck orders.
+ENTRY_OUTBOX = "o"
 
 
 def lua_source(name: str) -> str:
@@ -159,23 +162,24 @@ def enqueued(reply: list[Any]) -> Enqueued:
 
 
 def handover_call(*, symbol: str, order_id: int | str, user_id: str, lock_asset: str, lock_units: int | str,
-                  command_json: Payload) -> ScriptCall:
-    """handover.lua's call: the order's command stream entry (ENTRY_FIELDS), at most once."""
+                  command_json: Payload, outbox_id: str) -> ScriptCall:
+    """handover.lua's call: the order's command stream entry (ENTRY_FIELDS and its outbox
+    entry id), at most once."""
     return ScriptCall(
         keys=[keys.commands_stream(symbol), keys.handed_key(symbol, order_id)],
         args=[HANDED_TTL_S, ENTRY_ORDER_ID, order_id, ENTRY_USER, user_id, ENTRY_LOCK_ASSET, lock_asset,
-              ENTRY_LOCK_UNITS, lock_units, ENTRY_COMMAND, command_json],
+              ENTRY_LOCK_UNITS, lock_units, ENTRY_COMMAND, command_json, ENTRY_OUTBOX, outbox_id],
     )
 
 
-def outbox_handover_call(fields: dict[str, Payload]) -> ScriptCall:
+def outbox_handover_call(entry_id: str, fields: dict[str, Payload]) -> ScriptCall:
     """The hand-over of an outbox entry (its fields as enqueue_order.lua wrote them)."""
     def text(name: str) -> str:
         return as_text(fields[name])
 
     return handover_call(symbol=text(ENTRY_MARKET), order_id=text(ENTRY_ORDER_ID), user_id=text(ENTRY_USER),
                          lock_asset=text(ENTRY_LOCK_ASSET), lock_units=text(ENTRY_LOCK_UNITS),
-                         command_json=fields[ENTRY_COMMAND])
+                         command_json=fields[ENTRY_COMMAND], outbox_id=entry_id)
 
 
 def handed(reply: list[Any]) -> tuple[str, str]:
@@ -246,10 +250,10 @@ class Ledger:
     async def place(self, **call: Any) -> Enqueued:
         """R1, then the hand-over of what it locked (what the API does for an order)."""
         enq = await self.enqueue_order(**call)
-        if enq.status == "ok" and enq.order_id is not None:
+        if enq.status == "ok" and enq.order_id is not None and enq.outbox_id is not None:
             await self.hand_over(handover_call(
                 symbol=call["symbol"], order_id=enq.order_id, user_id=call["user_id"], lock_asset=call["lock_asset"],
-                lock_units=call["lock_units"], command_json=call["command_json"]))
+                lock_units=call["lock_units"], command_json=call["command_json"], outbox_id=enq.outbox_id))
         return enq
 
     async def settle(self, **plan: Any) -> SettleResult:

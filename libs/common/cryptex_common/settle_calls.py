@@ -20,7 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -106,7 +106,7 @@ def unpack_call(blob: bytes | str) -> ScriptCall:
 def bucket_deltas(call: ScriptCall) -> list[tuple[str, str, int]]:
     """(balance key, field, delta) of a bucket call: the money it moves when applied."""
     n = int(call.args[4])
-    return [(call.keys[2 + j], as_text(call.args[5 + 2 * j]), int(call.args[6 + 2 * j])) for j in range(n)]
+    return [(call.keys[3 + j], as_text(call.args[5 + 2 * j]), int(call.args[6 + 2 * j])) for j in range(n)]
 
 
 def _net_changes(balances: list[BalanceChange]) -> dict[str, list[tuple[str, str, int]]]:
@@ -129,16 +129,17 @@ def _net_changes(balances: list[BalanceChange]) -> dict[str, list[tuple[str, str
 class _Bucket:
     """One bucket call being built."""
 
-    __slots__ = ("changes", "messages", "orders", "users")
+    __slots__ = ("acks", "changes", "messages", "orders", "users")
 
     def __init__(self) -> None:
         self.changes: list[tuple[str, str, int]] = []
         self.orders: list[OrderWrite] = []
         self.users: list[str] = []
         self.messages: list[tuple[str, str, list[Payload]]] = []
+        self.acks: list[str] = []
 
     def call(self, tag: str, symbol: str, last_seq: int, now_ms: int) -> ScriptCall:
-        script_keys = [keys.applied_key(tag), keys.subscribers_key(tag)]
+        script_keys = [keys.applied_key(tag), keys.subscribers_key(tag), keys.outbox_stream(tag)]
         args: list[Any] = [market_tag(symbol), str(last_seq), TERMINAL_ORDER_TTL_S, str(now_ms), len(self.changes)]
         for key, field, delta in self.changes:
             script_keys.append(key)
@@ -150,6 +151,7 @@ class _Bucket:
         args += [len(self.users), *self.users, len(self.messages)]
         for user_id, channel, messages in self.messages:
             args += [user_id, channel, len(messages), *messages]
+        args += [len(self.acks), *self.acks]
         return ScriptCall(script_keys, args)
 
 
@@ -158,12 +160,14 @@ def settle_plan(
     balances: list[BalanceChange], orders: list[OrderWrite], notify_users: Collection[str] = (),
     now_ms: int = 0, market_data: MarketDataWrite | None = None, journal_ack: str = "",
     user_messages: list[tuple[str, str, list[Payload]]] | None = None,
+    outbox_acks: Sequence[tuple[str, str]] = (),
 ) -> SettlePlan:
     """Step A's call and the bucket calls of one batch. `notify_users` are looked up in
     their bucket's subscribers (the answer names those subscribed); `user_messages`
     (user, channel, messages) are published by their bucket call when that user is
     subscribed. `journal_ack`: the previous batch's journal entry, to delete (it was
-    applied in every bucket)."""
+    applied in every bucket). `outbox_acks` (user, outbox entry id): the outbox entries of
+    the orders whose place commands the batch settles, deleted by their bucket's call."""
     buckets: dict[str, _Bucket] = {}
 
     def bucket(tag: str) -> _Bucket:
@@ -180,6 +184,8 @@ def settle_plan(
         bucket(keys.user_tag(user_id)).users.append(user_id)
     for message in user_messages or ():
         bucket(keys.user_tag(message[0])).messages.append(message)
+    for user_id, outbox_id in outbox_acks:
+        bucket(keys.user_tag(user_id)).acks.append(outbox_id)
     calls = [(tag, b.call(tag, symbol, last_seq, now_ms)) for tag, b in buckets.items()]
     script_keys = [keys.engine_epoch_key(symbol), keys.engine_lease_key(symbol), keys.settled_seq_key(symbol),
                    keys.events_stream(symbol), keys.journal_stream(symbol)]

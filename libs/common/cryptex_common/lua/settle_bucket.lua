@@ -3,14 +3,15 @@
 -- (docs/decisions/0013). Run after settle_market.lua journaled the batch, by its engine
 -- or by whoever replays the journal (cryptex_engine.reconcile).
 -- KEYS: 1 applied hash (market tag -> last applied seq), 2 the bucket's private subscribers
---       zset, then one balance hash per change (n), then per order (m): order hash,
---       open-order set
+--       zset, 3 the bucket's outbox stream, then one balance hash per change (n), then per
+--       order (m): order hash, open-order set
 -- ARGV: 1 market tag, 2 the batch's last seq, 3 order TTL seconds once terminal,
 --       4 now ms, 5 n, then per change: field, delta (canonical integer, may be negative),
 --       then m, then per order: order id, record JSON, terminal ("1"/"0"),
 --       then k, then k user ids to look up in the subscribers zset,
 --       then u, then per user: user id, channel, c, c messages (published only when that
---       user's subscriber score >= now ms)
+--       user's subscriber score >= now ms), then x, then x outbox entry ids to delete (the
+--       outbox entries of the orders whose place commands this batch settled)
 -- Returns {"ok", user ids among the k whose subscriber score >= now ms...}
 --       | {"applied", seq} (this batch or a later one was applied here: nothing written)
 --       | {"negative", key, field} | {"invalid", argname} | {"corrupt", key, field};
@@ -40,15 +41,19 @@ local function bucket_layout()
     users[j] = {pos + 1, c}
     pos = pos + 3 + c
   end
-  if #ARGV ~= pos or #KEYS ~= 2 + n + 2 * m then return nil end
-  return n, m, k, users
+  local x = count(ARGV[pos + 1] or "")
+  if not x or #ARGV ~= pos + 1 + x or #KEYS ~= 3 + n + 2 * m then return nil end
+  for j = 1, x do
+    if not string.match(ARGV[pos + 1 + j], "^%d+%-%d+$") then return nil end
+  end
+  return n, m, k, users, pos + 1
 end
 
 -- per touched field: {key, field, new value}; duplicates of one field are summed in order
 local function bucket_balances(n)
   local rows, row_of = {}, {}
   for j = 1, n do
-    local key, field, delta = KEYS[2 + j], ARGV[4 + 2 * j], ARGV[5 + 2 * j]
+    local key, field, delta = KEYS[3 + j], ARGV[4 + 2 * j], ARGV[5 + 2 * j]
     if not dec_is_canonical(delta) then return nil, {"invalid", "delta " .. j} end
     local slot = key .. "\0" .. field
     local row = row_of[slot]
@@ -69,7 +74,7 @@ end
 
 -- nil when every order write can be applied, else the refusal
 local function bucket_orders_refusal(n, m)
-  local base, at = 2 + n, 6 + 2 * n
+  local base, at = 3 + n, 6 + 2 * n
   for j = 1, m do
     local terminal = ARGV[at + 3 * j]
     if terminal ~= "0" and terminal ~= "1" then return {"invalid", "terminal " .. j} end
@@ -84,12 +89,13 @@ local function subscribed(user_id, now_ms)
   return score and tonumber(score) >= now_ms
 end
 
-local n, m, k, users = bucket_layout()
+local n, m, k, users, acks_at = bucket_layout()
 if not n then return {"invalid", "layout"} end
 if not dec_is_positive(ARGV[2]) or #ARGV[2] > 15 then return {"invalid", "last seq"} end
 if not dec_is_positive(ARGV[3]) or #ARGV[3] > 12 then return {"invalid", "order TTL"} end
 if not dec_is_natural(ARGV[4]) or #ARGV[4] > 15 then return {"invalid", "now ms"} end
 if not key_type_is(KEYS[1], "hash") then return {"corrupt", KEYS[1], ""} end
+if not key_type_is(KEYS[3], "stream") then return {"corrupt", KEYS[3], ""} end
 local applied = redis.call("HGET", KEYS[1], ARGV[1]) or "0"
 if not dec_is_natural(applied) then return {"corrupt", KEYS[1], ARGV[1]} end
 if dec_cmp(ARGV[2], applied) <= 0 then return {"applied", applied} end
@@ -107,7 +113,7 @@ end
 for _, row in ipairs(rows) do
   redis.call("HSET", row[1], row[2], row[3])
 end
-local base, oat = 2 + n, 6 + 2 * n
+local base, oat = 3 + n, 6 + 2 * n
 for j = 1, m do
   local order_key = KEYS[base + 2 * j - 1]
   redis.call("HSET", order_key, "r", ARGV[oat + 3 * j - 1])
@@ -117,6 +123,8 @@ for j = 1, m do
   end
 end
 redis.call("HSET", KEYS[1], ARGV[1], ARGV[2])
+local x = tonumber(ARGV[acks_at])
+if x > 0 then redis.call("XDEL", KEYS[3], unpack(ARGV, acks_at + 1, acks_at + x)) end
 for _, user in ipairs(users) do
   local id_at, c = user[1], user[2]
   if subscribed(ARGV[id_at], now_ms) then
