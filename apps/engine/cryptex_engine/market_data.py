@@ -2,8 +2,9 @@
 REST depth book, the book ticker, public trades, private user updates, the 24 h ticker.
 The public payloads' shapes are `cryptex_common.market_data`'s.
 
-Everything a batch publishes travels in its settle script call (`MarketDataWrite`), so it
-is written and published only once the batch is applied, in one round trip.
+A batch's market data travels in its step A (`MarketDataWrite`), its private updates in
+its bucket calls and its replies right after them (settle_calls.py), so each is written and
+published only once the batch is recorded and applied.
 
 Invariants:
 - The depth diff of a batch holds, per changed level, its absolute total after the batch
@@ -12,7 +13,7 @@ Invariants:
   the diff, so its `lastUpdateId` never lags a published diff; only the changed levels are
   written (their count, not the book's size, is the cost). After a snapshot load or a
   replay the next settled batch replaces the stored book whole (`rewrite_book`).
-- Private updates go only to users whose subscription the settle script finds live. The
+- Private updates go only to users whose subscription their bucket's call finds live. The
   engine formats them up front for users it has seen subscribed; a user the script reports
   subscribed for whom nothing was sent (just subscribed) gets them right after, before the
   next batch.

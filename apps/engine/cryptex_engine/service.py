@@ -37,10 +37,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, ResponseError
 
 from cryptex_common import keys, metrics, registry, resp_cluster, stream_ids
-from cryptex_common.ledger import ENTRY_OUTBOX, ENTRY_USER, BucketRefused, Ledger, SettleResult, settle_result
+from cryptex_common.ledger import ENTRY_OUTBOX, ENTRY_USER, BucketRefused, Ledger, SettleResult
 from cryptex_common.markets import MarketSpec
 from cryptex_common.settle_calls import journal_entry_id
 from cryptex_engine.decode import Decoded, read_entry
@@ -52,6 +51,7 @@ from cryptex_engine.observe import EngineMetrics, log_commands
 from cryptex_engine.reconcile import apply_journal
 from cryptex_engine.recovery import SnapshotUse, batches, empty_start, find_start
 from cryptex_engine.settings import EngineSettings
+from cryptex_engine.settle_steps import SettleSteps
 from cryptex_engine.settlement import PendingSettle, prepare_settle
 from cryptex_engine.snapshots import (
     Snapshots,
@@ -89,6 +89,7 @@ class EngineService:
         # outlasts a blocking read, like the redis-py socket timeout in main.
         self.fast = resp_cluster.fast_client(settings.redis_url, timeout_s=settings.block_ms / 1000 + 5,
                                              decode=True)
+        self.steps = SettleSteps(redis, self.fast, self.ledger, settings)
         # on a cluster, bucket calls and the replies go to different primaries: the
         # replies wait for the bucket calls' answers (one more round trip)
         self._replies_after_buckets = isinstance(self.fast, resp_cluster.ClusterRespClient)
@@ -196,14 +197,14 @@ class EngineService:
 
     async def settle(self, pending: PendingSettle) -> None:
         """Run a pending batch's settle calls on their own and act on the answers."""
-        if not await self._recorded(pending, await self._run_market(pending)):
+        if not await self._recorded(pending, await self.steps.run_market(pending.plan)):
             return
         replies = [("PUBLISH", channel, message) for channel, message in pending.replies]
         if self._replies_after_buckets:
-            await self._applied(pending, await self._run_buckets(pending, []))
-            await self._pipeline(replies)
+            await self._applied(pending, await self.steps.run_buckets(pending.plan, []))
+            await self.steps.pipeline(replies)
         else:
-            answers = await self._run_buckets(pending, replies)
+            answers = await self.steps.run_buckets(pending.plan, replies)
             await self._applied(pending, answers[:len(pending.plan.buckets)])
 
     def _xread_args(self) -> tuple[Any, ...]:
@@ -223,14 +224,14 @@ class EngineService:
         pipelined (on one Redis, in that order; on a cluster the replies and the read
         follow the buckets' answers). The read is sent last, so Redis applies (and
         publishes) the batch before it blocks for new entries."""
-        if not await self._recorded(pending, await self._run_market(pending)):
+        if not await self._recorded(pending, await self.steps.run_market(pending.plan)):
             return await self._read()
         replies = [("PUBLISH", channel, message) for channel, message in pending.replies]
         if self._replies_after_buckets:
-            await self._applied(pending, await self._run_buckets(pending, []))
-            tail = await self._pipeline([*replies, self._xread_args()])
+            await self._applied(pending, await self.steps.run_buckets(pending.plan, []))
+            tail = await self.steps.pipeline([*replies, self._xread_args()])
         else:
-            answers = await self._run_buckets(pending, [*replies, self._xread_args()])
+            answers = await self.steps.run_buckets(pending.plan, [*replies, self._xread_args()])
             tail = answers[len(pending.plan.buckets):]
             await self._applied(pending, answers[:len(pending.plan.buckets)])
         read_reply = tail[-1]
@@ -239,64 +240,6 @@ class EngineService:
         if self.fast is None:
             return read_reply[0][1] if read_reply else []
         return _entries(read_reply)
-
-    async def _pipeline(self, commands: list[tuple[Any, ...]], route_keys: list[str | None] | None = None) -> list[Any]:
-        """`commands` in one round trip (per node on a cluster, each to the node of its
-        `route_keys` entry when given: WAIT names no key), replies in order."""
-        if isinstance(self.fast, resp_cluster.ClusterRespClient):
-            return await self.fast.pipeline(*commands, route_keys=route_keys)
-        if self.fast is not None:
-            return await self.fast.pipeline(*commands)
-        pipe = self.redis.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        answers: list[Any] = await pipe.execute(raise_on_error=False)
-        return answers
-
-    def _wait(self, route_key: str) -> list[tuple[tuple[Any, ...], str]]:
-        """The WAIT that follows a write to the node of `route_key`, when configured."""
-        n = self.settings.redis_wait_replicas
-        return [(("WAIT", n, self.settings.redis_wait_timeout_ms), route_key)] if n else []
-
-    def _check_waits(self, replies: list[Any]) -> None:
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-            if int(reply) < self.settings.redis_wait_replicas:
-                metrics.REDIS_WAIT_SHORTFALL.labels("engine").inc()
-
-    async def _run_market(self, pending: PendingSettle) -> SettleResult:
-        """Step A (then its WAIT, when configured, before any bucket applies it)."""
-        call = pending.plan.market
-        waits = self._wait(call.keys[0])
-        reply, *waited = await self._pipeline(
-            [("EVALSHA", self.ledger.settle_market_sha, len(call.keys), *call.keys, *call.args),
-             *(w for w, _ in waits)], [call.keys[0], *(k for _, k in waits)])
-        self._check_waits(waited)
-        if _noscript(reply):
-            return await self.ledger.run_market(call)  # Redis restarted: load the script, run it alone
-        if isinstance(reply, Exception):
-            raise reply
-        return settle_result(reply)
-
-    async def _run_buckets(self, pending: PendingSettle, then: list[tuple[Any, ...]]) -> list[Any]:
-        """The batch's bucket calls' answers (SettleResult or exception), then `then`'s replies."""
-        sha = self.ledger.settle_bucket_sha
-        calls = [call for _tag, call in pending.plan.buckets]
-        commands: list[tuple[Any, ...]] = [("EVALSHA", sha, len(c.keys), *c.keys, *c.args) for c in calls]
-        route: list[str | None] = [c.keys[0] for c in calls]
-        waits = [w for c in calls for w in self._wait(c.keys[0])]
-        answers = await self._pipeline([*commands, *(w for w, _ in waits), *then],
-                                       [*route, *(k for _, k in waits), *(None for _ in then)])
-        self._check_waits(answers[len(calls):len(calls) + len(waits)])
-        answers = answers[:len(calls)] + answers[len(calls) + len(waits):]
-        out: list[Any] = []
-        for call, reply in zip(calls, answers, strict=False):
-            if _noscript(reply):
-                out.append(SettleResult("ok", subscribed=await self.ledger.apply_bucket(call)))
-            else:
-                out.append(reply if isinstance(reply, Exception) else settle_result(reply))
-        return out + answers[len(calls):]
 
     async def _recorded(self, pending: PendingSettle, res: SettleResult) -> bool:
         """Act on step A's answer; True when the batch's bucket calls are to run now.
@@ -437,11 +380,6 @@ class EngineService:
     def _wants_settled_state(self, now: float) -> bool:
         """Whether something due between batches needs the pending settle applied first."""
         return bool(self._state_waiters) or self.snapshots.due() or self.housekeeping.due(now)
-
-
-def _noscript(reply: Any) -> bool:
-    return isinstance(reply, NoScriptError) or (isinstance(reply, ResponseError)
-                                                and str(reply).startswith("NOSCRIPT"))
 
 
 def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
