@@ -30,6 +30,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from cryptex_launcher.redis_cluster import LocalCluster
+from tests.support.redis_cluster import redis_cluster
 from tests.support.servers import PostgresServer, RedisServer, postgres_server, redis_server
 
 TESTS = Path(__file__).resolve().parent
@@ -65,7 +67,7 @@ E2E = (
 E2E_PREFIXES = ("binance",)  # tests/binance/, tests/binance_ws/, ...
 SLOW = ("chaos/", "launcher/", "browser/", "images/", "api/test_schemathesis.py", "api/test_flood.py")
 # Fixtures that start or reach a real server: a test taking one is never `unit`.
-SERVER_FIXTURES = frozenset({"redis_srv", "redis_client", "postgres", "db_url"})
+SERVER_FIXTURES = frozenset({"redis_srv", "redis_client", "postgres", "db_url", "cluster"})
 
 
 def _matches(rel: str, paths: tuple[str, ...]) -> bool:
@@ -148,3 +150,11 @@ async def redis_client(redis_srv: RedisServer) -> AsyncIterator[aioredis.Redis]:
 def postgres() -> Iterator[PostgresServer]:
     with postgres_server() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    """A real Redis Cluster (3 primaries + 3 replicas on free loopback ports) for one test
+    module: a module may kill and restart its nodes."""
+    with redis_cluster() as started:
+        yield started

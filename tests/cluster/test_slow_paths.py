@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -46,18 +46,12 @@ from tests.dbproc.support import (
     xadd_batches,
 )
 from tests.support.eventually import eventually
-from tests.support.redis_cluster import LocalCluster, redis_cluster
+from tests.support.redis_cluster import LocalCluster
 from tests.support.servers import PostgresServer, new_database
 
 pytestmark = pytest.mark.integration
 ADA = SOL.model_copy(update={"symbol": "ADA/USDC", "base_asset": "ADA"})
 MARKETS = (SOL, BTC, ADA)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with redis_cluster() as started:
-        yield started
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ promoted replica, and a cluster restarted on its own data without being created 
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,17 +19,10 @@ from cryptex_common.resp import RespClient
 from cryptex_common.resp_cluster import ClusterRespClient, command_key, key_slot, order_client, wait_replicas
 from cryptex_launcher.redis_cluster import LocalCluster, _query, parse_nodes, start_cluster
 from tests.support.eventually import eventually
-from tests.support.redis_cluster import redis_cluster
 
 pytestmark = pytest.mark.integration
 
 SCRIPT = "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('GET', KEYS[1])"
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with redis_cluster() as started:
-        yield started
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ stream), and of a batch: step A (the market's slot, journaled), one call per buc
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,20 +19,12 @@ from cryptex_common import keys, redis_client
 from cryptex_common.ledger import BalanceChange, Ledger, OrderWrite, handover_call, settle_plan
 from cryptex_engine import reconcile
 from cryptex_engine.reconcile import reconcile_once
-from cryptex_launcher.redis_cluster import LocalCluster
-from tests.support.redis_cluster import redis_cluster
 from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.integration
 
 SOL = "SOL/USDC"
 BTC = "BTC/USDC"
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with redis_cluster() as c:
-        yield c
 
 
 @pytest.fixture(params=["single", "cluster"])

@@ -25,7 +25,7 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import hiredis
@@ -137,6 +137,18 @@ class _Endpoint:
         return out
 
 
+async def run_script(call: Callable[..., Awaitable[Any]], sha: str, source: str, keys: list[str],
+                     args: list[Any]) -> Any:
+    """EVALSHA through `call`; EVAL with the source when Redis does not know the script
+    (a restarted Redis): the one fallback of every lean client."""
+    try:
+        return await call("EVALSHA", sha, len(keys), *keys, *args)
+    except ResponseError as exc:
+        if not str(exc).startswith("NOSCRIPT"):
+            raise
+    return await call("EVAL", source, len(keys), *keys, *args)
+
+
 class RespClient:
     def __init__(self, url: str, timeout_s: float = 5.0, decode: bool = False) -> None:
         self.timeout_s = timeout_s
@@ -202,12 +214,7 @@ class RespClient:
         return results
 
     async def evalsha(self, sha: str, source: str, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
-        except ResponseError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-        return await self.call("EVAL", source, len(keys), *keys, *args)
+        return await run_script(self.call, sha, source, keys, args)
 
     async def aclose(self) -> None:
         if self._watchdog is not None:

@@ -35,7 +35,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cryptex_common.redis_client import cluster_nodes
-from cryptex_common.resp import RespClient, as_text, supports
+from cryptex_common.resp import RespClient, as_text, run_script, supports
 
 SLOTS = 16384
 MAX_REDIRECTS = 5
@@ -325,12 +325,7 @@ class ClusterRespClient:
 
     async def evalsha(self, sha: str, source: str, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA on the node of keys[0] (any node without keys); EVAL on NOSCRIPT."""
-        try:
-            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
-        except ResponseError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-        return await self.call("EVAL", source, len(keys), *keys, *args)
+        return await run_script(self.call, sha, source, keys, args)
 
     async def wait_replicas(self, route_key: Any, numreplicas: int, timeout_ms: int) -> int:
         """WAIT on the node owning `route_key`: how many of its replicas acknowledged every
