@@ -123,7 +123,11 @@ class OrderHandlers:
         if log.isEnabledFor(logging.INFO):
             log.info("order queued", extra={"market": symbol, "orderId": enq.order_id, "handedOver": queued,
                                             "userId": user_id, "correlationId": request.get("correlation_id")})
-        reply = await api.wait_reply(fut, request_id) if queued else None
+        if queued:
+            reply = await api.wait_reply(fut, request_id)
+        else:  # no reply will come for it now: the relay queues it later
+            self.replies.forget(request_id)
+            reply = None
         if reply is None:
             timeouts.inc()
             return json_response({"orderId": str(enq.order_id), "status": "accepted",
