@@ -12,8 +12,10 @@ stops and:
 4. each engine's /state hash equals `cryptex replay`'s for the same sequence;
 5. dbproc's trades table equals the engine's trades (events:{M}) and its candles equal a
    recomputation from them.
-Everything runs on a dedicated Redis with AOF and a fresh PostgreSQL database. Seeded:
-CRYPTEX_CHAOS_SEED reproduces a run, CRYPTEX_CHAOS_SECONDS sets its length (default 60).
+Everything runs on a dedicated Redis with AOF and a fresh PostgreSQL database, then again on
+a Redis Cluster of 3 primaries + 3 replicas with CRYPTEX_REDIS_WAIT_REPLICAS=1 (issue 16).
+Seeded: CRYPTEX_CHAOS_SEED reproduces a run, CRYPTEX_CHAOS_SECONDS sets its length
+(default 60).
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from collections import Counter, defaultdict
 from decimal import Decimal
 
 import asyncpg
+import pytest
 import redis.asyncio as aioredis
 
 from cryptex_client import CryptexClient
-from cryptex_common import keys
+from cryptex_common import keys, redis_client
 from cryptex_common.candles import TradeTick, aggregate
 from cryptex_engine.replay import replay_market
 from cryptex_launcher.stack import wait_for_port
@@ -54,6 +57,7 @@ from tests.chaos.support import (
 )
 from tests.dbproc.support import candles_from_db
 from tests.support.eventually import eventually
+from tests.support.redis_cluster import redis_cluster
 from tests.support.servers import PostgresServer, new_database, redis_server
 
 SECONDS = float(os.environ.get("CRYPTEX_CHAOS_SECONDS", "60"))
@@ -78,18 +82,21 @@ async def wait_dbproc_drained(redis: aioredis.Redis, timeout_s: float = 60.0) ->
     await eventually(drained, timeout_s, interval_s=0.2, what="dbproc caught up")
 
 
+@pytest.mark.parametrize("redis_mode", ["single", "cluster"])
 async def test_kill_9_anything_under_load_loses_nothing_and_applies_nothing_twice(
-    postgres: PostgresServer,
+    postgres: PostgresServer, redis_mode: str,
 ) -> None:
     seed = int(os.environ.get("CRYPTEX_CHAOS_SEED", str(int(time.time()))))
     print(f"chaos seed {seed} (CRYPTEX_CHAOS_SEED={seed} reproduces the schedule)")
     rng = random.Random(seed)
     db_url = await new_database(postgres)
-    with redis_server(appendonly=True) as server:
+    cluster = redis_mode == "cluster"
+    with redis_cluster() if cluster else redis_server(appendonly=True) as server:
         await register_all(server.url)
-        stack = make_stack(server.url, db_url, with_wsgateway=True, with_dbproc=True)
+        stack = make_stack(server.url, db_url, with_wsgateway=True, with_dbproc=True,
+                           env={"CRYPTEX_REDIS_WAIT_REPLICAS": "1"} if cluster else None)
         stack.start_all()
-        redis = aioredis.Redis.from_url(server.url, decode_responses=True)
+        redis = redis_client.connect(server.url, "tests", decode=True)
         log = FlowLog()
         stop = asyncio.Event()
         kills: list[str] = []
