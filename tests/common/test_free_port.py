@@ -4,7 +4,7 @@ binds it: CI saw `address already in use` that way), free, and never handed out 
 
 from __future__ import annotations
 
-from cryptex_launcher.stack import PORTS_FROM, _ephemeral_start, free_port
+from cryptex_launcher.ports import PORTS_FROM, _ephemeral_start, free_port
 
 
 def test_free_ports_come_from_below_the_ephemeral_range_and_are_distinct() -> None:

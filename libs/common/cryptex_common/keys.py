@@ -141,6 +141,11 @@ def user_tag(user_id: str) -> str:
     return FEE_TAG if user_id == FEE_ACCOUNT else bucket_tag(user_bucket(user_id))
 
 
+def unused_key(tag: str) -> str:
+    """A KEYS placeholder in `tag`'s slot for a key a script is told not to use."""
+    return f"-{{{tag}}}"
+
+
 def ledger_tags() -> list[str]:
     """Every ledger tag: the fee account's and each bucket's."""
     return [FEE_TAG, *(bucket_tag(b) for b in range(USER_BUCKETS))]

@@ -135,11 +135,11 @@ def enqueue_call(
     """enqueue_order.lua's call (R1); see Ledger.enqueue_order."""
     units = _units(lock_units, "lock_units")
     tag, bucket = keys.user_tag(user_id), keys.user_bucket(user_id)
-    coid_key = keys.client_order_key(user_id, client_order_id) if client_order_id else f"-{{{tag}}}"
+    coid_key = keys.client_order_key(user_id, client_order_id) if client_order_id else keys.unused_key(tag)
     if signature is not None:
         guard_key, guard_ms = keys.signature_key(user_id, signature), _units(replay_guard_ms, "replay_guard_ms")
     else:
-        guard_key, guard_ms = f"-{{{tag}}}", "0"
+        guard_key, guard_ms = keys.unused_key(tag), "0"
     return ScriptCall(
         keys=[keys.balance_key(user_id), keys.outbox_stream(tag), keys.order_id_counter(bucket),
               keys.open_orders_key(user_id), coid_key, guard_key],

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from cryptex_launcher import stack as stack_module
 from cryptex_launcher.stack import (
     Stack,
     StartError,
@@ -119,14 +118,10 @@ def _refusal(args: argparse.Namespace) -> str | None:
 
 
 def _plan_cluster_ports(state: Path) -> list[int]:
-    """The local cluster's six ports: those of its data (a node must come back on its old
-    port) or fresh free ones, reserved so that no service is planned on one of them."""
-    from cryptex_launcher.redis_cluster import BUS_PORT_OFFSET, NODES, existing_ports
+    """The local cluster's ports, reserved before any service is planned on one of them."""
+    from cryptex_launcher.redis_cluster import plan_ports
 
-    ports = existing_ports(_cluster_dir(state)) or [stack_module.free_port_pair(BUS_PORT_OFFSET)
-                                                    for _ in range(NODES)]
-    stack_module._given_ports.update([*ports, *(p + BUS_PORT_OFFSET for p in ports)])
-    return ports
+    return plan_ports(_cluster_dir(state))
 
 
 def _plan_up(args: argparse.Namespace) -> _Up:

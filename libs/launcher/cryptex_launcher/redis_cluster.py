@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from cryptex_common.redis_client import cluster_url
-from cryptex_launcher import stack
-from cryptex_launcher.stack import StartError, free_port_pair, log_tail, stop_process, wait_for_port
+from cryptex_launcher.ports import free_port_pair, reserve
+from cryptex_launcher.stack import StartError, log_tail, stop_process, wait_for_port
 
 PRIMARIES = 3
 NODES = 6  # each primary with one replica
@@ -232,6 +232,19 @@ def _create(ports: list[int], timeout_s: float) -> None:
                          f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
 
 
+def plan_ports(base_dir: Path) -> list[int]:
+    """The cluster's six ports: those of its data under `base_dir` (a node comes back on its
+    old port) or fresh ones whose bus port (+10000) is free too; reserved either way."""
+    ports = existing_ports(base_dir) or [free_port_pair(BUS_PORT_OFFSET) for _ in range(NODES)]
+    reserve_ports(ports)
+    return ports
+
+
+def reserve_ports(ports: list[int]) -> None:
+    """free_port must never hand out these nodes' ports, nor their bus ports."""
+    reserve([*ports, *(p + BUS_PORT_OFFSET for p in ports)])
+
+
 def start_cluster(base_dir: Path, node_timeout_ms: int = 2000, ports: list[int] | None = None,
                   timeout_s: float = 120.0) -> LocalCluster:
     """Six cluster nodes under `base_dir`, created as 3 primaries + 3 replicas on a fresh
@@ -239,12 +252,10 @@ def start_cluster(base_dir: Path, node_timeout_ms: int = 2000, ports: list[int] 
     Returns once ready (`LocalCluster.wait_ok`); on failure every node is stopped."""
     old = existing_ports(base_dir)
     fresh = not old
-    if ports is None:
-        ports = old or [free_port_pair(BUS_PORT_OFFSET) for _ in range(NODES)]
+    ports = plan_ports(base_dir) if ports is None else ports
     if len(ports) != NODES:
         raise ValueError(f"a local cluster has {NODES} nodes, got ports {ports}")
-    # free_port must never hand these out, nor their bus ports (restart case)
-    stack._given_ports.update([*ports, *(p + BUS_PORT_OFFSET for p in ports)])
+    reserve_ports(ports)
     cluster = LocalCluster(base_dir, list(ports), node_timeout_ms, created=fresh)
     try:
         for port in ports:

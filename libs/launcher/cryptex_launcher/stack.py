@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import random
 import shutil
 import signal
 import socket
@@ -23,70 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptex_common.markets import MarketSpec, market_tag
+from cryptex_launcher.ports import (  # re-exported: the launcher's callers import them from here
+    PORTS_FROM,
+    free_port,
+    free_port_pair,
+    port_in_use,
+    wait_for_port,
+)
 
-PORTS_FROM = 20_000  # free ports are picked from here up to the kernel's ephemeral range
-_given_ports: set[int] = set()
-
-
-def _ephemeral_start() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32_768
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on, never handed out twice by this process. It comes
-    from below the kernel's ephemeral range: a port from inside it (what binding port 0
-    gives) can become some outgoing connection's source port before the service binds it."""
-    top = _ephemeral_start() - 1
-    for _ in range(500):
-        port = random.randint(PORTS_FROM, top) if top > PORTS_FROM else 0
-        if port in _given_ports:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            port = int(s.getsockname()[1])
-        _given_ports.add(port)
-        return port
-    raise RuntimeError("no free port found")
-
-
-def free_port_pair(offset: int) -> int:
-    """A free port p whose p + `offset` is free too (a Redis Cluster node's bus port is
-    its port + 10000), both below the ephemeral range and both never handed out again."""
-    top = _ephemeral_start() - 1 - offset
-    for _ in range(500):
-        port = random.randint(PORTS_FROM, top) if top > PORTS_FROM else PORTS_FROM
-        if port in _given_ports or port + offset in _given_ports:
-            continue
-        if not all(_bindable(p) for p in (port, port + offset)):
-            continue
-        _given_ports.update((port, port + offset))
-        return port
-    raise RuntimeError("no free port pair found")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def wait_for_port(port: int, timeout_s: float = 30.0, host: str = "127.0.0.1") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout_s}s")
-
+__all__ = ["PORTS_FROM", "Stack", "StartError", "free_port", "free_port_pair", "port_in_use", "wait_for_port"]
 
 def pg_bin(name: str) -> str:
     """A PostgreSQL server binary (Debian keeps them out of PATH)."""
@@ -106,17 +50,6 @@ def as_postgres(args: list[str]) -> list[str]:
 
 class StartError(RuntimeError):
     """A server or service did not start; the message says why (and shows its log's tail)."""
-
-
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    """True when something holds the port (a bind with SO_REUSEADDR fails only then)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def log_tail(path: Path, lines: int = 5) -> str:
